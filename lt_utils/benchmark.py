@@ -1,0 +1,141 @@
+"""Throughput benchmark: is lt_utils' training loop as fast as plain torch, and how fast is sampling?
+
+    python -m lt_utils.benchmark [--steps 60] [--threads 1]
+
+Prints, measured in one run on this machine:
+  * training tokens/s of `train.run_train_job` (transformers Llama + accelerate)
+    against a minimal plain-torch causal LM of the same size (same batch, same
+    threads), and their ratio;
+  * sampling tokens/s of `sample.sample` (temperature 1, exact log-probs)
+    against transformers' `generate` on the same prompts.
+Numbers are figures to read, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class PlainBlock(nn.Module):
+    def __init__(self, d: int, n_head: int, ffn: int):
+        super().__init__()
+        self.n_head = n_head
+        self.norm1, self.norm2 = nn.RMSNorm(d), nn.RMSNorm(d)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.proj = nn.Linear(d, d, bias=False)
+        self.up = nn.Linear(d, 2 * ffn, bias=False)
+        self.down = nn.Linear(ffn, d, bias=False)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+        x = x + self.proj(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d))
+        gate, up = self.up(self.norm2(x)).chunk(2, dim=-1)
+        return x + self.down(F.silu(gate) * up)
+
+
+class PlainLM(nn.Module):
+    """The smallest honest baseline: token + learned positions, pre-norm blocks, tied head."""
+
+    def __init__(self, vocab: int, d: int, n_layer: int, n_head: int, ffn: int, max_len: int):
+        super().__init__()
+        self.emb, self.pos = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
+        self.blocks = nn.ModuleList(PlainBlock(d, n_head, ffn) for _ in range(n_layer))
+        self.norm = nn.RMSNorm(d)
+
+    def forward(self, idx, targets):
+        x = self.emb(idx) + self.pos(torch.arange(idx.shape[1]))
+        for blk in self.blocks:
+            x = blk(x)
+        logits = self.norm(x) @ self.emb.weight.T
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets[:, 1:].reshape(-1))
+
+
+def bench_plain(vocab, spec, train, steps: int) -> float:
+    model = PlainLM(vocab, spec.n_embd, spec.n_layer, spec.n_head, spec.intermediate_size, train.seq_len)
+    opt = torch.optim.AdamW(model.parameters(), lr=train.lr)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, vocab, (train.batch_size, train.seq_len), generator=g)
+    for i in range(steps + 5):
+        if i == 5:
+            t0 = time.perf_counter()
+        loss = model(x, x)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return steps * train.batch_size * train.seq_len / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> dict:
+    from .data import ThoughtDoc
+    from .model import ModelSpec, build_model
+    from .runs import write_jsonl
+    from .sample import sample
+    from .tokens import SpecialIds, encode, train_tokenizer
+    from .train import TrainJob, TrainSpec, run_train_job
+    from . import world
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", help="write the figures as JSON here too")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    docs = world.generate_documents("comparison", 300, families=["addition"], seed=0)
+    tmp = Path(tempfile.mkdtemp(prefix="lt-bench-"))
+    tok = train_tokenizer([d.text for d in docs] + [u.thought for d in docs for u in d.units], 384)
+    tok.save_pretrained(str(tmp / "tok"))
+    recs = [ThoughtDoc(d.doc_id, d.segments()[0], d.segments()[1:], [u.thought for u in d.units]).to_dict()
+            for d in docs]
+    write_jsonl(tmp / "corpus.jsonl", recs)
+    spec = ModelSpec(n_layer=3, n_embd=64, n_head=4, n_kv_head=4, intermediate_size=256, max_seq_len=256)
+    train = TrainSpec(steps=args.steps, batch_size=16, seq_len=256, eval_every=10 ** 9)
+    job = TrainJob(out_dir=str(tmp / "run"), tokenizer_dir=str(tmp / "tok"), corpus_path=str(tmp / "corpus.jsonl"),
+                   layout="random", model=spec, train=train, seed=0, threads=args.threads, progress=False)
+    ours = run_train_job(job)["tokens_per_s"]
+    plain = bench_plain(len(tok), spec, train, args.steps)
+
+    ids = SpecialIds.of(tok)
+    model = build_model(spec, tok).eval()
+    prompts = [[ids.bos] + encode(tok, f"Problem: {u.question} Answer:") + [ids.sol, ids.prior]
+               for d in docs[:64] for u in d.units[:1]]
+    n_new = 48
+    t0 = time.perf_counter()
+    out = sample(model, prompts, max_new_tokens=n_new, seed=0, pad_id=ids.pad, batch_size=64)
+    ours_sample = sum(len(s.tokens) for s in out) / (time.perf_counter() - t0)
+    from transformers import GenerationConfig
+
+    width = max(len(p) for p in prompts)
+    inp = torch.tensor([[ids.pad] * (width - len(p)) + p for p in prompts])
+    mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+    gc = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=n_new,
+                          min_new_tokens=n_new, pad_token_id=ids.pad, eos_token_id=None)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        gen = model.generate(input_ids=inp, attention_mask=mask, generation_config=gc)
+    hf_sample = (gen.shape[1] - width) * len(prompts) / (time.perf_counter() - t0)
+
+    res = {"threads": args.threads, "train_tokens_per_s_lt_utils": round(ours), "train_tokens_per_s_plain_torch":
+           round(plain), "train_ratio_lt_utils_over_plain": round(ours / plain, 3),
+           "sample_tokens_per_s_lt_utils": round(ours_sample), "sample_tokens_per_s_hf_generate": round(hf_sample),
+           "sample_ratio_lt_utils_over_hf": round(ours_sample / hf_sample, 3),
+           "model": f"Llama d={spec.n_embd} L={spec.n_layer} H={spec.n_head}, batch {train.batch_size}x{train.seq_len}"}
+    for k, v in res.items():
+        print(f"{k:36s} {v}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Strict, typed stage parameters.
+
+Every notebook starts from a flat dict of literals (its `parameters` cell or a
+papermill YAML).  `load` turns that dict into a frozen dataclass *before any
+work is done*, so a typo, a wrong type or a bad value fails at once with one
+line naming the key -- not half an hour later inside a training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+# Fields that say *where* or *how fast* a stage runs, not *what* it computes:
+# changing them must not invalidate a finished run.
+NON_RESULT_FIELDS = frozenset({"overwrite", "run_root", "workers", "threads_per_worker", "figures_dir", "progress"})
+
+
+class ConfigError(ValueError):
+    """A parameter is unknown, missing, mistyped or out of range (message is one line)."""
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in args)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        inner = args[0] if args else Any
+        return all(_type_ok(v, inner) for v in value)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            return False
+        kt, vt = args if args else (Any, Any)
+        return all(_type_ok(k, kt) and _type_ok(v, vt) for k, v in value.items())
+    return isinstance(value, annotation)
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """Normalise containers so frozen configs hash and compare by value."""
+    if typing.get_origin(annotation) in (list, tuple) and isinstance(value, list):
+        return tuple(value)
+    if annotation is float and isinstance(value, int):
+        return float(value)
+    if typing.get_origin(annotation) is dict and isinstance(value, Mapping):
+        return dict(value)
+    return value
+
+
+def load(cls: type[T], params: Mapping[str, Any], *, where: str | None = None) -> T:
+    """Validate `params` against dataclass `cls` and return a frozen instance."""
+    where = where or cls.__name__
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in params if k not in fields]
+    if unknown:
+        raise ConfigError(f"{where}: unknown parameter '{unknown[0]}' (known: {', '.join(sorted(fields))})")
+    values = {}
+    for name, f in fields.items():
+        if name in params:
+            value = params[name]
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            value = f.default_factory()  # type: ignore[misc]
+        else:
+            raise ConfigError(f"{where}: missing required parameter '{name}'")
+        if not _type_ok(value, hints[name]):
+            raise ConfigError(
+                f"{where}: parameter '{name}' must be {_type_name(hints[name])}, got {type(value).__name__} {value!r}"
+            )
+        values[name] = _coerce(value, hints[name])
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # from __post_init__ checks
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of parameter names to values")
+    return load(cls, data, where=str(path))
+
+
+def from_namespace(cls: type[T], namespace: Mapping[str, Any]) -> T:
+    """Build a config from a notebook's globals (the names of the `parameters` cell)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    return load(cls, {n: namespace[n] for n in names if n in namespace})
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def config_hash(cfg: Any) -> str:
+    """Identity of a stage's *results*: ignores fields that only affect where/how fast it runs."""
+    d = {k: v for k, v in to_dict(cfg).items() if k not in NON_RESULT_FIELDS}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pick(cls: type[T], source: Any, **overrides: Any) -> T:
+    """Build sub-config `cls` from the same-named fields of a flat stage config."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {n: getattr(source, n) for n in names if hasattr(source, n)}
+    values.update(overrides)
+    return cls(**values)
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise a one-line ConfigError from a dataclass's __post_init__."""
+    if not condition:
+        raise ConfigError(message)

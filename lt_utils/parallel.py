@@ -1,0 +1,56 @@
+"""Run independent jobs (arms × seeds) in parallel worker processes.
+
+Tiny models do not scale across threads: on 2 cores, two single-threaded
+processes train faster than one two-threaded process.  Workers are spawned
+(not forked) so each starts with a clean torch runtime; a job that fails is
+reported by name and does not take the finished ones with it (each job writes
+its own results to disk as it goes).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Callable, Sequence
+
+
+def _init_worker(threads: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int, names: Sequence[str] | None = None,
+                 threads_per_worker: int = 1, desc: str = "runs") -> list[Any]:
+    """fn(job) for every job, `workers` at a time; results in job order.  Raises after all jobs ran if any failed."""
+    from tqdm.auto import tqdm
+
+    names = list(names) if names is not None else [str(i) for i in range(len(jobs))]
+    results: list[Any] = [None] * len(jobs)
+    errors: list[str] = []
+    if workers <= 1 or len(jobs) <= 1:
+        _init_worker(threads_per_worker)
+        for i, job in enumerate(tqdm(jobs, desc=desc, unit="run")):
+            results[i] = fn(job)
+        return results
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(threads_per_worker,)) as pool:
+        futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
+        with tqdm(total=len(jobs), desc=desc, unit="run") as bar:
+            for fut in as_completed(futures):
+                i = futures[fut]
+                try:
+                    results[i] = fut.result()
+                except Exception as exc:  # keep going: other runs' results are still worth having
+                    errors.append(f"{names[i]}: {type(exc).__name__}: {exc}")
+                bar.update(1)
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(jobs)} runs failed; first: {errors[0]}")
+    return results

@@ -1,0 +1,339 @@
+"""Figures of the study, one registered function per paper figure.
+
+Each figure function takes a tidy DataFrame and returns a matplotlib
+``Figure``; ``save_figure`` writes it as PDF (for the paper) and PNG (for
+quick review). Figures are built on ``matplotlib.figure.Figure`` with the Agg
+canvas rather than through pyplot, so they render headless and never change
+the global backend of a notebook that imports this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import secrets
+import sys
+import zlib
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, PercentFormatter
+
+__all__ = [
+    "ARM_STYLE",
+    "FIGURES",
+    "STYLE",
+    "arm_style",
+    "fig_accuracy_by_family",
+    "fig_accuracy_vs_tokens",
+    "register",
+    "render_all",
+    "save_figure",
+    "style",
+]
+
+# --------------------------------------------------------------------------
+# Shared look
+# --------------------------------------------------------------------------
+
+STYLE: dict[str, object] = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "figure.titlesize": 12,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": "0.88",
+    "grid.linewidth": 0.6,
+    "axes.axisbelow": True,
+    "lines.linewidth": 1.6,
+    "lines.markersize": 5,
+    "legend.frameon": False,
+    "pdf.fonttype": 42,  # embed TrueType so the PDF text stays editable
+    "ps.fonttype": 42,
+    "savefig.dpi": 200,
+}
+
+# Okabe–Ito palette (colour-blind safe); yellow darkened to read on white.
+# Baselines are dashed so the proposed methods stand out even in greyscale.
+ARM_STYLE: dict[str, dict] = {
+    "raw_repeat": dict(color="#000000", marker="o", linestyle="--", label="Raw (repeat)"),
+    "raw_fresh": dict(color="#8C8C8C", marker="s", linestyle="--", label="Raw (fresh)"),
+    "raw_token_match": dict(color="#B8A000", marker="<", linestyle="--", label="Raw token-match"),
+    "raw_flop_match": dict(color="#E69F00", marker=">", linestyle="--", label="Raw FLOP-match"),
+    "wrap_orig": dict(color="#56B4E9", marker="^", linestyle="-", label="WRAP-Orig"),
+    "wrap_cot": dict(color="#0072B2", marker="v", linestyle="-", label="WRAP-CoT"),
+    "latent_thoughts": dict(color="#D55E00", marker="D", linestyle="-", label="Latent thoughts"),
+    "bolt": dict(color="#CC79A7", marker="P", linestyle="-", label="BoLT"),
+    "warmstart": dict(color="#009E73", marker="X", linestyle="-", label="Warmstart"),
+}
+
+# Paul Tol "muted" colours absent from ARM_STYLE, so unknown arms never
+# masquerade as a known one.
+_FALLBACK_COLORS = ["#332288", "#882255", "#999933", "#44AA99", "#AA4499"]
+_FALLBACK_MARKERS = ["h", "*", "p", "8", "d", "H"]
+
+
+def arm_style(arm: str) -> dict:
+    """Colour/marker/linestyle/label for an arm, stable across figures and runs.
+
+    Unknown arms get a fallback picked by a stable hash of the name (not
+    Python's salted ``hash``), so the same arm keeps its colour everywhere.
+    """
+    if arm in ARM_STYLE:
+        return dict(ARM_STYLE[arm])
+    h = zlib.crc32(arm.encode("utf-8"))
+    return dict(
+        color=_FALLBACK_COLORS[h % len(_FALLBACK_COLORS)],
+        marker=_FALLBACK_MARKERS[h % len(_FALLBACK_MARKERS)],
+        linestyle="-.",
+        label=arm,
+    )
+
+
+@contextlib.contextmanager
+def style() -> Iterator[None]:
+    """Apply the study's rcParams for the duration of a figure build/save."""
+    with matplotlib.rc_context(STYLE):
+        yield
+
+
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    """A pyplot-free figure: headless, and garbage-collected with its owner."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Saving and registry
+# --------------------------------------------------------------------------
+
+
+def save_figure(fig: Figure, name: str, out_dir: str | os.PathLike) -> list[Path]:
+    """Write ``<out_dir>/<name>.pdf`` and ``.png``; return their paths.
+
+    Each file is written to a temp file in the same directory and moved into
+    place, so a crash never leaves a truncated figure that looks current.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    try:
+        with style():
+            for ext in ("pdf", "png"):
+                target = out / f"{name}.{ext}"
+                # a unique name created by savefig itself, so the file gets the
+                # usual umask permissions (mkstemp would make it private)
+                tmp = out / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.{ext}.tmp"
+                try:
+                    fig.savefig(
+                        tmp, format=ext, dpi=200, bbox_inches="tight", pad_inches=0.05,
+                        # no timestamp, so unchanged figures give unchanged files
+                        metadata={"CreationDate": None} if ext == "pdf" else None,
+                    )
+                    os.replace(tmp, target)
+                except BaseException:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                    raise
+                paths.append(target)
+    finally:
+        if "matplotlib.pyplot" in sys.modules:  # figure may come from pyplot
+            sys.modules["matplotlib.pyplot"].close(fig)
+    return paths
+
+
+FigureFn = Callable[[pd.DataFrame], Figure]
+FIGURES: dict[str, FigureFn] = {}
+
+
+def register(name: str) -> Callable[[FigureFn], FigureFn]:
+    """Add a figure function to ``FIGURES`` under the file name it saves to."""
+
+    def decorator(fn: FigureFn) -> FigureFn:
+        if name in FIGURES and FIGURES[name] is not fn:
+            raise ValueError(f"figure {name!r} registered twice")
+        FIGURES[name] = fn
+        return fn
+
+    return decorator
+
+
+def render_all(
+    frames: Mapping[str, pd.DataFrame],
+    out_dir: str | os.PathLike,
+    names: Sequence[str] | None = None,
+) -> dict[str, list[Path]]:
+    """Render and save every registered figure that has data.
+
+    Figures whose frame is missing or empty are skipped (a run still in
+    progress should not break the report); unknown names raise, because a
+    typo silently dropping a figure is worse.
+    """
+    wanted = list(frames) if names is None else list(names)
+    unknown = [n for n in wanted if n not in FIGURES]
+    if unknown:
+        raise KeyError(f"unknown figures {unknown}; registered: {sorted(FIGURES)}")
+    produced: dict[str, list[Path]] = {}
+    for name in wanted:
+        frame = frames.get(name)
+        if frame is None or len(frame) == 0:
+            continue
+        produced[name] = save_figure(FIGURES[name](frame), name, out_dir)
+    return produced
+
+
+# --------------------------------------------------------------------------
+# Helpers shared by the accuracy figures
+# --------------------------------------------------------------------------
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], figure: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{figure}: missing columns {missing}")
+    if len(df) == 0:
+        raise ValueError(f"{figure}: no rows to plot")
+
+
+def _arm_order(arms: Sequence[str]) -> list[str]:
+    """Known arms in the canonical legend order, then unknown ones as found."""
+    present = list(dict.fromkeys(arms))
+    known = [a for a in ARM_STYLE if a in present]
+    return known + [a for a in present if a not in ARM_STYLE]
+
+
+def _seed_curves(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean, SE and n across seeds at each (keys..., tokens) point.
+
+    Rows are first averaged within a seed, so extra rows per seed (e.g. one
+    per task family) are not mistaken for independent seeds.
+    """
+    per_seed = (
+        df.groupby(keys + ["tokens", "seed"], sort=False)["accuracy"].mean().reset_index()
+    )
+    grouped = per_seed.groupby(keys + ["tokens"], sort=False)["accuracy"]
+    curves = grouped.agg(mean="mean", sd="std", n="count").reset_index()
+    curves["se"] = np.where(curves["n"] >= 2, curves["sd"] / np.sqrt(curves["n"]), np.nan)
+    return curves.sort_values(keys + ["tokens"])
+
+
+def _seed_label(arm: str, n_seeds: int) -> str:
+    return f"{arm_style(arm)['label']} (n={n_seeds} seed{'s' if n_seeds != 1 else ''})"
+
+
+def _draw_arm(ax, curve: pd.DataFrame, arm: str, label: str | None) -> None:
+    """Mean line with markers plus a ±1 SE band where at least 2 seeds exist."""
+    st = arm_style(arm)
+    x = curve["tokens"].to_numpy(dtype=float)
+    y = curve["mean"].to_numpy(dtype=float)
+    se = curve["se"].to_numpy(dtype=float)
+    ax.plot(
+        x, y, color=st["color"], marker=st["marker"], linestyle=st["linestyle"],
+        label=label, clip_on=False, zorder=3,
+    )
+    has_band = ~np.isnan(se)
+    if has_band.any():
+        ax.fill_between(
+            x, np.clip(y - se, 0, 1), np.clip(y + se, 0, 1),
+            where=has_band, color=st["color"], alpha=0.18, linewidth=0, zorder=2,
+        )
+
+
+def _format_accuracy_axes(ax, ylabel: bool = True) -> None:
+    ax.set_xlabel("Training tokens")
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.set_xlim(left=0)
+    if ylabel:
+        ax.set_ylabel("Held-out accuracy")
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+    ax.set_ylim(0, 1)
+
+
+# --------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------
+
+
+@register("accuracy_vs_tokens")
+def fig_accuracy_vs_tokens(df: pd.DataFrame) -> Figure:
+    """Held-out accuracy against training tokens, one line per arm.
+
+    The core data-efficiency plot: does training on inferred latent thoughts
+    reach a given accuracy with fewer raw tokens than the baselines? Extra
+    columns (e.g. ``family``) are averaged over within each seed.
+    """
+    _require(df, ["arm", "seed", "tokens", "accuracy"], "accuracy_vs_tokens")
+    curves = _seed_curves(df, ["arm"])
+    seeds_per_arm = df.groupby("arm")["seed"].nunique()
+    with style():
+        fig = _new_figure((7.0, 4.0))
+        ax = fig.add_subplot()
+        for arm in _arm_order(df["arm"]):
+            _draw_arm(ax, curves[curves["arm"] == arm], arm,
+                      _seed_label(arm, int(seeds_per_arm[arm])))
+        _format_accuracy_axes(ax)
+        ax.set_title("Accuracy vs training tokens")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return fig
+
+
+@register("accuracy_vs_tokens_by_family")
+def fig_accuracy_by_family(df: pd.DataFrame) -> Figure:
+    """Accuracy vs tokens, one small-multiple panel per task family.
+
+    Shows whether a gain is broad or driven by one family; the y-axis is
+    shared so panels compare directly.
+    """
+    _require(df, ["arm", "seed", "tokens", "family", "accuracy"],
+             "accuracy_vs_tokens_by_family")
+    families = sorted(df["family"].unique(), key=str)
+    curves = _seed_curves(df, ["family", "arm"])
+    seeds_per_arm = df.groupby("arm")["seed"].nunique()
+    arms = _arm_order(df["arm"])
+    # at most 3 columns, rows as evenly filled as possible (4 -> 2x2, not 3+1)
+    n_rows = math.ceil(len(families) / 3)
+    n_cols = math.ceil(len(families) / n_rows)
+    with style():
+        # legend goes underneath, so the title stays centred over the panels
+        legend_cols = 3 if n_cols >= 2 else 2
+        legend_rows = math.ceil(len(arms) / legend_cols)
+        fig = _new_figure((max(3.2 * n_cols + 0.6, 6.0),
+                           2.8 * n_rows + 0.6 + 0.22 * legend_rows))
+        axes = fig.subplots(n_rows, n_cols, sharex=True, sharey=True, squeeze=False).ravel()
+        for i, (ax, family) in enumerate(zip(axes, families)):
+            for arm in arms:
+                curve = curves[(curves["family"] == family) & (curves["arm"] == arm)]
+                if len(curve):
+                    _draw_arm(ax, curve, arm, None)
+            _format_accuracy_axes(ax, ylabel=(i % n_cols == 0))
+            ax.set_title(str(family))
+            # only the lowest panel of each column names the x-axis
+            lowest_in_column = i + n_cols >= len(families)
+            ax.xaxis.set_tick_params(labelbottom=lowest_in_column)
+            if not lowest_in_column:
+                ax.set_xlabel("")
+        for ax in axes[len(families):]:
+            ax.set_visible(False)
+        # one legend for all panels; proxy lines so every arm appears even if
+        # it is missing from some family
+        handles = [
+            axes[0].plot([], [], color=arm_style(a)["color"], marker=arm_style(a)["marker"],
+                         linestyle=arm_style(a)["linestyle"],
+                         label=_seed_label(a, int(seeds_per_arm[a])))[0]
+            for a in arms
+        ]
+        fig.legend(handles=handles, loc="outside lower center", ncols=legend_cols)
+        fig.suptitle("Accuracy vs training tokens, by task family")
+    return fig

@@ -1,0 +1,98 @@
+"""Parameters fail fast, with one line naming the key or path."""
+
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+
+from lt_utils import config, pipeline
+from lt_utils.config import ConfigError, require
+from lt_utils.paths import PARAMS_DIR
+
+
+@dataclass(frozen=True)
+class Toy:
+    name: str
+    steps: int = 10
+    lr: float = 1e-3
+    flag: bool = False
+    seeds: list[int] = field(default_factory=lambda: [0])
+    difficulty: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        require(self.steps > 0, f"steps must be > 0, got {self.steps}")
+
+
+def test_valid_params_give_frozen_config():
+    cfg = config.load(Toy, {"name": "a", "lr": 1, "seeds": [1, 2], "difficulty": {"addition": 3}})
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.seeds == (1, 2)
+    with pytest.raises(Exception):
+        cfg.steps = 3  # frozen
+
+
+@pytest.mark.parametrize("params, needle", [
+    ({"name": "a", "stpes": 3}, "unknown parameter 'stpes'"),
+    ({"name": "a", "steps": "3"}, "parameter 'steps' must be int"),
+    ({"name": "a", "steps": True}, "parameter 'steps' must be int"),
+    ({"name": "a", "flag": 1}, "parameter 'flag' must be bool"),
+    ({"name": "a", "seeds": [0, "1"]}, "parameter 'seeds'"),
+    ({"name": "a", "difficulty": {"addition": "hard"}}, "parameter 'difficulty'"),
+    ({}, "missing required parameter 'name'"),
+    ({"name": "a", "steps": 0}, "steps must be > 0"),
+])
+def test_bad_params_fail_with_one_line_naming_the_key(params, needle):
+    with pytest.raises(ConfigError) as err:
+        config.load(Toy, params)
+    msg = str(err.value)
+    assert needle in msg
+    assert "\n" not in msg
+
+
+def test_missing_params_file_names_the_path(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found: .*nope.yaml"):
+        config.load_yaml(Toy, tmp_path / "nope.yaml")
+
+
+def test_config_hash_ignores_where_and_how_fast():
+    a = config.load(Toy, {"name": "a"})
+    b = config.load(Toy, {"name": "a", "steps": 11})
+    assert config.config_hash(a) != config.config_hash(b)
+
+    @dataclass(frozen=True)
+    class WithWorkers:
+        steps: int = 1
+        workers: int = 1
+    assert config.config_hash(WithWorkers(1, 1)) == config.config_hash(WithWorkers(1, 4))
+
+
+@pytest.mark.parametrize("profile", sorted(p.name for p in PARAMS_DIR.iterdir() if p.is_dir()))
+def test_every_params_file_loads_into_its_stage_config(profile):
+    files = sorted((PARAMS_DIR / profile).glob("*.yaml"))
+    assert files, f"params/{profile} is empty"
+    for f in files:
+        cls = pipeline.stage_config_class(f.stem)
+        cfg = config.load_yaml(cls, f)
+        assert cfg.study
+
+
+def test_pipeline_rejects_unknown_key_before_running(tmp_path, monkeypatch, capsys):
+    prof = tmp_path / "bad"
+    prof.mkdir()
+    for stage in pipeline.STAGES:
+        data = yaml.safe_load((PARAMS_DIR / "smoke" / f"{stage}.yaml").read_text())
+        if stage == "02_synthetic_thoughts":
+            data["learning_rate"] = 0.1
+        (prof / f"{stage}.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(pipeline, "PARAMS_DIR", tmp_path)
+    rc = pipeline.main(["--profile", "bad", "--run-root", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert "unknown parameter 'learning_rate'" in err and "02_synthetic_thoughts.yaml" in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_pipeline_unknown_profile(capsys):
+    assert pipeline.main(["--profile", "no_such_profile"]) == 2
+    assert "unknown profile 'no_such_profile'" in capsys.readouterr().err

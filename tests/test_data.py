@@ -1,0 +1,138 @@
+"""Chunking, the paper's two latent layouts, packing and reproducible epochs."""
+
+import numpy as np
+import pytest
+import torch
+
+from lt_utils.data import (EpochStream, chunk_document, layout_ids, pack_rows, token_ratio, tokenize_docs)
+from lt_utils.tokens import SpecialIds, encode
+
+
+def test_chunking_is_seeded_by_text_and_concatenates_back():
+    segs = ["Problem: 1 + 1 Answer:"] + [f" {i}.\nProblem: {i} + 1 Answer:" for i in range(2, 30)]
+    head, chunks = chunk_document("d", segs, mean_units=3.0, max_units=5, prefix_chunks=1)
+    head2, chunks2 = chunk_document("other-id", segs, mean_units=3.0, max_units=5, prefix_chunks=1)
+    assert chunks == [c.__class__("d", c.index, c.prefix, c.suffix) for c in chunks2]  # same text → same chunks
+    assert head + "".join(c.suffix for c in chunks) == "".join(segs)
+    assert chunks[0].prefix == head
+    for prev, cur in zip(chunks, chunks[1:]):
+        assert cur.prefix == prev.suffix
+    sizes = [c.suffix.count("\n") for c in chunks]
+    assert max(sizes) <= 5 and min(sizes) >= 1 and len(set(sizes)) > 1
+    _, other_seed = chunk_document("d", segs, mean_units=3.0, max_units=5, seed=7)
+    assert [c.suffix for c in other_seed] != [c.suffix for c in chunks]
+
+
+def test_prefix_of_several_chunks():
+    segs = ["H"] + [f"<{i}>" for i in range(6)]
+    head, chunks = chunk_document("d", segs, mean_units=1.0, max_units=1, prefix_chunks=3)
+    assert [c.suffix for c in chunks] == [f"<{i}>" for i in range(6)]
+    assert chunks[0].prefix == "H" and chunks[2].prefix == "H<0><1>" and chunks[5].prefix == "<2><3><4>"
+
+
+def test_prior_and_posterior_layouts_are_exact(docs, tokenizer):
+    ids = SpecialIds.of(tokenizer)
+    d = tokenize_docs(tokenizer, docs[:1])[0]
+    prior, raw_mask = layout_ids(d, "prior", ids)
+    expect = [ids.bos] + d.head
+    for x, z in zip(d.suffixes, d.thoughts):
+        expect += [ids.sol, ids.prior] + z + [ids.eol] + x
+    assert prior == expect + [ids.eos]
+    assert sum(raw_mask) == d.raw_len
+    post, _ = layout_ids(d, "posterior", ids)
+    expect = [ids.bos] + d.head
+    for x, z in zip(d.suffixes, d.thoughts):
+        expect += [ids.sol, ids.eol] + x + [ids.sol, ids.posterior] + z + [ids.eol]
+    assert post == expect + [ids.eos]
+    raw, mask = layout_ids(d, "raw", ids)
+    assert tokenizer.decode(raw[1:-1]) == docs[0].text and all(mask)
+    only, mask = layout_ids(d, "thought_only", ids)
+    assert only[1:-1] == [t for z in d.thoughts for t in z] and sum(mask) == 2
+
+
+def test_random_layout_is_a_fair_coin_per_chunk(docs, tokenizer):
+    ids = SpecialIds.of(tokenizer)
+    tdocs = tokenize_docs(tokenizer, docs)
+    rng = np.random.default_rng(0)
+    n_prior = n_post = 0
+    for d in tdocs * 10:
+        toks, _ = layout_ids(d, "random", ids, rng)
+        n_prior += toks.count(ids.prior)
+        n_post += toks.count(ids.posterior)
+    frac = n_prior / (n_prior + n_post)
+    assert abs(frac - 0.5) < 0.04, frac
+
+
+def test_layout_needs_thoughts(tokenizer):
+    from lt_utils.data import TokenizedDoc
+    with pytest.raises(ValueError, match="needs thoughts"):
+        layout_ids(TokenizedDoc([1], [[2]], None), "random", SpecialIds.of(tokenizer), np.random.default_rng(0))
+
+
+def test_masked_packing_resets_positions_and_keeps_documents_whole(docs, tokenizer):
+    ids = SpecialIds.of(tokenizer)
+    seqs = [layout_ids(d, "raw", ids) for d in tokenize_docs(tokenizer, docs)]
+    rows = pack_rows(seqs, 128, ids.pad, attend_across_docs=False)
+    assert rows.input_ids.shape[1] == 128
+    n_docs = int((rows.input_ids == ids.bos).sum())
+    assert n_docs == len(seqs)
+    for r in range(len(rows)):
+        starts = np.where(rows.input_ids[r] == ids.bos)[0]
+        assert all(rows.position_ids[r, s] == 0 for s in starts)
+        assert all(rows.labels[r, s] == -100 for s in starts if s > 0)
+        pad = rows.input_ids[r] == ids.pad
+        assert (rows.labels[r][pad] == -100).all()
+    assert rows.raw_tokens.sum() == sum(len(s) for s, _ in seqs)
+    assert (rows.input_ids != ids.pad).sum() == sum(len(s) for s, _ in seqs)
+
+
+def test_unmasked_packing_is_one_stream(docs, tokenizer):
+    ids = SpecialIds.of(tokenizer)
+    seqs = [layout_ids(d, "raw", ids) for d in tokenize_docs(tokenizer, docs)]
+    rows = pack_rows(seqs, 128, ids.pad, attend_across_docs=True)
+    flat = rows.input_ids.reshape(-1)[: sum(len(s) for s, _ in seqs)]
+    assert flat.tolist() == [t for s, _ in seqs for t in s]
+    assert (rows.position_ids == np.arange(128)).all()
+
+
+def test_packed_documents_do_not_see_each_other(docs, tokenizer, tiny_model):
+    """With positions reset, transformers masks attention per document: logits equal the document alone."""
+    ids = SpecialIds.of(tokenizer)
+    seqs = [layout_ids(d, "raw", ids) for d in tokenize_docs(tokenizer, docs[:6])]
+    rows = pack_rows(seqs, 256, ids.pad, attend_across_docs=False)
+    row, pos = rows.input_ids[0], rows.position_ids[0]
+    starts = list(np.where(row == ids.bos)[0])
+    assert len(starts) >= 2
+    s, e = starts[1], (starts[2] if len(starts) > 2 else int((row != ids.pad).sum()))
+    with torch.no_grad():
+        packed = tiny_model(input_ids=torch.tensor(row)[None], position_ids=torch.tensor(pos)[None],
+                            use_cache=False).logits[0, s:e]
+        alone = tiny_model(input_ids=torch.tensor(row[s:e])[None], use_cache=False).logits[0]
+    assert torch.allclose(packed, alone, atol=1e-5)
+
+
+def test_epoch_stream_is_a_function_of_the_step(docs, tokenizer):
+    ids = SpecialIds.of(tokenizer)
+    tdocs = tokenize_docs(tokenizer, docs)
+    kw = dict(seq_len=128, batch_size=4, seed=3, attend_across_docs=False)
+    a = EpochStream(tdocs, "random", ids, **kw)
+    b = EpochStream(tdocs, "random", ids, **kw)
+    per = a.batches_per_epoch
+    seq_a = [a.batch(s)["input_ids"] for s in range(2 * per + 1)]
+    late = b.batch(2 * per)["input_ids"]  # jump straight to epoch 2, as a resumed run does
+    assert np.array_equal(seq_a[2 * per], late)
+    assert not np.array_equal(a.batch(0)["input_ids"], a.batch(per)["input_ids"])  # layouts re-drawn per epoch
+    assert a.batch(per)["epoch"] == 1
+
+
+def test_token_ratio_of_latent_layout(docs, tokenizer):
+    ids = SpecialIds.of(tokenizer)
+    tdocs = tokenize_docs(tokenizer, docs)
+    assert token_ratio(tdocs, "raw", ids) == pytest.approx(1.0)
+    raw = sum(d.raw_len for d in tdocs)
+    thought = sum(len(t) for d in tdocs for t in d.thoughts)
+    n_chunks = sum(len(d.suffixes) for d in tdocs)
+    # prior adds SoL PRI EoL (3 tokens) per chunk, posterior SoL EoL SoL POST EoL (5): on average 4
+    r = token_ratio(tdocs, "random", ids)
+    assert (raw + thought + 3 * n_chunks) / raw < r < (raw + thought + 5 * n_chunks) / raw
+    assert token_ratio(tdocs, "prior", ids) == pytest.approx((raw + thought + 3 * n_chunks) / raw)

@@ -1,0 +1,164 @@
+"""Tests for lt_utils.plots: figures render headless, encode the data, save cleanly."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import PolyCollection
+from matplotlib.ticker import EngFormatter
+
+from lt_utils import plots
+
+TOKENS = [0, 1_000_000, 2_000_000, 4_000_000]
+SEEDS = {"raw_repeat": [0, 1, 2], "latent_thoughts": [0, 1, 2], "warmstart": [0]}
+
+
+def _tidy(families=("algebra", "geometry"), seeds=SEEDS):
+    rows = []
+    for arm, arm_seeds in seeds.items():
+        for seed in arm_seeds:
+            for i, tokens in enumerate(TOKENS):
+                for j, family in enumerate(families):
+                    acc = 0.1 + 0.1 * i + 0.02 * seed + 0.05 * j
+                    rows.append(dict(arm=arm, seed=seed, tokens=tokens, family=family,
+                                     accuracy=acc, step=i * 100))
+    return pd.DataFrame(rows)
+
+
+def _lines_by_label(ax):
+    return {line.get_label(): line for line in ax.get_lines()
+            if not line.get_label().startswith("_")}
+
+
+@pytest.mark.parametrize("name", sorted(plots.FIGURES))
+def test_each_registered_figure_renders_and_saves(name, tmp_path):
+    paths = plots.save_figure(plots.FIGURES[name](_tidy()), name, tmp_path / "figs")
+    assert [p.name for p in paths] == [f"{name}.pdf", f"{name}.png"]
+    pdf, png = (p.read_bytes() for p in paths)
+    assert pdf.startswith(b"%PDF") and len(pdf) > 1000
+    assert png.startswith(b"\x89PNG") and len(png) > 1000
+    # atomic write leaves no temp files behind
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == sorted(p.name for p in paths)
+
+
+def test_accuracy_vs_tokens_encodes_mean_over_seeds():
+    df = _tidy()
+    fig = plots.fig_accuracy_vs_tokens(df)
+    (ax,) = fig.axes
+    lines = _lines_by_label(ax)
+    assert list(lines) == [  # canonical arm order, seed counts in the legend
+        "Raw (repeat) (n=3 seeds)", "Latent thoughts (n=3 seeds)", "Warmstart (n=1 seed)",
+    ]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(lines)
+    # per seed the two families are averaged first, then the mean over seeds
+    expected = (df[df.arm == "latent_thoughts"].groupby(["tokens", "seed"]).accuracy.mean()
+                .groupby("tokens").mean())
+    line = lines["Latent thoughts (n=3 seeds)"]
+    np.testing.assert_allclose(line.get_xdata(), expected.index.to_numpy(dtype=float))
+    np.testing.assert_allclose(line.get_ydata(), expected.to_numpy())
+
+
+def test_accuracy_vs_tokens_axes_and_bands():
+    fig = plots.fig_accuracy_vs_tokens(_tidy())
+    (ax,) = fig.axes
+    assert ax.get_title() == "Accuracy vs training tokens"
+    assert ax.get_xlabel() == "Training tokens"
+    assert ax.get_ylabel() == "Held-out accuracy"
+    assert ax.get_ylim() == (0.0, 1.0)
+    assert isinstance(ax.xaxis.get_major_formatter(), EngFormatter)
+    assert ax.xaxis.get_major_formatter()(2_000_000) == "2M"
+    assert ax.yaxis.get_major_formatter()(0.5) == "50%"
+    # ±1 SE bands for the two 3-seed arms only; the 1-seed arm gets none
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2
+
+
+def test_by_family_one_panel_per_family_shared_y():
+    fig = plots.fig_accuracy_by_family(_tidy(families=("algebra", "geometry", "logic", "sets")))
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["algebra", "geometry", "logic", "sets"]
+    assert all(ax.get_ylim() == (0.0, 1.0) for ax in panels)
+    assert panels[0].get_shared_y_axes().joined(panels[0], panels[-1])
+    legend_texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend_texts == ["Raw (repeat) (n=3 seeds)", "Latent thoughts (n=3 seeds)",
+                            "Warmstart (n=1 seed)"]
+
+
+def test_by_family_single_family_is_one_panel():
+    fig = plots.fig_accuracy_by_family(_tidy(families=("algebra",)))
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["algebra"]
+
+
+def test_figures_reject_missing_columns():
+    with pytest.raises(ValueError, match="family"):
+        plots.fig_accuracy_by_family(_tidy().drop(columns="family"))
+
+
+def test_save_figure_overwrites_with_normal_permissions(tmp_path):
+    reference = tmp_path / "reference.txt"
+    reference.write_text("x")
+    plots.save_figure(plots.fig_accuracy_vs_tokens(_tidy()), "fig", tmp_path)
+    first = (tmp_path / "fig.png").read_bytes()
+    plots.save_figure(plots.fig_accuracy_vs_tokens(_tidy(seeds={"bolt": [0, 1]})), "fig", tmp_path)
+    assert (tmp_path / "fig.png").read_bytes() != first
+    assert (tmp_path / "fig.png").stat().st_mode == reference.stat().st_mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.pdf", "fig.png", "reference.txt"]
+
+
+def test_render_all_skips_empty_frames(tmp_path):
+    frames = {"accuracy_vs_tokens": _tidy(),
+              "accuracy_vs_tokens_by_family": _tidy().iloc[0:0]}
+    produced = plots.render_all(frames, tmp_path)
+    assert list(produced) == ["accuracy_vs_tokens"]
+    assert all(p.exists() for p in produced["accuracy_vs_tokens"])
+    assert not (tmp_path / "accuracy_vs_tokens_by_family.png").exists()
+
+
+def test_render_all_respects_names_and_rejects_unknown(tmp_path):
+    frames = {name: _tidy() for name in plots.FIGURES}
+    produced = plots.render_all(frames, tmp_path, names=["accuracy_vs_tokens_by_family"])
+    assert list(produced) == ["accuracy_vs_tokens_by_family"]
+    with pytest.raises(KeyError, match="no_such_figure"):
+        plots.render_all({"no_such_figure": _tidy()}, tmp_path)
+
+
+def test_unknown_arm_gets_fallback_style_and_own_label():
+    known_colors = {s["color"] for s in plots.ARM_STYLE.values()}
+    st = plots.arm_style("mystery_arm")
+    assert st["label"] == "mystery_arm"
+    assert st["color"] not in known_colors
+    assert st == plots.arm_style("mystery_arm")  # stable across calls
+    fig = plots.fig_accuracy_vs_tokens(_tidy(seeds={"raw_repeat": [0, 1], "mystery_arm": [0, 1]}))
+    lines = _lines_by_label(fig.axes[0])
+    assert list(lines) == ["Raw (repeat) (n=2 seeds)", "mystery_arm (n=2 seeds)"]
+    assert lines["mystery_arm (n=2 seeds)"].get_color() == st["color"]
+
+
+def test_arm_style_covers_every_study_arm():
+    expected = {
+        "raw_repeat": "Raw (repeat)", "raw_fresh": "Raw (fresh)", "wrap_orig": "WRAP-Orig",
+        "wrap_cot": "WRAP-CoT", "latent_thoughts": "Latent thoughts", "bolt": "BoLT",
+        "raw_token_match": "Raw token-match", "raw_flop_match": "Raw FLOP-match",
+        "warmstart": "Warmstart",
+    }
+    assert {arm: s["label"] for arm, s in plots.ARM_STYLE.items()} == expected
+    assert len({s["color"] for s in plots.ARM_STYLE.values()}) == len(expected)
+
+
+def test_save_figure_closes_pyplot_figures(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    fig.add_subplot().plot([0, 1], [0, 1])
+    plots.save_figure(fig, "pyplot_fig", tmp_path)
+    assert fig.number not in plt.get_fignums()
+    assert (tmp_path / "pyplot_fig.png").stat().st_size > 0
+
+
+def test_style_context_restores_rcparams():
+    import matplotlib
+    before = matplotlib.rcParams["axes.spines.top"]
+    with plots.style():
+        assert matplotlib.rcParams["axes.spines.top"] is False
+    assert matplotlib.rcParams["axes.spines.top"] == before

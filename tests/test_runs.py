@@ -1,0 +1,80 @@
+"""Run directories describe themselves, skip finished work and never hold half-written files."""
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from lt_utils import runs
+from lt_utils.config import ConfigError
+from lt_utils.runs import MissingInputError, RunDir
+
+
+@dataclass(frozen=True)
+class Cfg:
+    study: str = "t"
+    run_root: str = ""
+    steps: int = 1
+    overwrite: bool = False
+
+
+def open_run(root, **kw):
+    return RunDir.open(Cfg(run_root=str(root), **kw), "01_stage")
+
+
+def test_run_dir_records_config_env_metrics_manifest_done(tmp_path):
+    run = open_run(tmp_path)
+    assert run.path == tmp_path / "t" / "01_stage"
+    assert (run.path / "config.yaml").read_text().startswith("study: t")
+    env = json.loads((run.path / "env.json").read_text())
+    assert {"python", "torch", "git_sha", "device"} <= set(env)
+    run.log(step=1, loss=2.0)
+    runs.write_text(run.file("a.txt"), "hello")
+    run.add_artifact("a.txt", "a file")
+    run.finish(n=1)
+    assert runs.read_jsonl(run.path / "metrics.jsonl")[0]["loss"] == 2.0
+    assert json.loads((run.path / "manifest.json").read_text())["artifacts"] == {"a.txt": "a file"}
+    assert json.loads((run.path / "DONE").read_text())["config_hash"] == run.config_hash
+
+
+def test_finished_run_is_reused_and_different_params_refused(tmp_path):
+    run = open_run(tmp_path)
+    run.finish()
+    assert open_run(tmp_path).already_done
+    with pytest.raises(ConfigError, match="different parameters"):
+        open_run(tmp_path, steps=2)
+    again = open_run(tmp_path, steps=2, overwrite=True)
+    assert not again.already_done and not (again.path / "DONE").exists()
+
+
+def test_finish_refuses_a_manifest_with_missing_files(tmp_path):
+    run = open_run(tmp_path)
+    run.artifacts["ghost.bin"] = "never written"
+    with pytest.raises(MissingInputError, match="ghost.bin"):
+        run.finish()
+    assert not (run.path / "DONE").exists()
+
+
+def test_require_done_names_the_path(tmp_path):
+    with pytest.raises(MissingInputError, match=str(tmp_path / "missing")):
+        runs.require_done(tmp_path / "missing")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(MissingInputError, match="unfinished"):
+        runs.require_done(tmp_path / "half")
+
+
+def test_atomic_write_keeps_old_content_on_crash(tmp_path):
+    target = tmp_path / "x.json"
+    runs.write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with runs.atomic_path(target) as tmp:
+            tmp.write_text('{"v": 2, "trunc')
+            raise RuntimeError("crash mid-write")
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_read_jsonl_skips_a_torn_last_line(tmp_path):
+    p = tmp_path / "m.jsonl"
+    p.write_text('{"a": 1}\n{"a": 2}\n{"a": ')
+    assert runs.read_jsonl(p) == [{"a": 1}, {"a": 2}]

@@ -1,0 +1,81 @@
+"""The training loop learns, logs, checkpoints, and resumes to the same weights after a crash."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lt_utils import train as train_mod
+from lt_utils.model import ModelSpec
+from lt_utils.runs import read_jsonl, write_jsonl
+from lt_utils.train import TrainJob, TrainSpec, run_train_job
+
+from conftest import toy_docs
+
+
+def make_job(tmp_path, tokenizer_dir, name, steps=12, layout="random"):
+    corpus = tmp_path / "corpus.jsonl"
+    if not corpus.exists():
+        write_jsonl(corpus, [d.to_dict() for d in toy_docs(30)])
+        write_jsonl(tmp_path / "problems.jsonl", [{"question": "12 + 30", "answer": "42", "family": "addition"}] * 3)
+    return TrainJob(out_dir=str(tmp_path / name), tokenizer_dir=str(tokenizer_dir), corpus_path=str(corpus),
+                    layout=layout, model=ModelSpec(n_layer=1, n_embd=32, n_head=2, n_kv_head=2,
+                                                   intermediate_size=64, max_seq_len=128),
+                    train=TrainSpec(steps=steps, batch_size=4, seq_len=128, lr=3e-3, warmup_steps=2, eval_every=5),
+                    seed=0, eval_problems_path=str(tmp_path / "problems.jsonl"), valid_path=str(corpus),
+                    latent_eval=layout != "raw", info={"arm": "x"}, progress=False)
+
+
+def weights(run_dir):
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+def test_run_writes_metrics_final_model_and_done(tmp_path, tokenizer_dir):
+    job = make_job(tmp_path, tokenizer_dir, "a")
+    final = run_train_job(job)
+    out = tmp_path / "a"
+    assert (out / "DONE").exists() and (out / "model" / "config.json").exists() and not (out / "ckpt").exists()
+    recs = read_jsonl(out / "metrics.jsonl")
+    evals = [r for r in recs if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 5, 10, 12]
+    assert all(0 <= r["accuracy"] <= 1 and r["val_nll"] > 0 for r in evals)
+    train_recs = [r for r in recs if r["kind"] == "train"]
+    assert train_recs[-1]["tokens"] == 12 * 4 * 128 and train_recs[-1]["raw_tokens"] < train_recs[-1]["tokens"]
+    assert final["step"] == 12 and json.loads((out / "run.json").read_text())["arm"] == "x"
+    assert evals[-1]["val_nll"] < evals[0]["val_nll"]  # it learned something
+    assert run_train_job(job) == final  # a finished run is skipped
+
+
+def test_resume_after_crash_gives_identical_weights(tmp_path, tokenizer_dir, monkeypatch):
+    ref = make_job(tmp_path, tokenizer_dir, "ref")
+    run_train_job(ref)
+
+    job = make_job(tmp_path, tokenizer_dir, "crashy")
+    real_save = train_mod._save_ckpt
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt("simulated kill after the step-5 checkpoint")
+
+    monkeypatch.setattr(train_mod, "_save_ckpt", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_train_job(job)
+    monkeypatch.setattr(train_mod, "_save_ckpt", real_save)
+    out = tmp_path / "crashy"
+    assert (out / "ckpt" / "trainer_state.pt").exists() and not (out / "DONE").exists()
+    run_train_job(job)  # resumes from step 5
+    a, b = weights(tmp_path / "ref"), weights(out)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "eval"]
+    assert steps == [0, 5, 10, 12]  # no duplicated records after the resume
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    spec = TrainSpec(steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1)
+    f = train_mod.lr_lambda(spec)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.1)
+    assert all(f(s) >= f(s + 1) - 1e-12 for s in range(10, 100))
