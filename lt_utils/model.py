@@ -27,6 +27,7 @@ class ModelSpec:
     intermediate_size: int = 256     # SwiGLU hidden size
     max_seq_len: int = 256           # RoPE positions the model is built for
     tie_embeddings: bool = True      # tied input/output embeddings (saves params at tiny scale)
+    init_std: float = 0.02           # std of the random init (transformers' initializer_range)
     init_from: str = ""              # HF checkpoint path or hub id; "" = random init from the sizes above
 
     def __post_init__(self):
@@ -56,6 +57,7 @@ def build_model(spec: ModelSpec, tokenizer, seed: int = 0):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         rms_norm_eps=1e-5,
+        initializer_range=spec.init_std,
         attn_implementation="sdpa",
     )
     torch.manual_seed(seed)

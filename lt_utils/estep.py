@@ -1,0 +1,538 @@
+"""The E-step of BoLT: sample latent thoughts from the model's own posterior and pick one by importance resampling.
+
+One network plays three roles, selected by special tokens (Ruan et al. 2025;
+§3 and §5 of our method notes):
+
+* posterior q(z | x, prefix):  ``BOS prefix SoL EoL x SoL POST`` → z ``EoL``
+* prior and likelihood p(z, x | prefix):  ``BOS prefix`` → ``SoL PRI z EoL x``
+
+For every chunk x of a fixed corpus, with the current model:
+
+1. **Proposal.**  K thoughts are sampled from q at ``temperature`` (1.0 = the
+   model's own posterior) with no top-k/top-p truncation, stopping at EoL or
+   at ``max_thought_tokens``.  log q(z|x) is the sum of the sampled tokens'
+   log-probs *including* the EoL that stopped it; z is the sampled tokens
+   without that EoL.
+2. **Joint score.**  log p(SoL, PRI, z, EoL, x | prefix) by teacher forcing;
+   the prefix is context only, the delimiters are scored.
+3. **Weights.**  log w = log p − log q (no length normalisation).  One
+   candidate is drawn with probability proportional to w (self-normalised
+   importance *resampling*, not argmax), from a numpy Generator seeded by a
+   stable hash of (seed, doc_id, chunk index).  A candidate that ran into the
+   cap without EoL is not a complete thought: it gets weight 0 whenever some
+   candidate terminated; when none did, the one with the largest log w is
+   taken and the chunk is flagged (``no_terminated``).
+4. **Bound.**  ``elbo_n = logsumexp(log w[:n]) − log n`` (the IWAE bound on
+   log p(x | prefix)) for n = 1, 2, 4, … ≤ K, with unterminated candidates at
+   w = 0 (they are outside the support of a thought), so ``elbo_n`` is −inf
+   when none of the first n terminated.
+
+Paired K ablation
+-----------------
+:func:`select_first_k` re-selects a chunk's thought from its first k
+candidates only, with the same selection stream, so one E-step at K = 8 gives
+the K ∈ {1, 2, 4, 8} conditions on *the same* samples (k = 1 is "no
+selection": the first sample).  ``select_first_k(r, K, cfg.seed)`` equals the
+record's own ``selected``.
+
+Cost
+----
+Per chunk the E-step runs K proposal rollouts (the bulk of the cost: up to
+``max_thought_tokens`` sequential forward steps over a batch of
+``batch_chunks × K`` rows, each step attending over prompt + thought) and K
+teacher-forced passes over prefix + thought + suffix (one forward each,
+batched ``score_batch_size`` rows at a time).  At paper scale (K = 4) that is
+about 4× the selected thought tokens generated and 4× (thought + context)
+tokens scored per iteration.  Rows are grouped as ``batch_chunks`` chunks × K
+copies of each prompt; prompts are not deduplicated into a shared prefix KV
+cache (see the note in :func:`_sample_group`).
+
+Determinism, cache, resume, shards
+----------------------------------
+``torch.multinomial`` in :func:`lt_utils.sample.sample` draws all rows of a
+call from one Generator, so which random numbers a row gets depends on who
+else is in its batch.  Chunks are therefore sampled in *fixed groups*: the
+canonical chunk list is cut into consecutive groups of ``batch_chunks``, each
+group is one sampling call seeded from a stable hash of (seed, the (doc_id,
+chunk index, candidate index) of every row it samples), and shards take whole
+groups (group g → shard g mod num_shards).  A group's composition thus
+depends only on the chunk list and the configuration, never on sharding,
+order or resumption.  Scoring runs over the same groups, so even the float
+noise of padding is identical.
+
+Every candidate is written to SQLite as soon as its group is sampled
+(committed per group), then its log p once scored.  The key hashes the model
+fingerprint (a hash of the checkpoint's weights, or any string the caller
+passes), the posterior prompt's token ids, the sampling settings
+(temperature, cap, stop id, seed), the chunk's (doc_id, index) and the
+candidate index.  A killed run, restarted, finds whole groups either saved or
+absent, regenerates only the absent ones with the same seeds and makes the
+same selections.  ``batch_chunks`` is not in the key: a rerun with another
+batch size reuses every saved candidate.  Identical results assume the same
+hardware and thread settings (float reductions may differ across them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .data import Chunk
+from .runs import read_jsonl, write_jsonl
+from .sample import sample, score
+from .tokens import SpecialIds, encode
+
+
+@dataclass(frozen=True)
+class EStepConfig:
+    k: int = 4                    # Monte Carlo samples per chunk
+    max_thought_tokens: int = 96  # cap on a sampled thought (EoL not counted)
+    temperature: float = 1.0      # proposal temperature (1.0 = the model's own posterior)
+    seed: int = 0
+    batch_chunks: int = 64        # chunks per sampling call (rows = batch_chunks × k)
+    score_batch_size: int = 64    # rows per teacher-forced scoring forward
+    max_prefix_tokens: int = 0    # keep only the last n prefix tokens (0 = all)
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.max_thought_tokens < 1:
+            raise ValueError(f"max_thought_tokens must be >= 1, got {self.max_thought_tokens}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.batch_chunks < 1 or self.score_batch_size < 1:
+            raise ValueError("batch_chunks and score_batch_size must be >= 1")
+        if self.max_prefix_tokens < 0:
+            raise ValueError("max_prefix_tokens must be >= 0")
+
+
+# --------------------------------------------------------------------------- seeds and fingerprints
+def stable_seed(*parts) -> int:
+    """A 63-bit seed from JSON-serialisable parts (sha256: the same on every machine and run)."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") >> 1
+
+
+def model_fingerprint(model_or_path) -> str:
+    """sha256 of a checkpoint's weights: the bytes of its ``*.safetensors`` files, or of an in-memory model's tensors."""
+    h = hashlib.sha256()
+    if isinstance(model_or_path, (str, Path)):
+        path = Path(model_or_path)
+        files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+        if not files:
+            raise FileNotFoundError(f"no .safetensors files in {path}")
+        for f in files:
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(block)
+        return h.hexdigest()
+    for name, t in model_or_path.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- layouts
+def _ids(tokenizer_or_ids) -> SpecialIds:
+    return tokenizer_or_ids if isinstance(tokenizer_or_ids, SpecialIds) else SpecialIds.of(tokenizer_or_ids)
+
+
+def chunk_pieces(tokenizer, chunk: Chunk, max_prefix_tokens: int = 0) -> tuple[list[int], list[int]]:
+    """Token ids of the chunk's prefix (left-truncated to `max_prefix_tokens` if > 0) and suffix."""
+    prefix = encode(tokenizer, chunk.prefix) if chunk.prefix else []
+    if max_prefix_tokens and len(prefix) > max_prefix_tokens:
+        prefix = prefix[-max_prefix_tokens:]
+    return prefix, encode(tokenizer, chunk.suffix)
+
+
+def posterior_prompt_ids(ids: SpecialIds, prefix: Sequence[int], suffix: Sequence[int]) -> list[int]:
+    """``BOS prefix SoL EoL x SoL POST``.
+
+    Our training layout puts the empty ``SoL EoL`` before every chunk's text,
+    so it is used for every chunk, the first included.  (The official code
+    omits it for the first chunk, prompting ``x SoL POST`` there.)
+    """
+    return [ids.bos, *prefix, ids.sol, ids.eol, *suffix, ids.sol, ids.posterior]
+
+
+def joint_ids(ids: SpecialIds, prefix: Sequence[int], thought: Sequence[int], suffix: Sequence[int]
+              ) -> tuple[list[int], list[int]]:
+    """(context, continuation) for log p(z, x | prefix): ``BOS prefix`` | ``SoL PRI z EoL x``."""
+    return [ids.bos, *prefix], [ids.sol, ids.prior, *thought, ids.eol, *suffix]
+
+
+def posterior_prompt(tokenizer, chunk: Chunk, *, max_prefix_tokens: int = 0) -> list[int]:
+    """Token ids of the posterior prompt for `chunk` (see :func:`posterior_prompt_ids`)."""
+    prefix, suffix = chunk_pieces(tokenizer, chunk, max_prefix_tokens)
+    return posterior_prompt_ids(SpecialIds.of(tokenizer), prefix, suffix)
+
+
+def joint_continuation(tokenizer, chunk: Chunk, thought_ids: Sequence[int], *, max_prefix_tokens: int = 0
+                       ) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) whose teacher-forced continuation log-prob is log p(z, x | prefix)."""
+    prefix, suffix = chunk_pieces(tokenizer, chunk, max_prefix_tokens)
+    return joint_ids(SpecialIds.of(tokenizer), prefix, thought_ids, suffix)
+
+
+# --------------------------------------------------------------------------- weights, selection, bounds
+def _logsumexp(x: np.ndarray) -> float:
+    m = float(np.max(x)) if len(x) else -math.inf
+    if m == -math.inf:
+        return -math.inf
+    return m + math.log(float(np.sum(np.exp(x - m))))
+
+
+def iwae_bounds(log_w: Sequence[float]) -> dict[int, float]:
+    """``{n: logsumexp(log_w[:n]) − log n}`` for n = 1, 2, 4, … ≤ len(log_w)."""
+    lw = np.asarray(list(log_w), dtype=np.float64)
+    out: dict[int, float] = {}
+    n = 1
+    while n <= len(lw):
+        out[n] = _logsumexp(lw[:n]) - math.log(n)
+        n *= 2
+    return out
+
+
+def effective_log_weights(log_w: Sequence[float], terminated: Sequence[bool]) -> np.ndarray:
+    """log w with unterminated candidates at −inf (weight 0) when at least one candidate terminated."""
+    lw = np.asarray(list(log_w), dtype=np.float64)
+    term = np.asarray(list(terminated), dtype=bool)
+    if term.any():
+        lw = np.where(term, lw, -np.inf)
+    return lw
+
+
+def normalized_weights(log_w: Sequence[float], terminated: Sequence[bool]) -> np.ndarray:
+    """Self-normalised importance weights (0 for unterminated candidates when any terminated)."""
+    lw = effective_log_weights(log_w, terminated)
+    w = np.exp(lw - np.max(lw))
+    return w / w.sum()
+
+
+def _selection_rng(seed: int, doc_id: str, index: int) -> np.random.Generator:
+    return np.random.default_rng(stable_seed("select", int(seed), str(doc_id), int(index)))
+
+
+def resample_index(log_w: Sequence[float], terminated: Sequence[bool], rng: np.random.Generator) -> int:
+    """Draw one index with probability ∝ w (one uniform, inverse CDF); argmax of log w if none terminated.
+
+    One uniform per draw means different k on the same chunk share their
+    random number (common random numbers for the paired K ablation).
+    """
+    term = list(terminated)
+    if len(term) == 0:
+        raise ValueError("no candidates to select from")
+    if not any(term):
+        return int(np.argmax(np.asarray(list(log_w), dtype=np.float64)))
+    w = normalized_weights(log_w, term)
+    u = rng.random()
+    idx = int(np.searchsorted(np.cumsum(w), u, side="right"))
+    idx = min(idx, len(w) - 1)
+    while w[idx] == 0:  # u at the very top of the CDF, past float rounding: step back to a real candidate
+        idx -= 1
+    return idx
+
+
+def select_first_k(record: Mapping, k: int, seed: int) -> int:
+    """Index of the thought selected from the record's first `k` candidates (k = 1: the first sample).
+
+    Uses the same stream as the E-step (seeded by seed, doc_id, chunk index),
+    so ``select_first_k(r, len(r["candidates"]), cfg.seed) == r["selected"]``.
+    """
+    cands = record["candidates"]
+    if not 1 <= k <= len(cands):
+        raise ValueError(f"k must be in 1..{len(cands)}, got {k}")
+    cands = cands[:k]
+    rng = _selection_rng(seed, record["doc_id"], record["index"])
+    return resample_index([c["log_w"] for c in cands], [c["terminated"] for c in cands], rng)
+
+
+# --------------------------------------------------------------------------- cache
+class CandidateCache:
+    """SQLite store of sampled candidates (tokens, log q, terminated) and their joint log p.
+
+    Rows are written when a group is sampled and updated when it is scored;
+    each write is committed, so a killed run loses at most the group in flight.
+    ``path=None`` keeps the store in memory (same code path, nothing persisted).
+    """
+
+    def __init__(self, path: str | Path | None):
+        if path is None:
+            self.db = sqlite3.connect(":memory:")
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(path))
+        self.db.execute("CREATE TABLE IF NOT EXISTS candidates (key TEXT PRIMARY KEY, tokens TEXT NOT NULL, "
+                        "log_q REAL NOT NULL, terminated INTEGER NOT NULL, log_p REAL)")
+        self.db.commit()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for s in range(0, len(keys), 500):
+            part = list(keys[s:s + 500])
+            q = f"SELECT key, tokens, log_q, terminated, log_p FROM candidates WHERE key IN ({','.join('?' * len(part))})"
+            for key, toks, lq, term, lp in self.db.execute(q, part):
+                out[key] = {"tokens": json.loads(toks), "log_q": lq, "terminated": bool(term), "log_p": lp}
+        return out
+
+    def put_samples(self, items: dict[str, dict]) -> None:
+        self.db.executemany(
+            "INSERT OR IGNORE INTO candidates (key, tokens, log_q, terminated, log_p) VALUES (?, ?, ?, ?, NULL)",
+            [(k, json.dumps(v["tokens"]), float(v["log_q"]), int(v["terminated"])) for k, v in items.items()])
+        self.db.commit()
+
+    def put_scores(self, items: dict[str, float]) -> None:
+        self.db.executemany("UPDATE candidates SET log_p = ? WHERE key = ?",
+                            [(float(v), k) for k, v in items.items()])
+        self.db.commit()
+
+    def __len__(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM candidates").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _candidate_key(base: str, prompt_digest: str, chunk: Chunk, j: int) -> str:
+    return hashlib.sha256(json.dumps([base, prompt_digest, chunk.doc_id, chunk.index, j]).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- sharding
+def shard_positions(n_chunks: int, batch_chunks: int, shard_index: int = 0, num_shards: int = 1) -> list[list[int]]:
+    """The groups (lists of canonical chunk positions) a shard processes.
+
+    Groups are consecutive runs of `batch_chunks` positions; group g belongs
+    to shard g mod num_shards, so shards never split a sampling group.
+    """
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index {shard_index} out of range for {num_shards} shards")
+    groups = [list(range(s, min(s + batch_chunks, n_chunks))) for s in range(0, n_chunks, batch_chunks)]
+    return [g for i, g in enumerate(groups) if i % num_shards == shard_index]
+
+
+# --------------------------------------------------------------------------- the E-step
+@dataclass
+class _Prepared:
+    chunk: Chunk
+    position: int
+    prefix: list[int]
+    suffix: list[int]
+    prompt: list[int]
+    keys: list[str]
+
+
+def _sample_group(model, items: list[tuple[_Prepared, int]], cfg: EStepConfig, ids: SpecialIds) -> list[dict]:
+    """Sample the (chunk, candidate index) rows `items` in one call, seeded by their identities.
+
+    Each prompt appears once per candidate row.  A shared prefix KV cache
+    (prompt encoded once, K rollouts forked from it) is not used: at the
+    model sizes this study runs on CPU the prompt forward is small next to
+    the `max_thought_tokens` sequential sampling steps, and one padded batch
+    keeps the proposal exactly that of `lt_utils.sample`.
+    """
+    seed = stable_seed("sample", int(cfg.seed), [[p.chunk.doc_id, p.chunk.index, j] for p, j in items])
+    outs = sample(model, [p.prompt for p, _ in items], max_new_tokens=cfg.max_thought_tokens, stop_ids=[ids.eol],
+                  temperature=cfg.temperature, pad_id=ids.pad, seed=seed, batch_size=max(1, len(items)))
+    rows = []
+    for s in outs:
+        toks = list(s.tokens[:-1]) if s.finished else list(s.tokens)  # z without the EoL that stopped it
+        rows.append({"tokens": toks, "log_q": float(sum(s.logprobs)), "terminated": bool(s.finished)})
+    return rows
+
+
+def _record(p: _Prepared, rows: list[dict], tokenizer, cfg: EStepConfig) -> dict:
+    cands = []
+    for row in rows:
+        cands.append({
+            "text": tokenizer.decode(row["tokens"], skip_special_tokens=False, clean_up_tokenization_spaces=False),
+            "tokens": list(row["tokens"]),
+            "n_tokens": len(row["tokens"]),
+            "log_q": float(row["log_q"]),
+            "log_p": float(row["log_p"]),
+            "log_w": float(row["log_p"]) - float(row["log_q"]),
+            "terminated": bool(row["terminated"]),
+        })
+    log_w = [c["log_w"] for c in cands]
+    term = [c["terminated"] for c in cands]
+    w = normalized_weights(log_w, term)
+    sel = resample_index(log_w, term, _selection_rng(cfg.seed, p.chunk.doc_id, p.chunk.index))
+    # an unterminated candidate is not a thought at all: w = 0 in the bound (even when none terminated)
+    elbo = iwae_bounds(np.where(term, log_w, -np.inf))
+    return {
+        "position": p.position,
+        "doc_id": p.chunk.doc_id,
+        "index": p.chunk.index,
+        "n_prefix_tokens": len(p.prefix),
+        "n_suffix_tokens": len(p.suffix),
+        "candidates": cands,
+        "selected": int(sel),
+        "thought": cands[sel]["text"],
+        "weights": [float(x) for x in w],
+        "ess": float(1.0 / np.sum(w ** 2)),
+        "n_unterminated": int(sum(not t for t in term)),
+        "no_terminated": not any(term),
+        "elbo": {str(n): float(v) for n, v in elbo.items()},
+    }
+
+
+def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, cache_path: str | Path | None = None,
+              model_key: str = "", shard_index: int = 0, num_shards: int = 1, progress: bool = True) -> list[dict]:
+    """Sample, score and select a thought for this shard's chunks; returns their records in canonical order.
+
+    `chunks` is the full canonical chunk list (the same for every shard);
+    `model_key` identifies the weights in the cache (default: a hash of the
+    model's tensors, see :func:`model_fingerprint`).  Each record holds the
+    chunk's canonical `position`, doc_id, index, all K candidates (text,
+    tokens, n_tokens, log_q, log_p, log_w, terminated), `selected`, the
+    selected `thought`, normalised `weights`, `ess`, `n_unterminated`,
+    `no_terminated` and `elbo` ({"1": …, "2": …, "4": …}).
+    """
+    ids = SpecialIds.of(tokenizer)
+    groups = shard_positions(len(chunks), cfg.batch_chunks, shard_index, num_shards)
+    key = model_key or model_fingerprint(model)
+    base = json.dumps({"model": key, "temperature": float(cfg.temperature), "max_thought_tokens": cfg.max_thought_tokens,
+                       "stop": ids.eol, "seed": int(cfg.seed), "layout": "posterior-v1"}, sort_keys=True)
+    cache = CandidateCache(cache_path)
+    records: list[dict] = []
+    it: Iterable = groups
+    if progress and groups:
+        from tqdm.auto import tqdm
+
+        it = tqdm(groups, desc=f"E-step shard {shard_index}/{num_shards}", unit="group")
+    try:
+        for group in it:
+            prepared = []
+            for pos in group:
+                c = chunks[pos]
+                prefix, suffix = chunk_pieces(tokenizer, c, cfg.max_prefix_tokens)
+                prompt = posterior_prompt_ids(ids, prefix, suffix)
+                digest = hashlib.sha256(json.dumps(prompt).encode()).hexdigest()
+                prepared.append(_Prepared(c, pos, prefix, suffix, prompt,
+                                          [_candidate_key(base, digest, c, j) for j in range(cfg.k)]))
+            all_keys = [k for p in prepared for k in p.keys]
+            found = cache.get_many(all_keys)
+
+            # 1. proposal: sample the rows not saved yet, as one group, and save them at once
+            todo = [(p, j) for p in prepared for j in range(cfg.k) if p.keys[j] not in found]
+            if todo:
+                new = dict(zip((p.keys[j] for p, j in todo), _sample_group(model, todo, cfg, ids)))
+                cache.put_samples(new)
+                for k, v in new.items():
+                    found.setdefault(k, {**v, "log_p": None})
+
+            # 2. joint score of every saved-but-unscored row of the group
+            unscored = [(p, j) for p in prepared for j in range(cfg.k) if found[p.keys[j]]["log_p"] is None]
+            if unscored:
+                pairs = [joint_ids(ids, p.prefix, found[p.keys[j]]["tokens"], p.suffix) for p, j in unscored]
+                lps = score(model, [a for a, _ in pairs], [b for _, b in pairs], pad_id=ids.pad,
+                            batch_size=cfg.score_batch_size)
+                scores = {p.keys[j]: float(sum(lp)) for (p, j), lp in zip(unscored, lps)}
+                cache.put_scores(scores)
+                for k, v in scores.items():
+                    found[k]["log_p"] = v
+
+            # 3. weights and selection
+            for p in prepared:
+                records.append(_record(p, [found[k] for k in p.keys], tokenizer, cfg))
+    finally:
+        cache.close()
+    return records
+
+
+# --------------------------------------------------------------------------- after the E-step
+def save_records(path: str | Path, records: Sequence[dict]) -> Path:
+    """Write records as jsonl atomically (−inf bounds are written as -Infinity, which json reads back)."""
+    return write_jsonl(path, list(records))
+
+
+def merge_shards(record_lists: Sequence[Sequence[dict] | str | Path]) -> list[dict]:
+    """Concatenate shard outputs (record lists or jsonl paths) in canonical chunk order; rejects duplicates."""
+    merged: list[dict] = []
+    for part in record_lists:
+        merged.extend(read_jsonl(part) if isinstance(part, (str, Path)) else part)
+    merged.sort(key=lambda r: r["position"])
+    seen = set()
+    for r in merged:
+        if r["position"] in seen:
+            raise ValueError(f"chunk at position {r['position']} ({r['doc_id']}, {r['index']}) appears in two shards")
+        seen.add(r["position"])
+    return merged
+
+
+def selected_thoughts(records: Sequence[Mapping]) -> dict[tuple[str, int], str]:
+    """{(doc_id, chunk index): selected thought text}."""
+    return {(r["doc_id"], int(r["index"])): r["candidates"][r["selected"]]["text"] for r in records}
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return float(np.mean(xs)) if len(xs) else None
+
+
+def summarize(records: Sequence[Mapping], verify_fn: Callable[[Mapping, str], bool] | None = None) -> dict:
+    """Diagnostics of one E-step.
+
+    mean log w (over terminated candidates; unterminated ones never count),
+    ESS, unterminated fractions, thought lengths, the IWAE bounds (mean per
+    chunk and per suffix token; −inf when some chunk had no complete thought
+    among its first n).  With `verify_fn(record, thought_text) -> bool` (the
+    caller maps the record's doc_id/index to its question): the fraction of
+    selected thoughts that verify, the paired K = 1 baseline (first
+    candidate), best-of-K, and the mean log w of correct vs incorrect
+    terminated candidates.
+    """
+    if not records:
+        return {"n_chunks": 0}
+    cands = [c for r in records for c in r["candidates"]]
+    term = [c for c in cands if c["terminated"]]
+    sel = [r["candidates"][r["selected"]] for r in records]
+    n_suffix = sum(int(r.get("n_suffix_tokens", 0)) for r in records)
+    ns = sorted({int(n) for r in records for n in r["elbo"]})
+    elbo_sum = {n: float(sum(r["elbo"][str(n)] for r in records if str(n) in r["elbo"])) for n in ns}
+    out = {
+        "n_chunks": len(records),
+        "k": max(len(r["candidates"]) for r in records),
+        "mean_log_w": _mean([c["log_w"] for c in term]),
+        "mean_log_w_selected": _mean([c["log_w"] for c in sel]),
+        "mean_log_q": _mean([c["log_q"] for c in term]),
+        "mean_log_p": _mean([c["log_p"] for c in term]),
+        "mean_ess": _mean([r["ess"] for r in records]),
+        "frac_unterminated": len([c for c in cands if not c["terminated"]]) / len(cands),
+        "n_unterminated": sum(int(r["n_unterminated"]) for r in records),
+        "n_chunks_no_terminated": sum(bool(r["no_terminated"]) for r in records),
+        "mean_thought_tokens": _mean([c["n_tokens"] for c in sel]),
+        "mean_candidate_tokens": _mean([c["n_tokens"] for c in cands]),
+        "elbo_mean": {str(n): elbo_sum[n] / len(records) for n in ns},
+        "elbo_per_suffix_token": {str(n): (elbo_sum[n] / n_suffix if n_suffix else None) for n in ns},
+    }
+    if verify_fn is not None:
+        ok_sel, ok_first, ok_any, lw_ok, lw_bad, n_ok = [], [], [], [], [], 0
+        for r in records:
+            verdicts = [bool(verify_fn(r, c["text"])) for c in r["candidates"]]
+            n_ok += sum(verdicts)
+            ok_sel.append(verdicts[r["selected"]])
+            ok_first.append(verdicts[0])
+            ok_any.append(any(verdicts))
+            for c, v in zip(r["candidates"], verdicts):
+                if c["terminated"]:
+                    (lw_ok if v else lw_bad).append(c["log_w"])
+        out.update({
+            "frac_selected_correct": _mean(ok_sel),
+            "frac_first_correct": _mean(ok_first),
+            "frac_any_correct": _mean(ok_any),
+            "frac_candidates_correct": n_ok / len(cands),
+            "mean_log_w_correct": _mean(lw_ok),
+            "mean_log_w_incorrect": _mean(lw_bad),
+            "n_correct_candidates": len(lw_ok),
+            "n_incorrect_candidates": len(lw_bad),
+        })
+    return out

@@ -1,0 +1,330 @@
+"""E-step: exact importance weights, resampling (not argmax), IWAE bounds, resume and shard invariance."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from lt_utils import estep
+from lt_utils.data import Chunk, chunk_document
+from lt_utils.estep import (EStepConfig, iwae_bounds, joint_continuation, merge_shards, model_fingerprint,
+                            posterior_prompt, resample_index, run_estep, save_records, select_first_k,
+                            selected_thoughts, shard_positions, summarize)
+from lt_utils.sample import score
+from lt_utils.tokens import SpecialIds, encode
+
+torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------- helpers
+class Bigram(torch.nn.Module):
+    """Next-token logits depend only on the current token: log p of any sequence is a sum of table entries.
+
+    It takes the sampler's call signature and returns logits for exactly the
+    positions it is given, so it is correct with or without a KV cache (the
+    sampler feeds only the new token once the prompt is encoded).
+    """
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.table = torch.nn.Parameter(table, requires_grad=False)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=False, **kw):
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+def bigram_table(tokenizer, eol_logit: float, seed: int = 0) -> torch.Tensor:
+    """A tiny thought vocabulary (a few digit/operator tokens + EoL) carries the mass; every other id sits at −6."""
+    ids = SpecialIds.of(tokenizer)
+    v = len(tokenizer)
+    g = torch.Generator().manual_seed(seed)
+    words = sorted(set(encode(tokenizer, "1+2=3. so 45")))[:8]
+    table = torch.full((v, v), -6.0)
+    table[:, words] = torch.randn(v, len(words), generator=g)
+    table[:, ids.eol] = eol_logit
+    return table
+
+
+def hand_logprob(table: torch.Tensor, prev: int, seq) -> float:
+    logp = torch.log_softmax(table.double(), dim=-1)
+    total = 0.0
+    for t in seq:
+        total += float(logp[prev, t])
+        prev = t
+    return total
+
+
+class EolBias(torch.nn.Module):
+    """A real transformer whose EoL logit is raised, so sampled thoughts often terminate within a short cap."""
+
+    def __init__(self, inner, eol: int, bias: float):
+        super().__init__()
+        self.inner, self.eol, self.bias = inner, eol, bias
+
+    def forward(self, **kw):
+        out = self.inner(**kw)
+        out.logits[..., self.eol] += self.bias
+        return out
+
+
+def make_chunks(docs, n: int) -> list[Chunk]:
+    out = []
+    for d in docs:
+        _, cs = chunk_document(d.doc_id, [d.head, *d.suffixes], mean_units=1.0, prefix_chunks=1)
+        out.extend(cs)
+    return out[:n]
+
+
+def roundtrip(records):
+    return json.loads(json.dumps(records))
+
+
+# --------------------------------------------------------------------------- layouts
+def test_prompt_and_joint_layouts(tokenizer, docs):
+    ids = SpecialIds.of(tokenizer)
+    c = make_chunks(docs, 2)[1]
+    pre, suf = encode(tokenizer, c.prefix), encode(tokenizer, c.suffix)
+    assert posterior_prompt(tokenizer, c) == [ids.bos, *pre, ids.sol, ids.eol, *suf, ids.sol, ids.posterior]
+    ctx, cont = joint_continuation(tokenizer, c, [7, 8])
+    assert ctx == [ids.bos, *pre]
+    assert cont == [ids.sol, ids.prior, 7, 8, ids.eol, *suf]
+    assert posterior_prompt(tokenizer, c, max_prefix_tokens=2)[1:3] == pre[-2:]
+
+
+# --------------------------------------------------------------------------- exact weights by hand
+def test_importance_weights_by_hand_on_a_bigram_model(tokenizer, docs):
+    ids = SpecialIds.of(tokenizer)
+    table = bigram_table(tokenizer, eol_logit=0.5)
+    chunks = make_chunks(docs, 5)
+    cfg = EStepConfig(k=4, max_thought_tokens=6, batch_chunks=2, seed=3)
+    recs = run_estep(Bigram(table), tokenizer, chunks, cfg, model_key="bigram", progress=False)
+    assert [(r["doc_id"], r["index"]) for r in recs] == [(c.doc_id, c.index) for c in chunks]
+    n_term = 0
+    for r, c in zip(recs, chunks):
+        prompt = posterior_prompt(tokenizer, c)
+        ctx, _ = joint_continuation(tokenizer, c, [])
+        assert len(r["candidates"]) == 4
+        for cand in r["candidates"]:
+            z = cand["tokens"]
+            assert ids.eol not in z and cand["n_tokens"] == len(z)
+            assert cand["terminated"] or len(z) == cfg.max_thought_tokens
+            n_term += cand["terminated"]
+            # log q: every sampled token from the POST position on, including the EoL that stopped it
+            lq = hand_logprob(table, prompt[-1], z + ([ids.eol] if cand["terminated"] else []))
+            # log p: SoL PRI z EoL x after BOS prefix (prefix itself not scored)
+            lp = hand_logprob(table, ctx[-1], [ids.sol, ids.prior, *z, ids.eol, *encode(tokenizer, c.suffix)])
+            assert cand["log_q"] == pytest.approx(lq, abs=1e-4)
+            assert cand["log_p"] == pytest.approx(lp, abs=1e-4)
+            assert cand["log_w"] == pytest.approx(lp - lq, abs=2e-4)
+            assert cand["text"] == tokenizer.decode(z, skip_special_tokens=False)
+        lw = np.array([x["log_w"] for x in r["candidates"]])
+        term = np.array([x["terminated"] for x in r["candidates"]])
+        eff = np.where(term, lw, -np.inf) if term.any() else lw
+        w = np.exp(eff - eff.max())
+        w /= w.sum()
+        assert r["weights"] == pytest.approx(list(w), abs=1e-9)
+        assert r["ess"] == pytest.approx(1 / np.sum(w ** 2))
+        for n, v in r["elbo"].items():
+            lwn = np.where(term, lw, -np.inf)[: int(n)]
+            want = -math.inf if not term[: int(n)].any() else float(np.logaddexp.reduce(lwn) - math.log(int(n)))
+            assert v == pytest.approx(want)
+        assert set(r["elbo"]) == {"1", "2", "4"}
+    assert 0 < n_term < 20  # both kinds occur, so the unterminated rule is exercised
+
+
+def test_unterminated_are_counted_and_never_selected(tokenizer, docs):
+    chunks = make_chunks(docs, 8)
+    cfg = EStepConfig(k=4, max_thought_tokens=3, batch_chunks=4)
+    recs = run_estep(Bigram(bigram_table(tokenizer, eol_logit=0.5)), tokenizer, chunks, cfg, model_key="b",
+                     progress=False)
+    assert sum(r["n_unterminated"] for r in recs) > 0
+    for r in recs:
+        term = [c["terminated"] for c in r["candidates"]]
+        assert r["n_unterminated"] == term.count(False)
+        assert r["no_terminated"] == (not any(term))
+        if any(term):
+            assert term[r["selected"]]
+            assert all(w == 0 for w, t in zip(r["weights"], term) if not t)
+    # the selection rule itself: a huge weight on an unterminated candidate never wins
+    rng = np.random.default_rng(0)
+    assert all(resample_index([0.0, 50.0, -1.0], [True, False, True], rng) != 1 for _ in range(200))
+
+    # no candidate terminates: the largest log w is taken and the chunk is flagged
+    recs = run_estep(Bigram(bigram_table(tokenizer, eol_logit=-40.0)), tokenizer, chunks[:3], cfg, model_key="b2",
+                     progress=False)
+    s = summarize(recs)
+    assert s["frac_unterminated"] == 1.0 and s["n_chunks_no_terminated"] == 3
+    for r in recs:
+        assert r["no_terminated"] and r["n_unterminated"] == 4
+        assert r["selected"] == int(np.argmax([c["log_w"] for c in r["candidates"]]))
+        assert r["elbo"]["1"] == -math.inf
+
+
+# --------------------------------------------------------------------------- selection and bounds
+def test_resampling_frequencies_match_normalised_weights():
+    log_w = [0.0, -1.0, -2.0, -30.0]
+    rec = {"doc_id": "d", "index": 0, "candidates": [{"log_w": v, "terminated": True} for v in log_w]}
+    n = 4000
+    counts = np.bincount([select_first_k(rec, 4, seed) for seed in range(n)], minlength=4)
+    p = np.exp(log_w) / np.exp(log_w).sum()
+    assert counts[3] == 0
+    chi = stats.chisquare(counts[:3], n * p[:3] / p[:3].sum())
+    assert chi.pvalue > 1e-3, (counts, n * p)
+    assert counts[1] > 0.15 * n and counts[2] > 0.05 * n  # argmax would put everything on index 0
+
+
+def test_paired_k_ablation_reuses_the_same_samples():
+    rec = {"doc_id": "doc", "index": 2,
+           "candidates": [{"log_w": v, "terminated": t} for v, t in
+                          [(-3.0, True), (-1.0, True), (5.0, False), (-2.0, True), (-0.5, True), (-4.0, True),
+                           (-1.5, True), (-2.5, True)]]}
+    for seed in range(50):
+        assert select_first_k(rec, 1, seed) == 0
+        assert select_first_k(rec, 2, seed) in (0, 1)
+        assert select_first_k(rec, 4, seed) in (0, 1, 3)  # never the unterminated index 2
+        assert 0 <= select_first_k(rec, 8, seed) < 8
+    with pytest.raises(ValueError):
+        select_first_k(rec, 9, 0)
+
+
+def test_iwae_bound_is_the_formula():
+    lw = [-3.0, -1.0, -2.5, 0.5, -7.0]
+    out = iwae_bounds(lw)
+    assert set(out) == {1, 2, 4}
+    for n in (1, 2, 4):
+        assert out[n] == pytest.approx(math.log(sum(math.exp(x) for x in lw[:n]) / n), abs=1e-12)
+    assert iwae_bounds([-1000.0, -1001.0])[2] == pytest.approx(-1000 + math.log1p(math.exp(-1)) - math.log(2))
+    assert iwae_bounds([-math.inf, -2.0])[1] == -math.inf
+    assert iwae_bounds([-math.inf, -2.0])[2] == pytest.approx(-2.0 - math.log(2))
+
+
+# --------------------------------------------------------------------------- real model: log q, resume, shards
+@pytest.fixture()
+def biased_model(tiny_model, tokenizer):
+    return EolBias(tiny_model, SpecialIds.of(tokenizer).eol, 5.0).eval()
+
+
+CFG = EStepConfig(k=3, max_thought_tokens=6, batch_chunks=4, seed=11)
+
+
+def test_log_q_and_log_p_match_teacher_forced_rescoring(biased_model, tokenizer, docs):
+    ids = SpecialIds.of(tokenizer)
+    chunks = make_chunks(docs, 4)
+    recs = run_estep(biased_model, tokenizer, chunks, CFG, progress=False)
+    assert any(c["terminated"] for r in recs for c in r["candidates"])
+    ctxs, conts, want_q, jc, jx, want_p = [], [], [], [], [], []
+    for r, c in zip(recs, chunks):
+        for cand in r["candidates"]:
+            ctxs.append(posterior_prompt(tokenizer, c))
+            conts.append(cand["tokens"] + ([ids.eol] if cand["terminated"] else []))
+            want_q.append(cand["log_q"])
+            a, b = joint_continuation(tokenizer, c, cand["tokens"])
+            jc.append(a), jx.append(b), want_p.append(cand["log_p"])
+    got_q = [sum(x) for x in score(biased_model, ctxs, conts, pad_id=ids.pad, batch_size=1)]
+    got_p = [sum(x) for x in score(biased_model, jc, jx, pad_id=ids.pad, batch_size=1)]
+    assert got_q == pytest.approx(want_q, abs=1e-3)
+    assert got_p == pytest.approx(want_p, abs=1e-3)
+
+
+def counting_sampler(monkeypatch, fail_on_call: int | None = None):
+    calls = {"n": 0, "rows": 0}
+    real = estep.sample
+
+    def wrapped(model, prompts, **kw):
+        calls["n"] += 1
+        if fail_on_call is not None and calls["n"] == fail_on_call:
+            raise RuntimeError("killed")
+        calls["rows"] += len(prompts)
+        return real(model, prompts, **kw)
+
+    monkeypatch.setattr(estep, "sample", wrapped)
+    return calls
+
+
+def test_resume_after_a_kill_regenerates_nothing_and_selects_the_same(biased_model, tokenizer, docs, tmp_path,
+                                                                      monkeypatch):
+    chunks = make_chunks(docs, 12)  # 3 groups of 4 chunks × 3 candidates
+    ref = run_estep(biased_model, tokenizer, chunks, CFG, progress=False)
+
+    db = tmp_path / "cand.db"
+    counting_sampler(monkeypatch, fail_on_call=2)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_estep(biased_model, tokenizer, chunks, CFG, cache_path=db, progress=False)
+    assert len(estep.CandidateCache(db)) == 4 * 3  # the first group was saved
+
+    calls = counting_sampler(monkeypatch)
+    resumed = run_estep(biased_model, tokenizer, chunks, CFG, cache_path=db, progress=False)
+    assert calls["rows"] == 8 * 3  # only the two missing groups were sampled
+    assert resumed == ref
+
+    # killed after sampling, before scoring: the samples are kept, only scoring is redone
+    db2 = tmp_path / "cand2.db"
+    real_score = estep.score
+    monkeypatch.setattr(estep, "score", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError):
+        run_estep(biased_model, tokenizer, chunks, CFG, cache_path=db2, progress=False)
+    monkeypatch.setattr(estep, "score", real_score)
+    calls = counting_sampler(monkeypatch)
+    assert run_estep(biased_model, tokenizer, chunks, CFG, cache_path=db2, progress=False) == ref
+    assert calls["rows"] == 8 * 3
+
+    # a complete cache: nothing is sampled, same records
+    calls = counting_sampler(monkeypatch)
+    assert run_estep(biased_model, tokenizer, chunks, CFG, cache_path=db, progress=False) == ref
+    assert calls["n"] == 0
+
+
+def test_sharded_runs_merge_to_the_unsharded_run(biased_model, tokenizer, docs, tmp_path):
+    chunks = make_chunks(docs, 14)
+    cfg = EStepConfig(k=3, max_thought_tokens=6, batch_chunks=2, seed=11)
+    whole = run_estep(biased_model, tokenizer, chunks, cfg, progress=False)
+    parts, paths = [], []
+    for s in range(3):
+        part = run_estep(biased_model, tokenizer, chunks, cfg, shard_index=s, num_shards=3,
+                         cache_path=tmp_path / f"s{s}.db", progress=False)
+        assert part and {r["position"] for r in part} == {i for g in shard_positions(14, 2, s, 3) for i in g}
+        parts.append(part)
+        paths.append(save_records(tmp_path / f"s{s}.jsonl", part))
+    assert merge_shards(parts[::-1]) == whole
+    assert merge_shards(paths) == roundtrip(whole)
+    with pytest.raises(ValueError, match="two shards"):
+        merge_shards([parts[0], parts[0]])
+    # selection agrees with the paired ablation at k = K, and K = 1 is the first sample
+    for r in whole:
+        assert select_first_k(r, cfg.k, cfg.seed) == r["selected"]
+        assert select_first_k(r, 1, cfg.seed) == 0
+    th = selected_thoughts(whole)
+    assert th[(whole[0]["doc_id"], whole[0]["index"])] == whole[0]["thought"]
+
+
+def test_summarize_and_fingerprint(biased_model, tokenizer, docs, tmp_path):
+    chunks = make_chunks(docs, 6)
+    recs = run_estep(biased_model, tokenizer, chunks, CFG, progress=False)
+
+    def verify(rec, text):  # stand-in for a question-aware check
+        return len(text) % 2 == 0
+
+    s = summarize(recs, verify)
+    assert s["n_chunks"] == 6 and s["k"] == 3
+    assert s["frac_selected_correct"] == pytest.approx(
+        np.mean([len(r["candidates"][r["selected"]]["text"]) % 2 == 0 for r in recs]))
+    assert s["frac_first_correct"] == pytest.approx(np.mean([len(r["candidates"][0]["text"]) % 2 == 0 for r in recs]))
+    assert s["n_correct_candidates"] + s["n_incorrect_candidates"] == sum(
+        c["terminated"] for r in recs for c in r["candidates"])
+    assert set(s["elbo_mean"]) == {"1", "2"}
+    assert summarize([]) == {"n_chunks": 0}
+
+    inner = biased_model.inner
+    fp = model_fingerprint(inner)
+    assert fp == model_fingerprint(inner)
+    inner.save_pretrained(str(tmp_path / "ckpt"))
+    fp_file = model_fingerprint(tmp_path / "ckpt")
+    with torch.no_grad():
+        next(inner.parameters()).add_(1e-3)
+    assert model_fingerprint(inner) != fp
+    inner.save_pretrained(str(tmp_path / "ckpt"))
+    assert model_fingerprint(tmp_path / "ckpt") != fp_file
