@@ -56,6 +56,7 @@ class SyntheticThoughtsConfig:
     n_kv_head: int = 4                      # model: key/value heads
     intermediate_size: int = 128            # model: SwiGLU hidden size
     tie_embeddings: bool = True             # model: tie input/output embeddings
+    init_std: float = 0.02                  # model: std of the random init
     init_from: str = ""                     # model: HF checkpoint to start from ("" = train from scratch)
     steps: int = 40                         # optimizer steps per run (same for every arm)
     batch_size: int = 8                     # rows per step

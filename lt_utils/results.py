@@ -103,3 +103,23 @@ def markdown_table(df: pd.DataFrame) -> str:
     for _, r in df.iterrows():
         lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
     return "\n".join(lines)
+
+
+def comparison_rows(finals: pd.DataFrame, arm: str, baseline: str) -> pd.DataFrame:
+    """Final-accuracy comparison of two arms, overall and per family (percentage points, Welch)."""
+    from .stats import welch_compare
+
+    cols = ["accuracy"] + sorted(c for c in finals.columns if c.startswith("accuracy/"))
+    rows = []
+    for col in cols:
+        a = finals.loc[finals["arm"] == arm, col].dropna() * 100
+        b = finals.loc[finals["arm"] == baseline, col].dropna() * 100
+        if a.empty or b.empty:
+            continue
+        c = welch_compare(a.to_numpy(), b.to_numpy(), label_a=arm, label_b=baseline)
+        rows.append({"metric": "all families" if col == "accuracy" else col.split("/", 1)[1],
+                     f"{arm}_%": round(c.mean_a, 1), f"{baseline}_%": round(c.mean_b, 1),
+                     "diff_pts": round(c.diff, 1), "ci95_low": round(c.ci_low, 1), "ci95_high": round(c.ci_high, 1),
+                     "welch_p": float(f"{c.p_value:.2g}") if c.p_value == c.p_value else None,
+                     "n": f"{c.n_a} vs {c.n_b}"})
+    return pd.DataFrame(rows)
