@@ -68,17 +68,16 @@ def run_profile(profile: str, only: list[str] | None = None, overrides: dict | N
     stages = [s for s in STAGES if not only or s in only]
     for s in stages:  # validate everything first: a typo in the last stage should not cost the first one's time
         load_stage_params(profile, s, overrides)
+    first = config_lib.load(stage_config_class(stages[0]), load_stage_params(profile, stages[0], overrides))
+    log = resolve(first.run_root) / first.study / "pipeline.json"
     times = {}
     for s in stages:
         print(f"[{profile}] {s} ...", flush=True)
         times[s] = run_stage(profile, s, overrides)
         print(f"[{profile}] {s} done in {times[s]:.0f} s", flush=True)
-    first = config_lib.load(stage_config_class(stages[0]), load_stage_params(profile, stages[0], overrides))
-    log = resolve(first.run_root) / first.study / "pipeline.json"
-    history = read_json(log) if log.exists() else {}
-    history.update({s: {"seconds": round(t, 1), "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-                    for s, t in times.items()})
-    write_json(log, history)
+        history = read_json(log) if log.exists() else {}
+        history[s] = {"seconds": round(times[s], 1), "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_json(log, history)
     return times
 
 

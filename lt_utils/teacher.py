@@ -7,6 +7,12 @@ same interface (`key()` + `write(chunks)`), so an API- or model-backed teacher
 drops in at paper scale.  `ThoughtCache` (SQLite) stores every thought under a
 key of everything that determines it, so a rerun costs nothing and an
 interrupted run resumes.
+
+Teacher quality is a knob of the study: `NoisyOracleTeacher` degrades the
+oracle's thoughts at given rates (a wrong digit in one step's result, or one
+step left out), and `thought_quality` measures the fraction of units whose
+thought `world.verify` accepts, so accuracy can be read against teacher
+quality.
 """
 
 from __future__ import annotations
@@ -18,9 +24,34 @@ import sqlite3
 from pathlib import Path
 from typing import Protocol, Sequence
 
+import numpy as np
+
 from .data import Chunk
 
 _UNIT = re.compile(r"Problem: (?P<q>.*?) Answer: (?P<a>-?\d+)\.")
+
+
+def chunk_units(chunk: Chunk) -> list:
+    """The world units a chunk's thought covers, in order: problems whose answer is stated in the suffix.
+
+    Read off the text alone (the question of each ``Problem: … Answer: N.``
+    whose answer lies inside the suffix; the problem itself may start in the
+    prefix) and re-derived with `world.parse_question`; unrecognised questions
+    are skipped.
+    """
+    from . import world
+
+    text = chunk.prefix + chunk.suffix
+    start = len(chunk.prefix)
+    units = []
+    for m in _UNIT.finditer(text):
+        # a unit belongs to this chunk when its answer is stated inside the suffix
+        if m.start("a") < start:
+            continue
+        unit = world.parse_question(m.group("q"))
+        if unit is not None:
+            units.append(unit)
+    return units
 
 
 class Teacher(Protocol):
@@ -42,22 +73,139 @@ class OracleTeacher:
         return {"teacher": "oracle", "version": 1}
 
     def thought_for(self, chunk: Chunk) -> str:
-        from . import world
-
-        text = chunk.prefix + chunk.suffix
-        start = len(chunk.prefix)
-        parts = []
-        for m in _UNIT.finditer(text):
-            # a unit belongs to this chunk when its answer is stated inside the suffix
-            if m.start("a") < start:
-                continue
-            unit = world.parse_question(m.group("q"))
-            if unit is not None:
-                parts.append(unit.thought)
-        return " ".join(parts)
+        return " ".join(unit.thought for unit in chunk_units(chunk))
 
     def write(self, chunks: Sequence[Chunk]) -> list[str]:
         return [self.thought_for(c) for c in chunks]
+
+
+# An arithmetic step clause of a thought: optional long-division label, expression, result, marker.
+_STEP_CLAUSE = re.compile(r"(?:\d+: )?\d+(?:[-+*/]\d+)+=(?P<res>-?\d+)(?: [cb]\d+)?")
+# The end of one unit's thought inside a chunk thought.
+_UNIT_END = re.compile(r"\bso -?\d+\.")
+
+
+def degrade_thought(thought: str, rng: np.random.Generator, error_rate: float, drop_rate: float) -> str:
+    """A unit's thought with, at the given rates, one step's result made false and/or one step left out.
+
+    Two uniforms are always drawn (error, then drop), so the outcome for one
+    setting does not depend on the other rate.  *Error*: one arithmetic step
+    is picked and one digit of its result replaced by another digit (never a
+    leading zero), so the step stays well formed but is false.  *Drop*: one
+    arithmetic step (not the corrupted one when another exists) is removed;
+    background facts and the final ``so N`` clause are never touched.  A
+    thought without steps is returned unchanged.
+    """
+    u_err, u_drop = rng.random(2)
+    corrupt, drop = bool(u_err < error_rate), bool(u_drop < drop_rate)
+    if not (corrupt or drop):
+        return thought
+    body = thought[:-1] if thought.endswith(".") else thought
+    clauses = body.split(". ")
+    steps = [i for i, c in enumerate(clauses[:-1]) if _STEP_CLAUSE.fullmatch(c)]
+    if not steps:
+        return thought
+    bad = None
+    if corrupt:
+        bad = steps[int(rng.integers(len(steps)))]
+        m = _STEP_CLAUSE.fullmatch(clauses[bad])
+        lo, hi = m.span("res")
+        if clauses[bad][lo] == "-":
+            lo += 1
+        pos = int(rng.integers(lo, hi))
+        old = clauses[bad][pos]
+        choices = [d for d in "0123456789" if d != old and not (d == "0" and pos == lo and hi - lo > 1)]
+        clauses[bad] = clauses[bad][:pos] + choices[int(rng.integers(len(choices)))] + clauses[bad][pos + 1:]
+    if drop:
+        pool = [i for i in steps if i != bad] or steps
+        del clauses[pool[int(rng.integers(len(pool)))]]
+    return ". ".join(clauses) + "."
+
+
+class NoisyOracleTeacher(OracleTeacher):
+    """The oracle with teacher quality as a knob: per unit, a false step at `error_rate`, a missing step at `drop_rate`.
+
+    The randomness of each unit comes from a stable hash of (seed, the chunk's
+    prefix and suffix, the unit's position in the chunk), so a thought depends
+    only on its chunk and the settings: deterministic, order-free and safe to
+    cache.  `key()` holds both rates and the seed.  With both rates 0 the
+    thoughts are exactly the oracle's.
+    """
+
+    def __init__(self, error_rate: float = 0.0, drop_rate: float = 0.0, seed: int = 0):
+        for label, rate in (("error_rate", error_rate), ("drop_rate", drop_rate)):
+            if not 0.0 <= float(rate) <= 1.0:
+                raise ValueError(f"{label} must be in [0, 1], got {rate}")
+        self.error_rate, self.drop_rate, self.seed = float(error_rate), float(drop_rate), int(seed)
+        self.name = f"oracle(err={self.error_rate:g},drop={self.drop_rate:g})"
+
+    def key(self) -> dict:
+        return {"teacher": "noisy_oracle", "version": 1, "error_rate": self.error_rate,
+                "drop_rate": self.drop_rate, "seed": self.seed}
+
+    def unit_rng(self, chunk: Chunk, position: int) -> np.random.Generator:
+        h = hashlib.sha256(json.dumps(["noisy-oracle", self.seed, chunk.prefix, chunk.suffix, int(position)]).encode())
+        return np.random.default_rng(int.from_bytes(h.digest()[:16], "little"))
+
+    def thought_for(self, chunk: Chunk) -> str:
+        return " ".join(degrade_thought(u.thought, self.unit_rng(chunk, i), self.error_rate, self.drop_rate)
+                        for i, u in enumerate(chunk_units(chunk)))
+
+
+def split_unit_thoughts(thought: str, n_units: int) -> list[str]:
+    """A chunk thought cut back into per-unit thoughts (at most `n_units` pieces).
+
+    Splitting rule: every unit's thought ends with ``so N.``, so the text is
+    cut right after each match of ``so <integer>.``; pieces are stripped of
+    surrounding whitespace.  The k-th piece belongs to the k-th unit.  Surplus
+    pieces and any text after the last ``so N.`` stay with the last unit's
+    piece (so it must still verify with them); when there are fewer pieces
+    than units, the list is shorter and the missing units count as wrong.
+    """
+    if n_units <= 0:
+        return []
+    pieces, pos = [], 0
+    for m in _UNIT_END.finditer(thought):
+        pieces.append(thought[pos:m.end()])
+        pos = m.end()
+    if pos < len(thought) and thought[pos:].strip():
+        if pieces:
+            pieces[-1] += thought[pos:]
+        else:
+            pieces.append(thought[pos:])
+    if len(pieces) > n_units:
+        pieces = pieces[:n_units - 1] + ["".join(pieces[n_units - 1:])]
+    return [p.strip() for p in pieces]
+
+
+def thought_quality(chunks: Sequence[Chunk], thoughts: Sequence[str]) -> dict:
+    """How many of the units covered by the chunks have a thought that `world.verify` accepts.
+
+    The units of a chunk are found as the oracle finds them (`chunk_units`),
+    and the chunk's thought is cut into per-unit thoughts by
+    `split_unit_thoughts`.  Returns ``{"chunks", "units", "correct",
+    "fraction_correct", "reasons"}``; ``reasons`` counts the verifier's reason
+    for every failed unit ("missing thought" when the chunk thought had too
+    few pieces); ``fraction_correct`` is NaN when no chunk covers a unit.
+    """
+    from . import world
+
+    if len(chunks) != len(thoughts):
+        raise ValueError(f"{len(chunks)} chunks but {len(thoughts)} thoughts")
+    n = k = 0
+    reasons: dict[str, int] = {}
+    for chunk, thought in zip(chunks, thoughts):
+        units = chunk_units(chunk)
+        pieces = split_unit_thoughts(thought or "", len(units))
+        for i, unit in enumerate(units):
+            n += 1
+            reason = world.verify(unit.question, pieces[i]).reason if i < len(pieces) else "missing thought"
+            if reason:
+                reasons[reason] = reasons.get(reason, 0) + 1
+            else:
+                k += 1
+    return {"chunks": len(chunks), "units": n, "correct": k,
+            "fraction_correct": k / n if n else float("nan"), "reasons": reasons}
 
 
 def _digest(obj) -> str:

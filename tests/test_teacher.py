@@ -68,3 +68,121 @@ def test_cache_key_covers_teacher_settings(tmp_path):
     chunk = world_chunks(1)[0][1][0]
     assert ThoughtCache.key({"teacher": "a", "temperature": 0.7}, chunk) != \
         ThoughtCache.key({"teacher": "a", "temperature": 1.0}, chunk)
+
+
+# --------------------------------------------------------------------------- teacher quality as a knob
+import math
+import re
+
+import numpy as np
+import pytest
+
+from lt_utils.teacher import (NoisyOracleTeacher, chunk_units, degrade_thought, split_unit_thoughts,
+                              thought_quality)
+
+
+def flat_chunks(n_docs=12, mean_units=2.0):
+    return [c for _, cs in world_chunks(n_docs, mean_units) for c in cs]
+
+
+def test_noisy_oracle_at_rate_zero_is_the_oracle():
+    chunks = flat_chunks()
+    assert NoisyOracleTeacher().write(chunks) == OracleTeacher().write(chunks)
+    assert NoisyOracleTeacher(0.0, 0.0, seed=9).write(chunks) == OracleTeacher().write(chunks)
+
+
+def test_thought_quality_of_the_oracle_is_one():
+    chunks = flat_chunks()
+    q = thought_quality(chunks, OracleTeacher().write(chunks))
+    n_units = sum(len(doc.units) for doc, _ in world_chunks(12, 2.0))
+    assert q["units"] == n_units and q["correct"] == n_units and q["fraction_correct"] == 1.0
+    assert q["chunks"] == len(chunks) and q["reasons"] == {}
+    # empty or missing thoughts count every unit as wrong
+    q0 = thought_quality(chunks, [""] * len(chunks))
+    assert q0["correct"] == 0 and q0["reasons"] == {"missing thought": n_units}
+    assert math.isnan(thought_quality([], [])["fraction_correct"])
+    with pytest.raises(ValueError):
+        thought_quality(chunks, [])
+
+
+def test_split_unit_thoughts_rule():
+    t = "4+9=13 c1. 1+4+1=6. so 63. 3*6=18. so 18."
+    assert split_unit_thoughts(t, 2) == ["4+9=13 c1. 1+4+1=6. so 63.", "3*6=18. so 18."]
+    assert split_unit_thoughts(t, 1) == [t]  # surplus stays with the last unit
+    assert split_unit_thoughts(t + " junk", 2)[1] == "3*6=18. so 18. junk"
+    assert split_unit_thoughts("no ending", 2) == ["no ending"]
+    assert split_unit_thoughts(t, 0) == []
+
+
+@pytest.fixture(scope="module")
+def many_chunks():
+    return flat_chunks(n_docs=150, mean_units=2.0)
+
+
+def test_full_error_rate_breaks_every_unit_and_keeps_the_format(many_chunks):
+    oracle = OracleTeacher().write(many_chunks)
+    noisy = NoisyOracleTeacher(error_rate=1.0).write(many_chunks)
+    q = thought_quality(many_chunks, noisy)
+    assert q["correct"] == 0 and q["reasons"] == {"wrong step": q["units"]}
+    for c, o, t in zip(many_chunks, oracle, noisy):
+        units = chunk_units(c)
+        for uo, un in zip(split_unit_thoughts(o, len(units)), split_unit_thoughts(t, len(units))):
+            a, b = uo.split(". "), un.split(". ")
+            assert len(a) == len(b) and b[-1] == a[-1]  # same clauses, same final answer
+            diff = [(x, y) for x, y in zip(a, b) if x != y]
+            assert len(diff) == 1  # exactly one step's result, one digit changed, same format
+            (x, y), = diff
+            assert x.split("=")[0] == y.split("=")[0] and len(x) == len(y)
+            assert sum(p != r for p, r in zip(x, y)) == 1
+            assert re.fullmatch(r"(?:\d+: )?\d+(?:[-+*/]\d+)+=-?\d+(?: [cb]\d+)?", y)
+
+
+def test_full_drop_rate_removes_one_step(many_chunks):
+    oracle = OracleTeacher().write(many_chunks)
+    noisy = NoisyOracleTeacher(drop_rate=1.0).write(many_chunks)
+    q = thought_quality(many_chunks, noisy)
+    assert q["correct"] == 0 and q["reasons"] == {"missing step": q["units"]}
+    for o, t in zip(oracle, noisy):
+        assert t.count(". ") == o.count(". ") - o.count("so ")  # one clause fewer per unit
+        assert re.findall(r"so -?\d+\.", t) == re.findall(r"so -?\d+\.", o)
+        assert ("has" in t) == ("has" in o)  # background facts are never dropped
+
+
+@pytest.mark.parametrize("err,drop", [(0.3, 0.0), (0.0, 0.3), (0.2, 0.2)])
+def test_partial_rates_fail_the_expected_fraction(many_chunks, err, drop):
+    q = thought_quality(many_chunks, NoisyOracleTeacher(err, drop, seed=1).write(many_chunks))
+    n = q["units"]
+    expected = 1 - (1 - err) * (1 - drop)
+    sd = math.sqrt(expected * (1 - expected) / n)
+    assert n > 500
+    assert abs((1 - q["fraction_correct"]) - expected) < 4 * sd, (q, expected)
+
+
+def test_noisy_oracle_is_deterministic_keyed_and_cache_safe(tmp_path):
+    chunks = flat_chunks()
+    t = NoisyOracleTeacher(0.5, 0.5, seed=3)
+    first = t.write(chunks)
+    assert NoisyOracleTeacher(0.5, 0.5, seed=3).write(chunks) == first
+    assert t.write(chunks[::-1]) == first[::-1]  # a thought depends on its chunk only
+    assert NoisyOracleTeacher(0.5, 0.5, seed=4).write(chunks) != first
+    keys = {json_key(NoisyOracleTeacher(e, d, seed=s)) for e in (0, 0.1) for d in (0, 0.1) for s in (0, 1)}
+    assert len(keys) == 8 and json_key(OracleTeacher()) not in keys
+    assert t.name == "oracle(err=0.5,drop=0.5)"
+    cache = ThoughtCache(tmp_path / "c.sqlite")
+    assert write_thoughts(t, chunks, cache, progress=False) == first
+    assert write_thoughts(NoisyOracleTeacher(0.1, 0.0, seed=3), chunks, cache, progress=False) == \
+        NoisyOracleTeacher(0.1, 0.0, seed=3).write(chunks)
+    cache.close()
+    with pytest.raises(ValueError):
+        NoisyOracleTeacher(error_rate=1.5)
+
+
+def json_key(teacher):
+    import json
+
+    return json.dumps(teacher.key(), sort_keys=True)
+
+
+def test_degrade_thought_leaves_thoughts_without_steps_alone():
+    rng = np.random.default_rng(0)
+    assert degrade_thought("a day has 24 hours. so 24.", rng, 1.0, 1.0) == "a day has 24 hours. so 24."
