@@ -1,10 +1,13 @@
 """Stage 02: teacher thoughts for the method-comparison corpus, and training every arm at equal raw data.
 
-Each arm is a layout over a corpus of the same raw documents: `raw_repeat`
-trains on the raw text (repeated as needed), `latent_thoughts` on the raw text
-with one teacher thought per chunk in the random prior/posterior layout.
-Every arm trains for the same number of tokens, over the same seeds, and is
-evaluated along the way on the same held-out problems.
+Each arm turns the same raw documents into training text (Ruan et al. 2025,
+§4): `raw_repeat` repeats the raw text; `raw_fresh` reads fresh documents
+instead (the unconstrained-data reference); `wrap_orig` trains only on WRAP
+rephrasings in four styles and `wrap_cot` on rephrasings with the reasoning
+written in; `latent_thoughts` trains on the raw text with one teacher thought
+per chunk in the random prior/posterior layout.  Every arm trains for the same
+number of tokens, over the same seeds, and is evaluated along the way on the
+same held-out problems.
 """
 
 from __future__ import annotations
@@ -14,13 +17,13 @@ from pathlib import Path
 
 from .config import pick, require
 from .corpus import load_documents
-from .data import ThoughtDoc, chunk_document, token_ratio, tokenize_docs
+from .data import ThoughtDoc, chunk_document, layout_ids, token_ratio, tokenize_docs
 from .model import ModelSpec
 from .parallel import run_parallel
 from .runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
-from .teacher import OracleTeacher, ThoughtCache, write_thoughts
+from .teacher import NoisyOracleTeacher, OracleTeacher, ThoughtCache, thought_quality, write_thoughts
 from .tokens import SpecialIds, load_tokenizer
-from .train import TrainJob, TrainSpec, run_train_job
+from .train import TrainingParams, TrainJob, TrainSpec, run_train_job
 
 
 @dataclass(frozen=True)
@@ -28,19 +31,22 @@ class Arm:
     """How an arm turns the corpus into training text."""
 
     layout: str          # data.LAYOUTS entry
-    source: str          # which split's raw documents it trains on
-    thoughts: bool       # needs teacher thoughts
+    source: str          # which split's raw documents it is built from
+    text: str            # "raw", "teacher" (thoughts per chunk), "wrap_orig" or "wrap_cot" (rewrites only)
     latent_eval: bool    # evaluate by thinking first (SoL PRI ...)
 
 
 ARMS = {
-    "raw_repeat": Arm(layout="raw", source="comparison", thoughts=False, latent_eval=False),
-    "latent_thoughts": Arm(layout="random", source="comparison", thoughts=True, latent_eval=True),
+    "raw_repeat": Arm(layout="raw", source="comparison", text="raw", latent_eval=False),
+    "raw_fresh": Arm(layout="raw", source="fresh", text="raw", latent_eval=False),
+    "wrap_orig": Arm(layout="thought_only", source="comparison", text="wrap_orig", latent_eval=False),
+    "wrap_cot": Arm(layout="thought_only", source="comparison", text="wrap_cot", latent_eval=False),
+    "latent_thoughts": Arm(layout="random", source="comparison", text="teacher", latent_eval=True),
 }
 
 
 @dataclass(frozen=True)
-class SyntheticThoughtsConfig:
+class SyntheticThoughtsConfig(TrainingParams):
     study: str = "smoke"                    # runs/<study>/... groups every stage of one study
     run_root: str = "runs"                  # where run directories live
     data_stage: str = "01_data_prep"        # input: runs/<study>/<data_stage>
@@ -50,27 +56,12 @@ class SyntheticThoughtsConfig:
     chunk_mean_units: float = 1.0           # mean problems per chunk (Poisson(mean−1)+1)
     chunk_max_units: int = 20               # cap on problems per chunk
     prefix_chunks: int = 1                  # previous chunks the teacher sees as context (paper: 1)
-    n_layer: int = 2                        # model: transformer blocks
-    n_embd: int = 32                        # model: hidden size
-    n_head: int = 4                         # model: attention heads
-    n_kv_head: int = 4                      # model: key/value heads
-    intermediate_size: int = 128            # model: SwiGLU hidden size
-    tie_embeddings: bool = True             # model: tie input/output embeddings
-    init_std: float = 0.02                  # model: std of the random init
-    init_from: str = ""                     # model: HF checkpoint to start from ("" = train from scratch)
+    teacher_error_rate: float = 0.0         # oracle: chance a unit's thought has one wrong step
+    teacher_drop_rate: float = 0.0          # oracle: chance a unit's thought misses one step
+    wrap_orig_repeats: int = 5              # WRAP-Orig rewrites per document (paper: 5)
+    wrap_cot_repeats: int = 4               # WRAP-CoT rewrites per document (paper: 4)
+    rewrite_seed: int = 42                  # seed of the rephraser's style and wording draws
     steps: int = 40                         # optimizer steps per run (same for every arm)
-    batch_size: int = 8                     # rows per step
-    seq_len: int = 256                      # tokens per row
-    lr: float = 3e-3                        # peak learning rate
-    min_lr_ratio: float = 0.1               # cosine floor, as a fraction of lr
-    warmup_steps: int = 10                  # linear warmup steps
-    weight_decay: float = 0.01              # AdamW weight decay
-    grad_clip: float = 1.0                  # gradient-norm clip
-    eval_every: int = 20                    # steps between evaluations
-    attend_across_docs: bool = False        # paper packing (True) or per-document attention (False)
-    max_eval_problems: int = 0              # 0 = every held-out problem
-    workers: int = 2                        # parallel training processes
-    threads_per_worker: int = 1             # torch threads per process
     overwrite: bool = False                 # redo a finished stage
 
     def __post_init__(self):
@@ -79,7 +70,10 @@ class SyntheticThoughtsConfig:
         require(len(self.seeds) > 0, "seeds must list at least one seed")
         require(self.teacher == "oracle", f"teacher: unknown teacher '{self.teacher}' (known: oracle)")
         require(self.chunk_mean_units >= 1, "chunk_mean_units must be ≥ 1")
-        require(self.workers >= 1 and self.threads_per_worker >= 1, "workers and threads_per_worker must be ≥ 1")
+        require(0 <= self.teacher_error_rate <= 1 and 0 <= self.teacher_drop_rate <= 1,
+                "teacher_error_rate and teacher_drop_rate must be in [0, 1]")
+        require(self.wrap_orig_repeats >= 1 and self.wrap_cot_repeats >= 1, "wrap repeats must be ≥ 1")
+        self.check_training_params()
 
 
 def data_dir_of(cfg: SyntheticThoughtsConfig) -> Path:
@@ -88,10 +82,24 @@ def data_dir_of(cfg: SyntheticThoughtsConfig) -> Path:
     return require_done(resolve(cfg.run_root) / cfg.study / cfg.data_stage, "data-prep run")
 
 
-def make_teacher(name: str):
-    if name == "oracle":
-        return OracleTeacher()
-    raise ValueError(f"unknown teacher '{name}'")
+def make_teacher(cfg: SyntheticThoughtsConfig):
+    if cfg.teacher != "oracle":
+        raise ValueError(f"unknown teacher '{cfg.teacher}'")
+    if cfg.teacher_error_rate or cfg.teacher_drop_rate:
+        return NoisyOracleTeacher(cfg.teacher_error_rate, cfg.teacher_drop_rate)
+    return OracleTeacher()
+
+
+def chunks_of(cfg: SyntheticThoughtsConfig, docs):
+    """Chunk documents as the teacher sees them: (heads, flat chunk list, (start, end) per document)."""
+    heads, all_chunks, spans = [], [], []
+    for d in docs:
+        head, chunks = chunk_document(d.doc_id, d.segments(), mean_units=cfg.chunk_mean_units,
+                                      max_units=cfg.chunk_max_units, prefix_chunks=cfg.prefix_chunks)
+        heads.append(head)
+        spans.append((len(all_chunks), len(all_chunks) + len(chunks)))
+        all_chunks.extend(chunks)
+    return heads, all_chunks, spans
 
 
 def thought_docs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, split: str) -> Path:
@@ -99,16 +107,12 @@ def thought_docs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, spli
     path = run.file(f"thoughts/{split}.jsonl")
     if not path.exists():
         docs = load_documents(data_dir, split)
-        heads, all_chunks, spans = [], [], []
-        for d in docs:
-            head, chunks = chunk_document(d.doc_id, d.segments(), mean_units=cfg.chunk_mean_units,
-                                          max_units=cfg.chunk_max_units, prefix_chunks=cfg.prefix_chunks)
-            heads.append(head)
-            spans.append((len(all_chunks), len(all_chunks) + len(chunks)))
-            all_chunks.extend(chunks)
+        heads, all_chunks, spans = chunks_of(cfg, docs)
         cache = ThoughtCache(run.file("thought_cache.sqlite"))
-        thoughts = write_thoughts(make_teacher(cfg.teacher), all_chunks, cache)
+        thoughts = write_thoughts(make_teacher(cfg), all_chunks, cache)
         cache.close()
+        write_json(run.file(f"teacher_quality_{split}.json"), thought_quality(all_chunks, thoughts))
+        run.add_artifact(f"teacher_quality_{split}.json", "fraction of units whose teacher thought verifies")
         records = [ThoughtDoc(d.doc_id, h, [c.suffix for c in all_chunks[a:b]], thoughts[a:b]).to_dict()
                    for d, h, (a, b) in zip(docs, heads, spans)]
         write_jsonl(path, records)
@@ -129,19 +133,52 @@ def raw_docs(run: RunDir, data_dir: Path, split: str) -> Path:
     return path
 
 
+def wrap_docs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, split: str, kind: str) -> Path:
+    """WRAP rewrites of the split's documents (only the rewrite is trained on, never the raw text)."""
+    from .rephrase import rephrase_corpus
+
+    path = run.file(f"thoughts/{split}_{kind}.jsonl")
+    if not path.exists():
+        repeats = cfg.wrap_orig_repeats if kind == "wrap_orig" else cfg.wrap_cot_repeats
+        docs = rephrase_corpus(load_documents(data_dir, split), kind, repeats, cfg.rewrite_seed)
+        write_jsonl(path, [d.to_dict() for d in docs])
+    run.add_artifact(f"thoughts/{split}_{kind}.jsonl", f"{kind} rewrites of the {split} documents")
+    return path
+
+
 def arm_corpus(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, arm: str) -> Path:
     spec = ARMS[arm]
-    return thought_docs(run, cfg, data_dir, spec.source) if spec.thoughts else raw_docs(run, data_dir, spec.source)
+    if spec.text == "teacher":
+        return thought_docs(run, cfg, data_dir, spec.source)
+    if spec.text == "raw":
+        return raw_docs(run, data_dir, spec.source)
+    return wrap_docs(run, cfg, data_dir, spec.source, spec.text)
 
 
 def arm_token_ratios(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path) -> dict[str, float]:
-    """Training tokens per raw token of each arm's corpus, measured on our data (for the effective-raw axis)."""
+    """Training tokens per raw token of each arm's corpus, measured on our data (for the effective-raw axis).
+
+    For raw and latent arms it is the laid-out corpus over its own raw text; for
+    WRAP arms, the rewrite tokens over the raw tokens of the documents they
+    rewrite (times the number of rewrites per document).
+    """
     tok = load_tokenizer(data_dir / "tokenizer")
     ids = SpecialIds.of(tok)
+
+    def tokenized(path):
+        return tokenize_docs(tok, [ThoughtDoc.from_dict(r) for r in read_jsonl(path)])
+
     ratios = {}
     for arm in cfg.arms:
-        docs = tokenize_docs(tok, [ThoughtDoc.from_dict(r) for r in read_jsonl(arm_corpus(run, cfg, data_dir, arm))])
-        ratios[arm] = token_ratio(docs, ARMS[arm].layout, ids)
+        spec = ARMS[arm]
+        docs = tokenized(arm_corpus(run, cfg, data_dir, arm))
+        if spec.text.startswith("wrap"):
+            source_raw = sum(d.raw_len for d in tokenized(raw_docs(run, data_dir, spec.source)))
+            total = sum(len(layout_ids(d, spec.layout, ids)[0]) for d in docs)
+            ratios[arm] = total / max(source_raw, 1) / (cfg.wrap_orig_repeats if spec.text == "wrap_orig"
+                                                           else cfg.wrap_cot_repeats)
+        else:
+            ratios[arm] = token_ratio(docs, spec.layout, ids)
     write_json(run.file("token_ratios.json"), ratios)
     run.add_artifact("token_ratios.json", "training tokens per raw token, per arm")
     return ratios

@@ -14,6 +14,7 @@ saved into the stage's run directory; wall times go to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -24,16 +25,25 @@ from . import config as config_lib
 from .paths import NOTEBOOKS_DIR, PARAMS_DIR, resolve
 from .runs import read_json, write_json
 
-STAGES = ("01_data_prep", "02_synthetic_thoughts", "04_analysis")
+STAGES = ("01_data_prep", "02_synthetic_thoughts", "03_bootstrap_em", "04_analysis")
+
+
+def profile_stages(profile: str) -> list[str]:
+    """The stages a profile runs: those with a params file in params/<profile>/, in order."""
+    return [s for s in STAGES if (PARAMS_DIR / profile / f"{s}.yaml").is_file()]
 
 
 def stage_config_class(stage: str):
+    from .bootstrap import BootstrapConfig
     from .comparison import SyntheticThoughtsConfig
     from .corpus import DataPrepConfig
     from .results import AnalysisConfig
 
-    return {"01_data_prep": DataPrepConfig, "02_synthetic_thoughts": SyntheticThoughtsConfig,
-            "04_analysis": AnalysisConfig}[stage]
+    classes = {"01_data_prep": DataPrepConfig, "02_synthetic_thoughts": SyntheticThoughtsConfig,
+               "03_bootstrap_em": BootstrapConfig, "04_analysis": AnalysisConfig}
+    if stage not in classes:
+        raise config_lib.ConfigError(f"unknown stage '{stage}' (known: {', '.join(STAGES)})")
+    return classes[stage]
 
 
 def load_stage_params(profile: str, stage: str, overrides: dict | None = None) -> dict:
@@ -44,7 +54,8 @@ def load_stage_params(profile: str, stage: str, overrides: dict | None = None) -
     params = yaml.safe_load(path.read_text()) or {}
     if not isinstance(params, dict):
         raise config_lib.ConfigError(f"{path}: expected a mapping of parameter names to values")
-    params.update(overrides or {})
+    fields = {f.name for f in dataclasses.fields(stage_config_class(stage))}
+    params.update({k: v for k, v in (overrides or {}).items() if k in fields})
     config_lib.load(stage_config_class(stage), params, where=str(path))
     return params
 
@@ -65,7 +76,12 @@ def run_stage(profile: str, stage: str, overrides: dict | None = None) -> float:
 
 
 def run_profile(profile: str, only: list[str] | None = None, overrides: dict | None = None) -> dict[str, float]:
-    stages = [s for s in STAGES if not only or s in only]
+    stages = [s for s in profile_stages(profile) if not only or s in only]
+    unknown = [s for s in (only or []) if s not in STAGES]
+    if unknown:
+        raise config_lib.ConfigError(f"unknown stage '{unknown[0]}' (known: {', '.join(STAGES)})")
+    if not stages:
+        raise config_lib.ConfigError(f"params/{profile}/ has no params file for the requested stages")
     for s in stages:  # validate everything first: a typo in the last stage should not cost the first one's time
         load_stage_params(profile, s, overrides)
     first = config_lib.load(stage_config_class(stages[0]), load_stage_params(profile, stages[0], overrides))
@@ -84,7 +100,7 @@ def run_profile(profile: str, only: list[str] | None = None, overrides: dict | N
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="cpu", help="params/<profile>/ (smoke, cpu, paper)")
-    ap.add_argument("--only", nargs="*", help=f"stages to run (default all: {' '.join(STAGES)})")
+    ap.add_argument("--only", nargs="*", help=f"stages to run (default: every stage with a params file; {' '.join(STAGES)})")
     ap.add_argument("--run-root", help="override run_root for every stage")
     ap.add_argument("--study", help="override the study name for every stage")
     ap.add_argument("--overwrite", action="store_true", help="redo finished stages")
@@ -96,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["study"] = args.study
     if args.overwrite:
         overrides["overwrite"] = True
+    if args.run_root or args.study:
+        overrides["figures_dir"] = ""  # an ad-hoc study never writes over the committed figures/
     if not (PARAMS_DIR / args.profile).is_dir():
         print(f"error: unknown profile '{args.profile}' (no directory {PARAMS_DIR / args.profile})", file=sys.stderr)
         return 2

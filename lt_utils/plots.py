@@ -251,8 +251,8 @@ def _draw_arm(ax, curve: pd.DataFrame, arm: str, label: str | None) -> None:
         )
 
 
-def _format_accuracy_axes(ax, ylabel: bool = True) -> None:
-    ax.set_xlabel("Training tokens")
+def _format_accuracy_axes(ax, ylabel: bool = True, xlabel: str = "Training tokens") -> None:
+    ax.set_xlabel(xlabel)
     ax.xaxis.set_major_formatter(EngFormatter(sep=""))
     ax.set_xlim(left=0)
     if ylabel:
@@ -267,7 +267,8 @@ def _format_accuracy_axes(ax, ylabel: bool = True) -> None:
 
 
 @register("accuracy_vs_tokens")
-def fig_accuracy_vs_tokens(df: pd.DataFrame) -> Figure:
+def fig_accuracy_vs_tokens(df: pd.DataFrame, *, xlabel: str = "Training tokens",
+                           title: str = "Accuracy vs training tokens") -> Figure:
     """Held-out accuracy against training tokens, one line per arm.
 
     The core data-efficiency plot: does training on inferred latent thoughts
@@ -283,10 +284,22 @@ def fig_accuracy_vs_tokens(df: pd.DataFrame) -> Figure:
         for arm in _arm_order(df["arm"]):
             _draw_arm(ax, curves[curves["arm"] == arm], arm,
                       _seed_label(arm, int(seeds_per_arm[arm])))
-        _format_accuracy_axes(ax)
-        ax.set_title("Accuracy vs training tokens")
+        _format_accuracy_axes(ax, xlabel=xlabel)
+        ax.set_title(title)
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return fig
+
+
+@register("accuracy_vs_effective_raw_tokens")
+def fig_accuracy_vs_effective_raw_tokens(df: pd.DataFrame) -> Figure:
+    """The same curves against effective raw tokens seen, tokens / (synthetic-to-raw ratio) as in the paper.
+
+    Needs an ``effective_raw_tokens`` column (see ``results.collect_evals``).
+    """
+    _require(df, ["arm", "seed", "effective_raw_tokens", "accuracy"], "accuracy_vs_effective_raw_tokens")
+    return fig_accuracy_vs_tokens(df.drop(columns=["tokens"], errors="ignore")
+                                  .rename(columns={"effective_raw_tokens": "tokens"}),
+                                  xlabel="Effective raw tokens seen", title="Accuracy vs effective raw tokens")
 
 
 @register("accuracy_vs_tokens_by_family")

@@ -39,12 +39,25 @@ def collect_evals(study_dir: str | Path) -> pd.DataFrame:
             if rec.get("kind") != "eval":
                 continue
             rows.append({"stage": info.get("stage", ""), "arm": info.get("arm", run.parent.name),
-                         "seed": info.get("seed"), "run_dir": str(run.relative_to(study_dir)),
+                         "seed": info.get("seed"), "iteration": info.get("iteration"), "k": info.get("k"),
+                         "run_dir": str(run.relative_to(study_dir)),
                          **{k: v for k, v in rec.items() if k not in ("kind", "time")}})
     df = pd.DataFrame(rows)
     if not df.empty:
         df = df.sort_values(["stage", "arm", "seed", "step"]).reset_index(drop=True)
+        ratios = token_ratios(study_dir)
+        df["effective_raw_tokens"] = [t / ratios.get((st, a), 1.0) for st, a, t in
+                                      zip(df["stage"], df["arm"], df["tokens"])]
     return df
+
+
+def token_ratios(study_dir: str | Path) -> dict[tuple[str, str], float]:
+    """(stage, arm) → training tokens per raw token, from each stage's stored token_ratios.json."""
+    out = {}
+    for path in Path(study_dir).rglob("token_ratios.json"):
+        stage = path.parent.name
+        out.update({(stage, arm): float(r) for arm, r in read_json(path).items()})
+    return out
 
 
 def by_family(evals: pd.DataFrame) -> pd.DataFrame:

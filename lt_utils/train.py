@@ -59,6 +59,39 @@ class TrainSpec:
 
 
 @dataclass(frozen=True)
+class TrainingParams:
+    """Model and optimisation parameters shared by every stage that trains models.
+
+    Flat, as a notebook's `parameters` cell holds them; `config.pick` turns
+    them into a `ModelSpec` and a `TrainSpec`.
+    """
+
+    n_layer: int = 2                        # model: transformer blocks
+    n_embd: int = 32                        # model: hidden size
+    n_head: int = 4                         # model: attention heads
+    n_kv_head: int = 4                      # model: key/value heads
+    intermediate_size: int = 128            # model: SwiGLU hidden size
+    tie_embeddings: bool = True             # model: tie input/output embeddings
+    init_std: float = 0.02                  # model: std of the random init
+    init_from: str = ""                     # model: HF checkpoint every run starts from (empty: from scratch)
+    batch_size: int = 8                     # rows per step
+    seq_len: int = 256                      # tokens per row
+    lr: float = 3e-3                        # peak learning rate
+    min_lr_ratio: float = 0.1               # cosine floor (fraction of lr)
+    warmup_steps: int = 10                  # linear warmup steps
+    weight_decay: float = 0.01              # AdamW weight decay
+    grad_clip: float = 1.0                  # gradient-norm clip
+    eval_every: int = 20                    # steps between evaluations
+    attend_across_docs: bool = False        # paper packing (True) or per-document attention (False)
+    max_eval_problems: int = 0              # 0 means every held-out problem
+    workers: int = 2                        # parallel training processes
+    threads_per_worker: int = 1             # torch threads per process
+
+    def check_training_params(self) -> None:
+        require(self.workers >= 1 and self.threads_per_worker >= 1, "workers and threads_per_worker must be ≥ 1")
+
+
+@dataclass(frozen=True)
 class TrainJob:
     """Everything one training run needs, as files and plain values."""
 

@@ -79,7 +79,7 @@ def test_every_params_file_loads_into_its_stage_config(profile):
 def test_pipeline_rejects_unknown_key_before_running(tmp_path, monkeypatch, capsys):
     prof = tmp_path / "bad"
     prof.mkdir()
-    for stage in pipeline.STAGES:
+    for stage in pipeline.profile_stages("smoke"):
         data = yaml.safe_load((PARAMS_DIR / "smoke" / f"{stage}.yaml").read_text())
         if stage == "02_synthetic_thoughts":
             data["learning_rate"] = 0.1

@@ -26,17 +26,25 @@ def test_smoke_profile_runs_every_notebook(tmp_path):
     rc = pipeline.main(["--profile", "smoke", "--run-root", str(tmp_path)])
     assert rc == 0
     study = tmp_path / "smoke"
-    for stage in pipeline.STAGES:
+    for stage in pipeline.profile_stages("smoke"):
         d = study / stage
         assert (d / "DONE").exists(), stage
         assert (d / "executed.ipynb").exists() and (d / "config.yaml").exists() and (d / "env.json").exists()
         manifest = json.loads((d / "manifest.json").read_text())["artifacts"]
         assert all((d / a).exists() for a in manifest)
     res = pd.read_csv(study / "04_analysis" / "results.csv")
-    assert set(res["arm"]) == {"raw_repeat", "latent_thoughts"}
+    synth = res[res["stage"] == "02_synthetic_thoughts"]
+    assert set(synth["arm"]) == {"raw_repeat", "raw_fresh", "wrap_orig", "wrap_cot", "latent_thoughts"}
+    em = res[res["stage"] == "03_bootstrap_em"]
+    assert {"warmstart", "bolt_iter1", "bolt_iter2", "bolt_iter1_k1", "bolt_iter1_k2", "raw_token_match",
+            "raw_flop_match"} == set(em["arm"])
+    assert (em.loc[em["arm"] == "raw_token_match", "tokens"].max() < em.loc[em["arm"] == "raw_flop_match",
+                                                                            "tokens"].max())
+    summary = json.loads((study / "03_bootstrap_em" / "iter1" / "estep_summary.json").read_text())
+    assert summary["k"] == 4 and set(summary["selected_correct_by_k"]) == {"1", "2", "4"}
     assert {"tokens", "raw_tokens", "accuracy", "val_nll", "seed", "step"} <= set(res.columns)
     figs = study / "04_analysis" / "figures"
-    for name in ("accuracy_vs_tokens", "accuracy_vs_tokens_by_family"):
+    for name in ("accuracy_vs_tokens", "accuracy_vs_effective_raw_tokens", "accuracy_vs_tokens_by_family"):
         assert (figs / f"{name}.png").stat().st_size > 0 and (figs / f"{name}.pdf").stat().st_size > 0
     after = sorted(p.name for p in FIGURES_DIR.glob("*")) if FIGURES_DIR.exists() else []
     assert before == after  # smoke runs never write over the committed figures

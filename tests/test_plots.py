@@ -20,7 +20,7 @@ def _tidy(families=("algebra", "geometry"), seeds=SEEDS):
                 for j, family in enumerate(families):
                     acc = 0.1 + 0.1 * i + 0.02 * seed + 0.05 * j
                     rows.append(dict(arm=arm, seed=seed, tokens=tokens, family=family,
-                                     accuracy=acc, step=i * 100))
+                                     accuracy=acc, step=i * 100, effective_raw_tokens=tokens / (1 + seed)))
     return pd.DataFrame(rows)
 
 
@@ -162,3 +162,14 @@ def test_style_context_restores_rcparams():
     with plots.style():
         assert matplotlib.rcParams["axes.spines.top"] is False
     assert matplotlib.rcParams["axes.spines.top"] == before
+
+
+def test_effective_raw_tokens_figure_uses_its_own_axis():
+    df = _tidy()
+    fig = plots.fig_accuracy_vs_effective_raw_tokens(df)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "Effective raw tokens seen"
+    xs = {x for line in ax.get_lines() for x in line.get_xdata()}
+    assert xs <= set(df["effective_raw_tokens"])
+    with pytest.raises(ValueError, match="effective_raw_tokens"):
+        plots.fig_accuracy_vs_effective_raw_tokens(df.drop(columns=["effective_raw_tokens"]))

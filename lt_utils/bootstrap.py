@@ -1,0 +1,279 @@
+"""Stage 03: bootstrapping latent thoughts (BoLT), the EM loop, with its raw baselines and K ablation.
+
+Following Ruan et al. (2025, §5 of our method notes):
+
+* **warmstart** (iteration 0): latent training on a small teacher-thought
+  corpus, disjoint from the bootstrap corpus;
+* **iteration k**: E-step with the seed-0 model of iteration k−1 on the fixed
+  bootstrap corpus (K posterior samples per chunk, importance resampling, see
+  `lt_utils.estep`), then an M-step that **restarts from the base
+  initialisation** and trains every seed on the bootstrap corpus + the new
+  thoughts for a fixed token budget;
+* **baselines**: raw text of the bootstrap corpus with the same raw tokens as
+  one M-step (token-match) and with the same training tokens (FLOP-match);
+* **K ablation**: iteration 1 with K ∈ `k_ablation`, taken as the first K of
+  the largest K's candidates, so the comparison is paired.
+
+Every selected thought is scored by the world's verifier, and the validation
+ELBO of each iteration's generator is tracked.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import pick, require
+from .corpus import load_documents
+from .data import Chunk, ThoughtDoc, chunk_document, token_ratio, tokenize_docs
+from .estep import EStepConfig, model_fingerprint, run_estep, save_records, select_first_k, summarize
+from .model import ModelSpec, load_model
+from .parallel import run_parallel
+from .paths import resolve
+from .runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
+from .teacher import OracleTeacher, ThoughtCache, chunk_units, split_unit_thoughts, write_thoughts
+from .tokens import SpecialIds, load_tokenizer
+from .train import TrainingParams, TrainJob, TrainSpec, run_train_job
+
+
+@dataclass(frozen=True)
+class BootstrapConfig(TrainingParams):
+    study: str = "smoke"                    # runs/<study>/... groups every stage of one study
+    run_root: str = "runs"                  # where run directories live
+    data_stage: str = "01_data_prep"        # input: runs/<study>/<data_stage>
+    seeds: list[int] = field(default_factory=lambda: [0])  # M-step seeds; seed `seeds[0]` generates the next thoughts
+    iterations: int = 2                     # EM iterations after the warmstart
+    k: int = 4                              # Monte Carlo samples per chunk in each E-step
+    k_ablation: list[int] = field(default_factory=list)   # extra K values trained at iteration 1 (first K of max K)
+    max_thought_tokens: int = 64            # cap on a sampled thought
+    estep_batch_chunks: int = 64            # chunks per sampling call
+    elbo_k: int = 4                         # samples for the validation ELBO
+    baselines: list[str] = field(default_factory=lambda: ["raw_token_match", "raw_flop_match"])
+    chunk_mean_units: float = 1.0           # mean problems per chunk (Poisson(mean−1)+1)
+    chunk_max_units: int = 20               # cap on problems per chunk
+    prefix_chunks: int = 3                  # raw chunks the posterior sees as context (paper: 3)
+    warmstart_steps: int = 40               # optimizer steps of the warmstart
+    steps: int = 40                         # optimizer steps of every M-step and of the FLOP-match baseline
+    overwrite: bool = False                 # redo a finished stage
+
+    def __post_init__(self):
+        require(self.iterations >= 1, "iterations must be ≥ 1")
+        require(self.k >= 1 and all(x >= 1 for x in self.k_ablation), "k and k_ablation values must be ≥ 1")
+        require(len(self.seeds) > 0, "seeds must list at least one seed")
+        self.check_training_params()
+        bad = [b for b in self.baselines if b not in ("raw_token_match", "raw_flop_match")]
+        require(not bad, f"baselines: unknown baseline '{bad[0] if bad else ''}' (known: raw_token_match, raw_flop_match)")
+
+    @property
+    def k_max(self) -> int:
+        return max([self.k, *self.k_ablation])
+
+
+def data_dir_of(cfg: BootstrapConfig) -> Path:
+    return require_done(resolve(cfg.run_root) / cfg.study / cfg.data_stage, "data-prep run")
+
+
+def _chunks(cfg: BootstrapConfig, docs, prefix_chunks: int) -> tuple[list[str], list[Chunk], list[tuple[int, int]]]:
+    heads, chunks, spans = [], [], []
+    for d in docs:
+        head, cs = chunk_document(d.doc_id, d.segments(), mean_units=cfg.chunk_mean_units,
+                                  max_units=cfg.chunk_max_units, prefix_chunks=prefix_chunks)
+        heads.append(head)
+        spans.append((len(chunks), len(chunks) + len(cs)))
+        chunks.extend(cs)
+    return heads, chunks, spans
+
+
+def _write_corpus(path: Path, docs, heads, chunks, spans, thoughts) -> Path:
+    if not path.exists():
+        write_jsonl(path, [ThoughtDoc(d.doc_id, h, [c.suffix for c in chunks[a:b]],
+                                      None if thoughts is None else list(thoughts[a:b])).to_dict()
+                           for d, h, (a, b) in zip(docs, heads, spans)])
+    return path
+
+
+def chunk_is_correct(chunk: Chunk, thought: str) -> bool:
+    """Every problem the chunk answers has a thought the world's verifier accepts."""
+    from . import world
+
+    units = chunk_units(chunk)
+    pieces = split_unit_thoughts(thought, len(units))
+    return len(pieces) == len(units) and all(world.verify(u.question, p).correct for u, p in zip(units, pieces))
+
+
+class Study:
+    """The files and jobs of one stage-03 run (a thin namespace so the notebook stays short)."""
+
+    def __init__(self, run: RunDir, cfg: BootstrapConfig):
+        self.run, self.cfg = run, cfg
+        self.data = data_dir_of(cfg)
+        self.tok_dir = self.data / "tokenizer"
+        self.model = pick(ModelSpec, cfg, max_seq_len=max(cfg.seq_len, 64))
+        self.boot_docs = load_documents(self.data, "bootstrap")
+        self.boot_heads, self.boot_chunks, self.boot_spans = _chunks(cfg, self.boot_docs, cfg.prefix_chunks)
+
+    # ------------------------------------------------------------------ training jobs
+    def job(self, name: str, corpus: Path, layout: str, steps: int, seed: int, **info) -> TrainJob:
+        train = pick(TrainSpec, self.cfg, steps=steps)
+        return TrainJob(out_dir=str(self.run.file(f"train/{name}/seed{seed}")), tokenizer_dir=str(self.tok_dir),
+                        corpus_path=str(corpus), layout=layout, model=self.model, train=train, seed=seed,
+                        eval_problems_path=str(self.data / "eval_problems.jsonl"),
+                        valid_path=str(self.raw_corpus("valid")), latent_eval=layout != "raw",
+                        max_eval_problems=self.cfg.max_eval_problems, threads=self.cfg.threads_per_worker,
+                        info={"stage": self.run.path.name, "name": f"{name}/seed{seed}", **info},
+                        progress=self.cfg.workers <= 1)
+
+    def train(self, jobs: list[TrainJob], desc: str) -> list[dict]:
+        finals = run_parallel(run_train_job, jobs, workers=self.cfg.workers,
+                              threads_per_worker=self.cfg.threads_per_worker,
+                              names=[j.info["name"] for j in jobs], desc=desc)
+        return [{**j.info, "seed": j.seed, **f} for j, f in zip(jobs, finals)]
+
+    def model_dir(self, name: str, seed: int | None = None) -> Path:
+        return self.run.file(f"train/{name}/seed{self.cfg.seeds[0] if seed is None else seed}/model")
+
+    # ------------------------------------------------------------------ corpora
+    def raw_corpus(self, split: str) -> Path:
+        path = self.run.file(f"corpora/{split}_raw.jsonl")
+        if not path.exists():
+            docs = self.boot_docs if split == "bootstrap" else load_documents(self.data, split)
+            write_jsonl(path, [ThoughtDoc(d.doc_id, d.segments()[0], ["".join(d.segments()[1:])]).to_dict()
+                               for d in docs])
+        return path
+
+    def warmstart_corpus(self) -> Path:
+        """Warmstart split with one oracle-teacher thought per chunk (teacher context: 1 previous chunk)."""
+        docs = load_documents(self.data, "warmstart")
+        heads, chunks, spans = _chunks(self.cfg, docs, 1)
+        path = self.run.file("corpora/warmstart_thoughts.jsonl")
+        if not path.exists():
+            cache = ThoughtCache(self.run.file("thought_cache.sqlite"))
+            thoughts = write_thoughts(OracleTeacher(), chunks, cache, progress=False)
+            cache.close()
+            _write_corpus(path, docs, heads, chunks, spans, thoughts)
+        return path
+
+    # ------------------------------------------------------------------ the loop
+    def warmstart(self) -> list[dict]:
+        corpus = self.warmstart_corpus()
+        self.run.add_artifact("corpora/warmstart_thoughts.jsonl", "warmstart documents with oracle thoughts")
+        jobs = [self.job("warmstart", corpus, "random", self.cfg.warmstart_steps, s, arm="warmstart", iteration=0)
+                for s in self.cfg.seeds]
+        return self.train(jobs, "warmstart runs")
+
+    def e_step(self, iteration: int) -> dict:
+        """Thoughts for the bootstrap corpus from the previous iteration's seed-0 model; returns their summary."""
+        out = self.run.file(f"iter{iteration}/estep.jsonl")
+        summary_path = self.run.file(f"iter{iteration}/estep_summary.json")
+        if summary_path.exists():
+            return read_json(summary_path)
+        gen = self.model_dir("warmstart" if iteration == 1 else f"iter{iteration - 1}")
+        import torch
+
+        torch.set_num_threads(max(1, self.cfg.workers * self.cfg.threads_per_worker))
+        model = load_model(gen)
+        tok = load_tokenizer(self.tok_dir)
+        k = self.cfg.k_max if iteration == 1 else self.cfg.k
+        ecfg = EStepConfig(k=k, max_thought_tokens=self.cfg.max_thought_tokens, seed=1000 * iteration,
+                           batch_chunks=self.cfg.estep_batch_chunks)
+        records = run_estep(model, tok, self.boot_chunks, ecfg, cache_path=self.run.file(f"iter{iteration}/candidates.sqlite"),
+                            model_key=model_fingerprint(gen))
+        save_records(out, records)
+        by_pos = {r["position"]: c for r, c in zip(records, self.boot_chunks)}
+        summary = summarize(records, verify_fn=lambda r, t: chunk_is_correct(by_pos[r["position"]], t))
+        summary["k"] = k
+        ks = sorted({self.cfg.k, *self.cfg.k_ablation}) if iteration == 1 else [self.cfg.k]
+        summary["selected_correct_by_k"] = {}
+        for kk in ks:
+            thoughts = [r["candidates"][select_first_k(r, kk, ecfg.seed)]["text"] for r in records]
+            name = f"iter{iteration}/corpus.jsonl" if kk == self.cfg.k else f"iter{iteration}/corpus_k{kk}.jsonl"
+            _write_corpus(self.run.file(name), self.boot_docs, self.boot_heads, self.boot_chunks,
+                          self.boot_spans, thoughts)
+            summary["selected_correct_by_k"][str(kk)] = float(np.mean(
+                [chunk_is_correct(c, t) for c, t in zip(self.boot_chunks, thoughts)]))
+        write_json(summary_path, summary)
+        self.run.add_artifact(f"iter{iteration}/estep.jsonl", "every chunk's K candidates with log q, log p, log w")
+        self.run.add_artifact(f"iter{iteration}/corpus.jsonl", "bootstrap corpus with the selected thoughts")
+        self.run.add_artifact(f"iter{iteration}/estep_summary.json", "weights, ESS and verifier scores")
+        self.run.log(kind="estep", iteration=iteration, **{k2: v for k2, v in summary.items()
+                                                           if isinstance(v, (int, float))})
+        return summary
+
+    def m_step(self, iteration: int, with_extras: bool = False) -> list[dict]:
+        """Train every seed from the base init on the bootstrap corpus + this iteration's thoughts.
+
+        With `with_extras` (iteration 1), the raw baselines and the K ablation
+        runs go into the same pool so both cores stay busy.
+        """
+        jobs = [self.job(f"iter{iteration}", self.run.file(f"iter{iteration}/corpus.jsonl"), "random",
+                         self.cfg.steps, s, arm=f"bolt_iter{iteration}", iteration=iteration, k=self.cfg.k)
+                for s in self.cfg.seeds]
+        if with_extras:
+            jobs += self.baseline_jobs() + self.ablation_jobs()
+        self.write_token_ratios()
+        return self.train(jobs, f"iteration {iteration} runs")
+
+    def latent_ratio(self, corpus: str) -> float:
+        tok = load_tokenizer(self.tok_dir)
+        docs = tokenize_docs(tok, [ThoughtDoc.from_dict(r) for r in read_jsonl(self.run.file(corpus))])
+        return token_ratio(docs, "random", SpecialIds.of(tok))
+
+    def token_match_steps(self) -> int:
+        """Steps of raw training that see as many raw tokens as one M-step (latent corpus ratio measured)."""
+        return max(1, round(self.cfg.steps / self.latent_ratio("iter1/corpus.jsonl")))
+
+    def write_token_ratios(self) -> dict[str, float]:
+        """Training tokens per raw token of every arm trained so far (for the effective-raw-tokens axis)."""
+        ratios = {"raw_token_match": 1.0, "raw_flop_match": 1.0,
+                  "warmstart": self.latent_ratio("corpora/warmstart_thoughts.jsonl")}
+        for it in range(1, self.cfg.iterations + 1):
+            if self.run.file(f"iter{it}/corpus.jsonl").exists():
+                ratios[f"bolt_iter{it}"] = self.latent_ratio(f"iter{it}/corpus.jsonl")
+        for kk in self.cfg.k_ablation:
+            if self.run.file(f"iter1/corpus_k{kk}.jsonl").exists():
+                ratios[f"bolt_iter1_k{kk}"] = self.latent_ratio(f"iter1/corpus_k{kk}.jsonl")
+        write_json(self.run.file("token_ratios.json"), ratios)
+        return ratios
+
+    def baseline_jobs(self) -> list[TrainJob]:
+        raw = self.raw_corpus("bootstrap")
+        jobs = []
+        if "raw_token_match" in self.cfg.baselines:
+            steps = self.token_match_steps()
+            jobs += [self.job("raw_token_match", raw, "raw", steps, s, arm="raw_token_match") for s in self.cfg.seeds]
+        if "raw_flop_match" in self.cfg.baselines:
+            jobs += [self.job("raw_flop_match", raw, "raw", self.cfg.steps, s, arm="raw_flop_match")
+                     for s in self.cfg.seeds]
+        return jobs
+
+    def ablation_jobs(self) -> list[TrainJob]:
+        return [self.job(f"iter1_k{kk}", self.run.file(f"iter1/corpus_k{kk}.jsonl"), "random", self.cfg.steps, s,
+                         arm=f"bolt_iter1_k{kk}", iteration=1, k=kk)
+                for kk in sorted(set(self.cfg.k_ablation) - {self.cfg.k}) for s in self.cfg.seeds]
+
+    def validation_elbo(self, name: str) -> float:
+        """Mean ELBO (elbo_k samples) per raw token of the validation docs under one model (seed 0)."""
+        path = self.run.file(f"elbo/{name}.json")
+        if path.exists():
+            return read_json(path)["elbo_per_token"]
+        valid = load_documents(self.data, "valid")
+        _, chunks, _ = _chunks(self.cfg, valid, self.cfg.prefix_chunks)
+        tok = load_tokenizer(self.tok_dir)
+        gen = self.model_dir(name)
+        records = run_estep(load_model(gen), tok, chunks,
+                            EStepConfig(k=self.cfg.elbo_k, max_thought_tokens=self.cfg.max_thought_tokens, seed=7),
+                            cache_path=self.run.file(f"elbo/{name}.sqlite"), model_key=model_fingerprint(gen),
+                            progress=False)
+        n_tok = sum(r["n_suffix_tokens"] for r in records)
+        bounds = [r["elbo"][str(self.cfg.elbo_k)] if str(self.cfg.elbo_k) in r["elbo"]
+                  else r["elbo"][max(r["elbo"], key=int)] for r in records]
+        value = sum(bounds) / max(n_tok, 1)  # −inf when some chunk had no terminated thought among its samples
+        write_json(path, {"model": str(gen), "elbo_k": self.cfg.elbo_k, "elbo_per_token": value,
+                          "chunks": len(bounds), "chunks_without_finite_bound":
+                          sum(not math.isfinite(b) for b in bounds)})
+        self.run.add_artifact(f"elbo/{name}.json", f"validation ELBO of the {name} generator")
+        self.run.log(kind="elbo", model=name, elbo_per_token=value)
+        return value

@@ -1,0 +1,89 @@
+"""Each arm's training text is built as the paper describes, on a tiny world."""
+
+import re
+
+import numpy as np
+import pytest
+
+from lt_utils import comparison, config, corpus, world
+from lt_utils.data import ThoughtDoc, layout_ids, tokenize_docs
+from lt_utils.runs import RunDir, read_json, read_jsonl
+from lt_utils.tokens import SpecialIds, load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    dcfg = config.load(corpus.DataPrepConfig, {
+        "study": "t", "run_root": str(root), "families": ["addition", "linear", "word"], "comparison_docs": 12,
+        "fresh_docs": 12, "warmstart_docs": 2, "bootstrap_docs": 2, "valid_docs": 4, "eval_problems": 9})
+    drun = RunDir.open(dcfg, "01_data_prep")
+    corpus.build_world(drun, dcfg)
+    drun.finish()
+    cfg = config.load(comparison.SyntheticThoughtsConfig, {
+        "study": "t", "run_root": str(root), "arms": list(comparison.ARMS), "wrap_orig_repeats": 2,
+        "wrap_cot_repeats": 2})
+    run = RunDir.open(cfg, "02_synthetic_thoughts")
+    return cfg, run, comparison.data_dir_of(cfg)
+
+
+def docs_of(path):
+    return [ThoughtDoc.from_dict(r) for r in read_jsonl(path)]
+
+
+def test_raw_arms_read_their_own_split(stage):
+    cfg, run, data = stage
+    rep = docs_of(comparison.arm_corpus(run, cfg, data, "raw_repeat"))
+    fresh = docs_of(comparison.arm_corpus(run, cfg, data, "raw_fresh"))
+    assert all(d.thoughts is None for d in rep + fresh)
+    assert [d.text for d in rep] == [d.text for d in corpus.load_documents(data, "comparison")]
+    assert {d.doc_id.split("-")[0] for d in fresh} == {"fresh"}
+
+
+def test_latent_arm_has_one_verified_thought_per_chunk(stage):
+    cfg, run, data = stage
+    docs = docs_of(comparison.arm_corpus(run, cfg, data, "latent_thoughts"))
+    originals = corpus.load_documents(data, "comparison")
+    for d, o in zip(docs, originals):
+        assert d.text == o.text and len(d.thoughts) == len(d.suffixes)
+        units = [u for u in o.units]
+        assert " ".join(t for t in d.thoughts if t) == " ".join(u.thought for u in units)
+    assert read_json(run.file("teacher_quality_comparison.json"))["fraction_correct"] == 1.0
+
+
+def test_wrap_arms_are_rewrites_without_raw_text(stage):
+    cfg, run, data = stage
+    raw_texts = {d.text for d in corpus.load_documents(data, "comparison")}
+    orig = docs_of(comparison.arm_corpus(run, cfg, data, "wrap_orig"))
+    cot = docs_of(comparison.arm_corpus(run, cfg, data, "wrap_cot"))
+    assert len(orig) == 2 * 12 and len(cot) == 2 * 12
+    for d in orig + cot:
+        assert d.head == "" and d.suffixes == [] and len(d.thoughts) == 1
+        assert d.thoughts[0] not in raw_texts and "Problem:" not in d.thoughts[0]
+    step = re.compile(r"\d+[+\-*/]\d+=\d+")
+    assert not any(step.search(d.thoughts[0]) for d in orig)   # WRAP-Orig: no derivations
+    assert all(step.search(d.thoughts[0]) for d in cot)        # WRAP-CoT: reasoning written in
+    assert len({d.thoughts[0] for d in orig}) == len(orig)     # repeats differ
+
+
+def test_token_ratios_are_measured(stage):
+    cfg, run, data = stage
+    r = comparison.arm_token_ratios(run, cfg, data)
+    assert r["raw_repeat"] == pytest.approx(1.0) and r["raw_fresh"] == pytest.approx(1.0)
+    assert r["latent_thoughts"] > 1.3
+    assert r["wrap_cot"] > r["wrap_orig"] > 0.3
+    tok = load_tokenizer(data / "tokenizer")
+    orig = tokenize_docs(tok, docs_of(run.file("thoughts/comparison_wrap_orig.jsonl")))
+    raw = tokenize_docs(tok, docs_of(run.file("thoughts/comparison_raw.jsonl")))
+    total = sum(len(layout_ids(d, "thought_only", SpecialIds.of(tok))[0]) for d in orig)
+    assert r["wrap_orig"] == pytest.approx(total / sum(d.raw_len for d in raw) / 2)
+
+
+def test_noisy_teacher_lowers_measured_quality(stage, tmp_path):
+    cfg, _, data = stage
+    noisy = config.load(comparison.SyntheticThoughtsConfig, {
+        "study": "t", "run_root": str(tmp_path), "teacher_error_rate": 0.5})
+    run = RunDir.open(noisy, "02_synthetic_thoughts")
+    comparison.thought_docs(run, noisy, data, "comparison")
+    q = read_json(run.file("teacher_quality_comparison.json"))["fraction_correct"]
+    assert 0.2 < q < 0.8
