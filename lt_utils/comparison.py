@@ -20,7 +20,7 @@ from .corpus import load_documents
 from .data import ThoughtDoc, chunk_document, layout_ids, token_ratio, tokenize_docs
 from .model import ModelSpec
 from .parallel import run_parallel
-from .runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
+from .runs import RunDir, read_jsonl, require_done, write_json, write_jsonl
 from .teacher import NoisyOracleTeacher, OracleTeacher, ThoughtCache, thought_quality, write_thoughts
 from .tokens import SpecialIds, load_tokenizer
 from .train import TrainingParams, TrainJob, TrainSpec, run_train_job

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .sample import sample
-from .tokens import EOL, SpecialIds, encode, newline_ids
+from .tokens import EOL, PRIOR, SOL, SpecialIds, encode, newline_ids
 
 _NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*\.?\s*$")
 
@@ -93,7 +93,7 @@ def evaluate_problems(model, tokenizer, problems: Sequence, *, latent: bool, max
     for p, s in zip(problems, samples):
         text = tokenizer.decode(s.tokens, skip_special_tokens=False)
         if latent:
-            text = "<|START_OF_LATENT|><|PRIOR_PREFIX|>" + text
+            text = SOL + PRIOR + text
         pred = parse_answer(text)
         ok = answers_equal(pred, p.answer)
         correct.append(ok)

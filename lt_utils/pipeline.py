@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import sys
 import time
-from pathlib import Path
 
 import yaml
 

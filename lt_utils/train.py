@@ -9,16 +9,13 @@ from its last checkpoint with the same batches it would have seen.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .config import require

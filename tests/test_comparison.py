@@ -2,10 +2,9 @@
 
 import re
 
-import numpy as np
 import pytest
 
-from lt_utils import comparison, config, corpus, world
+from lt_utils import comparison, config, corpus
 from lt_utils.data import ThoughtDoc, layout_ids, tokenize_docs
 from lt_utils.runs import RunDir, read_json, read_jsonl
 from lt_utils.tokens import SpecialIds, load_tokenizer

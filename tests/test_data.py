@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lt_utils.data import (EpochStream, chunk_document, layout_ids, pack_rows, token_ratio, tokenize_docs)
-from lt_utils.tokens import SpecialIds, encode
+from lt_utils.tokens import SpecialIds
 
 
 def test_chunking_is_seeded_by_text_and_concatenates_back():

@@ -23,7 +23,6 @@ def test_hf_checkpoint_round_trip(tokenizer, tiny_model, tmp_path):
 
 def test_init_from_checkpoint_adds_rows_for_new_tokens(tokenizer, tiny_model, tmp_path):
     """A 'pretrained' checkpoint whose vocab lacks the latent tokens is grown with truncated-normal rows."""
-    from lt_utils.tokens import load_tokenizer
 
     small = tiny_model
     small.resize_token_embeddings(len(tokenizer) - 4)  # pretend the checkpoint predates the latent tokens

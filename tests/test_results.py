@@ -1,8 +1,6 @@
 """Analysis reads stored runs into tidy tables; comparisons carry their statistics."""
 
-import json
 
-import pandas as pd
 import pytest
 
 from lt_utils import results

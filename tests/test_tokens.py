@@ -1,7 +1,7 @@
 """The tokenizer round-trips text with the latent special tokens and splits digits."""
 
 from lt_utils.tokens import (EOL, LATENT_TOKENS, POSTERIOR, PRIOR, SOL, SpecialIds, add_latent_tokens, encode,
-                             load_tokenizer, newline_ids, train_tokenizer)
+                             load_tokenizer, newline_ids)
 
 
 def test_round_trip_with_special_tokens(tokenizer):
