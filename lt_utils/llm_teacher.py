@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .data import Chunk
-from .teacher import OracleTeacher, Teacher, ThoughtCache
+from .teacher import (OracleTeacher, Teacher, TeacherError, _batch_error, _chunk_name, _one_line,
+                      write_thoughts)
 
 log = logging.getLogger(__name__)
 
@@ -133,36 +134,6 @@ def render_messages(kind: str, chunk: Chunk) -> list[dict[str, str]]:
 def render_plain(messages: Sequence[dict[str, str]]) -> str:
     """The same conversation as plain text, for a model whose tokenizer has no chat template."""
     return "\n\n".join(m["content"] for m in messages) + "\n\nResponse:\n"
-
-
-# --------------------------------------------------------------------------- errors
-def _one_line(text: str, limit: int = 300) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
-
-
-class TeacherError(RuntimeError):
-    """Some chunks of a batch failed for good.
-
-    `partial` maps positions in the batch passed to `write` to the thoughts that
-    did succeed; `failures` maps the failed positions to a one-line reason.
-    """
-
-    def __init__(self, message: str, partial: dict[int, str] | None = None,
-                 failures: dict[int, str] | None = None):
-        super().__init__(_one_line(message, 1000))
-        self.partial: dict[int, str] = dict(partial or {})
-        self.failures: dict[int, str] = dict(failures or {})
-
-
-def _chunk_name(chunk: Chunk) -> str:
-    return f"chunk doc_id={chunk.doc_id} index={chunk.index}"
-
-
-def _batch_error(chunks: Sequence[Chunk], partial: dict[int, str], failures: dict[int, str]) -> TeacherError:
-    first = min(failures)
-    more = f" (and {len(failures) - 1} more of {len(chunks)})" if len(failures) > 1 else ""
-    return TeacherError(f"{_chunk_name(chunks[first])} failed: {failures[first]}{more}", partial, failures)
 
 
 # --------------------------------------------------------------------------- chat API teacher
@@ -385,47 +356,8 @@ def _retry_after(headers) -> float:
 
 
 # --------------------------------------------------------------------------- caching driver
-def write_thoughts_resilient(teacher: Teacher, chunks: Sequence[Chunk], cache: ThoughtCache, *,
-                             batch_size: int = 256, progress: bool = True, keep_going: bool = False) -> list[str]:
-    """`write_thoughts`, but a failing batch first stores its finished thoughts (`TeacherError.partial`).
-
-    With `keep_going` the remaining batches still run and one `TeacherError`
-    naming the first failed chunk is raised at the end; otherwise the first
-    failing batch stops the run.  Either way a rerun asks only for what is
-    missing from the cache.
-    """
-    tkey = teacher.key()
-    keys = [cache.key(tkey, c) for c in chunks]
-    found = cache.get_many(keys)
-    todo = [i for i, k in enumerate(keys) if k not in found]
-    cache.hits += len(chunks) - len(todo)
-    cache.misses += len(todo)
-    batches = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
-    if progress and batches:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc=f"{teacher.name} thoughts", unit="batch")
-    failures: dict[int, str] = {}
-    for idx in batches:
-        try:
-            new = dict(enumerate(teacher.write([chunks[i] for i in idx])))
-            err = None
-        except TeacherError as e:
-            new, err = e.partial, e
-        items = {keys[idx[j]]: t for j, t in new.items()}
-        if items:
-            cache.put_many(items)
-            found.update(items)
-        if err is not None:
-            batch_failures = {idx[j]: r for j, r in err.failures.items()} or \
-                {i: str(err) for i in idx if keys[i] not in found}
-            if not keep_going:
-                raise _batch_error(chunks, {i: found[keys[i]] for i in range(len(chunks)) if keys[i] in found},
-                                   batch_failures) from err
-            failures.update(batch_failures)
-    if failures:
-        raise _batch_error(chunks, {i: found[keys[i]] for i in range(len(chunks)) if keys[i] in found}, failures)
-    return [found[k] for k in keys]
+# `teacher.write_thoughts` stores a failing batch's finished thoughts before it re-raises; the old name stays.
+write_thoughts_resilient = write_thoughts
 
 
 # --------------------------------------------------------------------------- local model teacher

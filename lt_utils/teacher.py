@@ -244,9 +244,46 @@ class ThoughtCache:
         self.db.close()
 
 
+# --------------------------------------------------------------------------- errors and the caching driver
+def _one_line(text: str, limit: int = 300) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+class TeacherError(RuntimeError):
+    """Some chunks of a batch failed for good.
+
+    `partial` maps positions in the batch passed to `write` to the thoughts that
+    did succeed; `failures` maps the failed positions to a one-line reason.
+    """
+
+    def __init__(self, message: str, partial: dict[int, str] | None = None,
+                 failures: dict[int, str] | None = None):
+        super().__init__(_one_line(message, 1000))
+        self.partial: dict[int, str] = dict(partial or {})
+        self.failures: dict[int, str] = dict(failures or {})
+
+
+def _chunk_name(chunk: Chunk) -> str:
+    return f"chunk doc_id={chunk.doc_id} index={chunk.index}"
+
+
+def _batch_error(chunks: Sequence[Chunk], partial: dict[int, str], failures: dict[int, str]) -> TeacherError:
+    first = min(failures)
+    more = f" (and {len(failures) - 1} more of {len(chunks)})" if len(failures) > 1 else ""
+    return TeacherError(f"{_chunk_name(chunks[first])} failed: {failures[first]}{more}", partial, failures)
+
+
 def write_thoughts(teacher: Teacher, chunks: Sequence[Chunk], cache: ThoughtCache, *, batch_size: int = 256,
-                   progress: bool = True) -> list[str]:
-    """Thoughts for all chunks, from the cache where present; new ones are stored batch by batch."""
+                   progress: bool = True, keep_going: bool = False) -> list[str]:
+    """Thoughts for all chunks, from the cache where present; new ones are stored batch by batch.
+
+    A teacher that fails for some chunks raises `TeacherError` with the
+    batch's finished thoughts in `.partial`: they are stored before the error
+    goes on, so nothing finished is lost and a rerun asks only for what is
+    missing.  With `keep_going` the remaining batches still run and one error
+    naming the first failed chunk is raised at the end.
+    """
     tkey = teacher.key()
     keys = [cache.key(tkey, c) for c in chunks]
     found = cache.get_many(keys)
@@ -258,9 +295,24 @@ def write_thoughts(teacher: Teacher, chunks: Sequence[Chunk], cache: ThoughtCach
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"{teacher.name} thoughts", unit="batch")
+    failures: dict[int, str] = {}
     for idx in batches:
-        new = teacher.write([chunks[i] for i in idx])
-        items = {keys[i]: t for i, t in zip(idx, new)}
-        cache.put_many(items)
-        found.update(items)
+        try:
+            new = dict(enumerate(teacher.write([chunks[i] for i in idx])))
+            err = None
+        except TeacherError as e:
+            new, err = e.partial, e
+        items = {keys[idx[j]]: t for j, t in new.items()}
+        if items:
+            cache.put_many(items)
+            found.update(items)
+        if err is not None:
+            batch_failures = {idx[j]: r for j, r in err.failures.items()} or \
+                {i: str(err) for i in idx if keys[i] not in found}
+            if not keep_going:
+                raise _batch_error(chunks, {i: found[keys[i]] for i in range(len(chunks)) if keys[i] in found},
+                                   batch_failures) from err
+            failures.update(batch_failures)
+    if failures:
+        raise _batch_error(chunks, {i: found[keys[i]] for i in range(len(chunks)) if keys[i] in found}, failures)
     return [found[k] for k in keys]
