@@ -51,7 +51,7 @@ from .family import Family
 from .registry import DEFAULT_DIFFICULTY, FAMILIES, instance_space_size
 from .splits import SPLIT_FRACTIONS, SPLITS, generate_documents, generate_problems, split_of, split_pool_size
 from .verifier import parse_question, verify
-from .word import _FRAMES, _Word  # reached by tests/test_world.py
+from .word import _FRAMES, _Word  # noqa: F401  (reached by tests/test_world.py)
 
 __all__ = [
     "DEFAULT_DIFFICULTY",
