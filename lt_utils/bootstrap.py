@@ -223,19 +223,22 @@ class Study:
 
     def token_match_steps(self) -> int:
         """Steps of raw training that see as many raw tokens as one M-step (latent corpus ratio measured)."""
-        return max(1, round(self.cfg.steps / self.latent_ratio("iter1/corpus.jsonl")))
+        return max(1, round(self.cfg.steps / self.write_token_ratios()["bolt_iter1"]))
 
     def write_token_ratios(self) -> dict[str, float]:
-        """Training tokens per raw token of every arm trained so far (for the effective-raw-tokens axis)."""
-        ratios = {"raw_token_match": 1.0, "raw_flop_match": 1.0,
-                  "warmstart": self.latent_ratio("corpora/warmstart_thoughts.jsonl")}
-        for it in range(1, self.cfg.iterations + 1):
-            if self.run.file(f"iter{it}/corpus.jsonl").exists():
-                ratios[f"bolt_iter{it}"] = self.latent_ratio(f"iter{it}/corpus.jsonl")
-        for kk in self.cfg.k_ablation:
-            if self.run.file(f"iter1/corpus_k{kk}.jsonl").exists():
-                ratios[f"bolt_iter1_k{kk}"] = self.latent_ratio(f"iter1/corpus_k{kk}.jsonl")
-        write_json(self.run.file("token_ratios.json"), ratios)
+        """Training tokens per raw token of every arm trained so far (for the effective-raw-tokens axis).
+
+        Each corpus is tokenized once: ratios already stored are kept.
+        """
+        path = self.run.file("token_ratios.json")
+        ratios = read_json(path) if path.exists() else {"raw_token_match": 1.0, "raw_flop_match": 1.0}
+        corpora = {"warmstart": "corpora/warmstart_thoughts.jsonl"}
+        corpora.update({f"bolt_iter{it}": f"iter{it}/corpus.jsonl" for it in range(1, self.cfg.iterations + 1)})
+        corpora.update({f"bolt_iter1_k{kk}": f"iter1/corpus_k{kk}.jsonl" for kk in self.cfg.k_ablation})
+        for arm, corpus in corpora.items():
+            if arm not in ratios and self.run.file(corpus).exists():
+                ratios[arm] = self.latent_ratio(corpus)
+        write_json(path, ratios)
         return ratios
 
     def baseline_jobs(self) -> list[TrainJob]:

@@ -82,26 +82,31 @@ def _mul(d: _Derivation, a: int, b: int) -> int:
 
 
 
-class _Addition(Family):
-    name = "addition"
+class _ColumnFamily(Family):
+    """d-digit ∘ d-digit worked column by column; subclasses set the operator and which pairs are valid."""
+
     default_difficulty = 3
     difficulties = tuple(range(1, 10))
-    knob = "d-digit + d-digit"
-    _re = re.compile(r"What is (\d+)\+(\d+)\?")
+    op = "+"
 
-    def sample(self, rng, difficulty):
-        lo, hi = _n_digit_range(difficulty)
-        return (_ri(rng, lo, hi), _ri(rng, lo, hi))
+    def __init__(self):
+        self._re = re.compile(rf"What is (\d+){re.escape(self.op)}(\d+)\?")
+
+    def valid(self, a: int, b: int) -> bool:
+        raise NotImplementedError
+
+    def columns(self, d: _Derivation, a: int, b: int) -> int:
+        raise NotImplementedError
 
     def render(self, inst):
-        return f"What is {inst[0]}+{inst[1]}?"
+        return f"What is {inst[0]}{self.op}{inst[1]}?"
 
     def parse(self, question):
         m = self._re.fullmatch(question)
         if not m:
             return None
         a, b = _canon_int(m.group(1)), _canon_int(m.group(2))
-        if a is None or b is None or a == 0 or b == 0 or len(str(a)) != len(str(b)):
+        if a is None or b is None or not self.valid(a, b) or len(str(a)) != len(str(b)):
             return None
         if len(str(a)) not in self.difficulties:
             return None
@@ -112,62 +117,56 @@ class _Addition(Family):
 
     def derive(self, inst):
         d = _Derivation()
-        return d.solution(_add_columns(d, *inst))
-
-    def space_size(self, difficulty):
-        lo, hi = _n_digit_range(difficulty)
-        return (hi - lo + 1) ** 2
+        return d.solution(self.columns(d, *inst))
 
     def enumerate(self, difficulty):
         lo, hi = _n_digit_range(difficulty)
         for a in range(lo, hi + 1):
             for b in range(lo, hi + 1):
-                yield (a, b)
+                if self.valid(a, b):
+                    yield (a, b)
 
 
-class _Subtraction(Family):
+class _Addition(_ColumnFamily):
+    name = "addition"
+    knob = "d-digit + d-digit"
+    op = "+"
+
+    def valid(self, a, b):
+        return a != 0 and b != 0
+
+    def columns(self, d, a, b):
+        return _add_columns(d, a, b)
+
+    def sample(self, rng, difficulty):
+        lo, hi = _n_digit_range(difficulty)
+        return (_ri(rng, lo, hi), _ri(rng, lo, hi))
+
+    def space_size(self, difficulty):
+        lo, hi = _n_digit_range(difficulty)
+        return (hi - lo + 1) ** 2
+
+
+class _Subtraction(_ColumnFamily):
     name = "subtraction"
-    default_difficulty = 3
-    difficulties = tuple(range(1, 10))
     knob = "d-digit - d-digit, result >= 0"
-    _re = re.compile(r"What is (\d+)-(\d+)\?")
+    op = "-"
+
+    def valid(self, a, b):
+        return b != 0 and a >= b
+
+    def columns(self, d, a, b):
+        return _sub_columns(d, a, b)
 
     def sample(self, rng, difficulty):
         lo, hi = _n_digit_range(difficulty)
         a, b = _ri(rng, lo, hi), _ri(rng, lo, hi)
         return (max(a, b), min(a, b))
 
-    def render(self, inst):
-        return f"What is {inst[0]}-{inst[1]}?"
-
-    def parse(self, question):
-        m = self._re.fullmatch(question)
-        if not m:
-            return None
-        a, b = _canon_int(m.group(1)), _canon_int(m.group(2))
-        if a is None or b is None or b == 0 or a < b or len(str(a)) != len(str(b)):
-            return None
-        if len(str(a)) not in self.difficulties:
-            return None
-        return (a, b)
-
-    def difficulty_of(self, inst):
-        return len(str(inst[0]))
-
-    def derive(self, inst):
-        d = _Derivation()
-        return d.solution(_sub_columns(d, *inst))
-
     def space_size(self, difficulty):
         lo, hi = _n_digit_range(difficulty)
         n = hi - lo + 1
         return n * (n + 1) // 2
-
-    def enumerate(self, difficulty):
-        lo, hi = _n_digit_range(difficulty)
-        for a in range(lo, hi + 1):
-            for b in range(lo, a + 1):
-                yield (a, b)
 
 
 class _Multiplication(Family):
