@@ -114,6 +114,9 @@ class Study:
         self.model = pick(ModelSpec, cfg, max_seq_len=max(cfg.seq_len, 64))
         self.boot_docs = load_documents(self.data, "bootstrap")
         self.boot_heads, self.boot_chunks, self.boot_spans = _chunks(cfg, self.boot_docs, cfg.prefix_chunks)
+        from .evaluate import exemplar_units
+
+        self.shots = tuple(exemplar_units(load_documents(self.data, "valid"), cfg.eval_shots)) if cfg.eval_shots else ()
 
     # ------------------------------------------------------------------ training jobs
     def job(self, name: str, corpus: Path, layout: str, steps: int, seed: int, **info) -> TrainJob:
@@ -122,6 +125,7 @@ class Study:
                         corpus_path=str(corpus), layout=layout, model=self.model, train=train, seed=seed,
                         eval_problems_path=str(self.data / "eval_problems.jsonl"),
                         valid_path=str(self.raw_corpus("valid")), latent_eval=layout != "raw",
+                        eval_style="direct" if layout == "raw" else "latent", eval_shots=self.shots,
                         max_eval_problems=self.cfg.max_eval_problems, threads=self.cfg.threads_per_worker,
                         info={"stage": self.run.path.name, "name": f"{name}/seed{seed}", **info},
                         progress=self.cfg.workers <= 1)
@@ -158,11 +162,18 @@ class Study:
 
     # ------------------------------------------------------------------ the loop
     def warmstart(self) -> list[dict]:
-        corpus = self.warmstart_corpus()
+        """Train the warmstart of the first seed (the next E-step needs only it), plus as many more as cores allow.
+
+        The remaining warmstart seeds join the later M-step pools as fillers.
+        """
+        self.warmstart_corpus()
         self.run.add_artifact("corpora/warmstart_thoughts.jsonl", "warmstart documents with oracle thoughts")
-        jobs = [self.job("warmstart", corpus, "random", self.cfg.warmstart_steps, s, arm="warmstart", iteration=0)
+        return self.train(self.warmstart_jobs()[:self.cfg.workers], "warmstart runs")
+
+    def warmstart_jobs(self) -> list[TrainJob]:
+        corpus = self.warmstart_corpus()
+        return [self.job("warmstart", corpus, "random", self.cfg.warmstart_steps, s, arm="warmstart", iteration=0)
                 for s in self.cfg.seeds]
-        return self.train(jobs, "warmstart runs")
 
     def e_step(self, iteration: int) -> dict:
         """Thoughts for the bootstrap corpus from the previous iteration's seed-0 model; returns their summary."""
@@ -202,19 +213,31 @@ class Study:
                                                            if isinstance(v, (int, float))})
         return summary
 
-    def m_step(self, iteration: int, with_extras: bool = False) -> list[dict]:
+    def m_step(self, iteration: int) -> list[dict]:
         """Train every seed from the base init on the bootstrap corpus + this iteration's thoughts.
 
-        With `with_extras` (iteration 1), the raw baselines and the K ablation
-        runs go into the same pool so both cores stay busy.
+        The seed that generates the next E-step's thoughts goes first.  Runs no
+        later E-step waits for (the other warmstart seeds, the raw baselines and
+        the K ablation) are spread over the iterations' pools, so the cores stay
+        busy instead of idling at each E-step barrier.
         """
         jobs = [self.job(f"iter{iteration}", self.run.file(f"iter{iteration}/corpus.jsonl"), "random",
                          self.cfg.steps, s, arm=f"bolt_iter{iteration}", iteration=iteration, k=self.cfg.k)
                 for s in self.cfg.seeds]
-        if with_extras:
-            jobs += self.baseline_jobs() + self.ablation_jobs()
         self.write_token_ratios()
+        jobs += self.fillers(iteration)
         return self.train(jobs, f"iteration {iteration} runs")
+
+    def extra_jobs(self) -> list[TrainJob]:
+        """Runs that feed no later E-step: warmstart seeds beyond the first pool, baselines, K ablation."""
+        return self.warmstart_jobs()[self.cfg.workers:] + self.baseline_jobs() + self.ablation_jobs()
+
+    def fillers(self, iteration: int) -> list[TrainJob]:
+        """This iteration's contiguous share of `extra_jobs` (shares differ by at most one run)."""
+        extras = self.extra_jobs()
+        n = self.cfg.iterations
+        bounds = [round(i * len(extras) / n) for i in range(n + 1)]
+        return extras[bounds[iteration - 1]:bounds[iteration]]
 
     def latent_ratio(self, corpus: str) -> float:
         tok = load_tokenizer(self.tok_dir)
@@ -273,10 +296,15 @@ class Study:
         n_tok = sum(r["n_suffix_tokens"] for r in records)
         bounds = [r["elbo"][str(self.cfg.elbo_k)] if str(self.cfg.elbo_k) in r["elbo"]
                   else r["elbo"][max(r["elbo"], key=int)] for r in records]
-        value = sum(bounds) / max(n_tok, 1)  # −inf when some chunk had no terminated thought among its samples
+        # A chunk none of whose samples terminated has bound −inf (no complete thought, so p(z, x) = 0):
+        # the strict value is kept, and the finite-chunk average is stored beside it with the failure count,
+        # so a single runaway sample cannot hide how the rest of the bound moves.
+        value = sum(bounds) / max(n_tok, 1)
+        finite = [(b, r["n_suffix_tokens"]) for b, r in zip(bounds, records) if math.isfinite(b)]
+        finite_value = sum(b for b, _ in finite) / max(sum(n for _, n in finite), 1) if finite else -math.inf
         write_json(path, {"model": str(gen), "elbo_k": self.cfg.elbo_k, "elbo_per_token": value,
-                          "chunks": len(bounds), "chunks_without_finite_bound":
-                          sum(not math.isfinite(b) for b in bounds)})
+                          "elbo_finite_per_token": finite_value, "chunks": len(bounds),
+                          "chunks_without_finite_bound": len(bounds) - len(finite)})
         self.run.add_artifact(f"elbo/{name}.json", f"validation ELBO of the {name} generator")
         self.run.log(kind="elbo", model=name, elbo_per_token=value)
         return value

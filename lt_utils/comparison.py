@@ -20,7 +20,7 @@ from .corpus import load_documents
 from .data import ThoughtDoc, chunk_document, layout_ids, token_ratio, tokenize_docs
 from .model import ModelSpec
 from .parallel import run_parallel
-from .runs import RunDir, read_jsonl, require_done, write_json, write_jsonl
+from .runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
 from .teacher import NoisyOracleTeacher, OracleTeacher, ThoughtCache, thought_quality, write_thoughts
 from .tokens import SpecialIds, load_tokenizer
 from .train import TrainingParams, TrainJob, TrainSpec, run_train_job
@@ -33,16 +33,32 @@ class Arm:
     layout: str          # data.LAYOUTS entry
     source: str          # which split's raw documents it is built from
     text: str            # "raw", "teacher" (thoughts per chunk), "wrap_orig" or "wrap_cot" (rewrites only)
-    latent_eval: bool    # evaluate by thinking first (SoL PRI ...)
+    eval_style: str      # few-shot exemplar style at evaluation (evaluate.STYLES)
+    error_rate: float | None = None   # teacher error rate of this arm (None: the config's)
+
+    @property
+    def latent_eval(self) -> bool:
+        return self.eval_style == "latent"
 
 
 ARMS = {
-    "raw_repeat": Arm(layout="raw", source="comparison", text="raw", latent_eval=False),
-    "raw_fresh": Arm(layout="raw", source="fresh", text="raw", latent_eval=False),
-    "wrap_orig": Arm(layout="thought_only", source="comparison", text="wrap_orig", latent_eval=False),
-    "wrap_cot": Arm(layout="thought_only", source="comparison", text="wrap_cot", latent_eval=False),
-    "latent_thoughts": Arm(layout="random", source="comparison", text="teacher", latent_eval=True),
+    "raw_repeat": Arm(layout="raw", source="comparison", text="raw", eval_style="direct"),
+    "raw_fresh": Arm(layout="raw", source="fresh", text="raw", eval_style="direct"),
+    "wrap_orig": Arm(layout="thought_only", source="comparison", text="wrap_orig", eval_style="direct"),
+    "wrap_cot": Arm(layout="thought_only", source="comparison", text="wrap_cot", eval_style="cot"),
+    "latent_thoughts": Arm(layout="random", source="comparison", text="teacher", eval_style="latent"),
 }
+SWEEP_PREFIX = "latent_err"
+
+
+def sweep_arm_name(error_rate: float) -> str:
+    """Name of the latent arm whose teacher errs at `error_rate` (the teacher-quality sweep)."""
+    return f"{SWEEP_PREFIX}{error_rate:g}"
+
+
+def sweep_error_rate(arm: str) -> float | None:
+    """The teacher error rate of a sweep arm's name, None for any other arm."""
+    return float(arm[len(SWEEP_PREFIX):]) if arm.startswith(SWEEP_PREFIX) else None
 
 
 @dataclass(frozen=True)
@@ -58,6 +74,7 @@ class SyntheticThoughtsConfig(TrainingParams):
     prefix_chunks: int = 1                  # previous chunks the teacher sees as context (paper: 1)
     teacher_error_rate: float = 0.0         # oracle: chance a unit's thought has one wrong step
     teacher_drop_rate: float = 0.0          # oracle: chance a unit's thought misses one step
+    teacher_sweep: list[float] = field(default_factory=list)  # extra latent arms whose teacher errs at these rates
     wrap_orig_repeats: int = 5              # WRAP-Orig rewrites per document (paper: 5)
     wrap_cot_repeats: int = 4               # WRAP-CoT rewrites per document (paper: 4)
     rewrite_seed: int = 42                  # seed of the rephraser's style and wording draws
@@ -72,8 +89,18 @@ class SyntheticThoughtsConfig(TrainingParams):
         require(self.chunk_mean_units >= 1, "chunk_mean_units must be ≥ 1")
         require(0 <= self.teacher_error_rate <= 1 and 0 <= self.teacher_drop_rate <= 1,
                 "teacher_error_rate and teacher_drop_rate must be in [0, 1]")
+        require(all(0 < r <= 1 for r in self.teacher_sweep), "teacher_sweep rates must be in (0, 1]")
         require(self.wrap_orig_repeats >= 1 and self.wrap_cot_repeats >= 1, "wrap repeats must be ≥ 1")
         self.check_training_params()
+
+
+def arm_specs(cfg: SyntheticThoughtsConfig) -> dict[str, Arm]:
+    """Every arm this config trains: the chosen `arms`, then one latent arm per teacher-sweep rate."""
+    specs = {a: ARMS[a] for a in cfg.arms}
+    for r in cfg.teacher_sweep:
+        specs[sweep_arm_name(r)] = Arm(layout="random", source="comparison", text="teacher", eval_style="latent",
+                                       error_rate=r)
+    return specs
 
 
 def data_dir_of(cfg: SyntheticThoughtsConfig) -> Path:
@@ -82,11 +109,13 @@ def data_dir_of(cfg: SyntheticThoughtsConfig) -> Path:
     return require_done(resolve(cfg.run_root) / cfg.study / cfg.data_stage, "data-prep run")
 
 
-def make_teacher(cfg: SyntheticThoughtsConfig):
+def make_teacher(cfg: SyntheticThoughtsConfig, error_rate: float | None = None):
+    """The oracle teacher, degraded to `error_rate` (default: the config's) and the config's drop rate."""
     if cfg.teacher != "oracle":
         raise ValueError(f"unknown teacher '{cfg.teacher}'")
-    if cfg.teacher_error_rate or cfg.teacher_drop_rate:
-        return NoisyOracleTeacher(cfg.teacher_error_rate, cfg.teacher_drop_rate)
+    err = cfg.teacher_error_rate if error_rate is None else error_rate
+    if err or cfg.teacher_drop_rate:
+        return NoisyOracleTeacher(err, cfg.teacher_drop_rate)
     return OracleTeacher()
 
 
@@ -102,21 +131,31 @@ def chunks_of(cfg: SyntheticThoughtsConfig, docs):
     return heads, all_chunks, spans
 
 
-def thought_docs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, split: str) -> Path:
-    """Chunk the split's documents and attach one teacher thought per chunk (cached)."""
-    path = run.file(f"thoughts/{split}.jsonl")
+def thought_docs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, split: str,
+                 error_rate: float | None = None) -> Path:
+    """Chunk the split's documents and attach one teacher thought per chunk (cached).
+
+    With `error_rate` (a teacher-sweep arm) the teacher errs at that rate and
+    the files carry the arm's name.
+    """
+    tag = split if error_rate is None else f"{split}_{sweep_arm_name(error_rate)}"
+    path = run.file(f"thoughts/{tag}.jsonl")
     if not path.exists():
         docs = load_documents(data_dir, split)
         heads, all_chunks, spans = chunks_of(cfg, docs)
+        teacher = make_teacher(cfg, error_rate)
         cache = ThoughtCache(run.file("thought_cache.sqlite"))
-        thoughts = write_thoughts(make_teacher(cfg), all_chunks, cache)
+        thoughts = write_thoughts(teacher, all_chunks, cache)
         cache.close()
-        write_json(run.file(f"teacher_quality_{split}.json"), thought_quality(all_chunks, thoughts))
-        run.add_artifact(f"teacher_quality_{split}.json", "fraction of units whose teacher thought verifies")
+        write_json(run.file(f"teacher_quality_{tag}.json"),
+                   {**thought_quality(all_chunks, thoughts), "teacher": teacher.name,
+                    "error_rate": cfg.teacher_error_rate if error_rate is None else error_rate,
+                    "drop_rate": cfg.teacher_drop_rate})
+        run.add_artifact(f"teacher_quality_{tag}.json", "fraction of units whose teacher thought verifies")
         records = [ThoughtDoc(d.doc_id, h, [c.suffix for c in all_chunks[a:b]], thoughts[a:b]).to_dict()
                    for d, h, (a, b) in zip(docs, heads, spans)]
         write_jsonl(path, records)
-    run.add_artifact(f"thoughts/{split}.jsonl", f"{split} documents chunked, with one {cfg.teacher} thought per chunk")
+    run.add_artifact(f"thoughts/{tag}.jsonl", f"{split} documents chunked, with one {cfg.teacher} thought per chunk")
     return path
 
 
@@ -147,9 +186,9 @@ def wrap_docs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, split: 
 
 
 def arm_corpus(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, arm: str) -> Path:
-    spec = ARMS[arm]
+    spec = arm_specs(cfg)[arm]
     if spec.text == "teacher":
-        return thought_docs(run, cfg, data_dir, spec.source)
+        return thought_docs(run, cfg, data_dir, spec.source, spec.error_rate)
     if spec.text == "raw":
         return raw_docs(run, data_dir, spec.source)
     return wrap_docs(run, cfg, data_dir, spec.source, spec.text)
@@ -169,8 +208,7 @@ def arm_token_ratios(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path) 
         return tokenize_docs(tok, [ThoughtDoc.from_dict(r) for r in read_jsonl(path)])
 
     ratios = {}
-    for arm in cfg.arms:
-        spec = ARMS[arm]
+    for arm, spec in arm_specs(cfg).items():
         docs = tokenized(arm_corpus(run, cfg, data_dir, arm))
         if spec.text.startswith("wrap"):
             source_raw = sum(d.raw_len for d in tokenized(raw_docs(run, data_dir, spec.source)))
@@ -187,18 +225,27 @@ def arm_token_ratios(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path) 
 def make_jobs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, progress: bool) -> list[TrainJob]:
     model = pick(ModelSpec, cfg, max_seq_len=max(cfg.seq_len, 64))
     train = pick(TrainSpec, cfg)
+    shots = tuple(eval_exemplars(data_dir, cfg.eval_shots))
     jobs = []
-    for arm in cfg.arms:
+    for arm, spec in arm_specs(cfg).items():
         corpus = arm_corpus(run, cfg, data_dir, arm)
         for seed in cfg.seeds:
             jobs.append(TrainJob(
                 out_dir=str(run.file(f"train/{arm}/seed{seed}")), tokenizer_dir=str(data_dir / "tokenizer"),
-                corpus_path=str(corpus), layout=ARMS[arm].layout, model=model, train=train, seed=seed,
+                corpus_path=str(corpus), layout=spec.layout, model=model, train=train, seed=seed,
                 eval_problems_path=str(data_dir / "eval_problems.jsonl"),
-                valid_path=str(raw_docs(run, data_dir, "valid")), latent_eval=ARMS[arm].latent_eval,
-                max_eval_problems=cfg.max_eval_problems, threads=cfg.threads_per_worker,
+                valid_path=str(raw_docs(run, data_dir, "valid")), latent_eval=spec.latent_eval,
+                eval_style=spec.eval_style, eval_shots=shots, max_eval_problems=cfg.max_eval_problems,
+                threads=cfg.threads_per_worker,
                 info={"arm": arm, "stage": run.path.name, "name": f"{arm}/seed{seed}"}, progress=progress))
     return jobs
+
+
+def eval_exemplars(data_dir: Path, n_shots: int) -> list[dict]:
+    """The few-shot exemplars every arm is evaluated with: solved problems of the validation split."""
+    from .evaluate import exemplar_units
+
+    return exemplar_units(load_documents(data_dir, "valid"), n_shots) if n_shots else []
 
 
 def train_arms(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path) -> list[dict]:
@@ -221,3 +268,25 @@ def sample_thoughts(run: RunDir, split: str = "comparison", n: int = 3) -> str:
         for x, z in zip(r["suffixes"], r["thoughts"]):
             lines.append(f"   [thought: {z}]\n{x.rstrip()}")
     return "\n".join(lines)
+
+
+def teacher_settings(cfg: SyntheticThoughtsConfig) -> list[float | None]:
+    """Error rates of the teachers this config needs: None for the config's own, then each sweep rate."""
+    own = [None] if any(s.text == "teacher" and s.error_rate is None for s in arm_specs(cfg).values()) else []
+    return own + list(cfg.teacher_sweep)
+
+
+def teacher_quality_table(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path):
+    """Verified quality of every teacher setting's thoughts on the comparison corpus (writes them if needed)."""
+    import pandas as pd
+
+    rows = []
+    for err in teacher_settings(cfg):
+        thought_docs(run, cfg, data_dir, "comparison", err)
+        tag = "comparison" if err is None else f"comparison_{sweep_arm_name(err)}"
+        q = read_json(run.file(f"teacher_quality_{tag}.json"))
+        rows.append({"arm": "latent_thoughts" if err is None else sweep_arm_name(err),
+                     "teacher": q.get("teacher", cfg.teacher), "error_rate": q.get("error_rate"),
+                     "drop_rate": q.get("drop_rate"), "units": q["units"],
+                     "thoughts_that_verify_%": round(100 * q["fraction_correct"], 1)})
+    return pd.DataFrame(rows)

@@ -1,12 +1,21 @@
-"""Held-out accuracy and validation likelihood, with one prompt format for every arm.
+"""Held-out accuracy and validation likelihood, with few-shot prompts that are fair to every arm.
 
-Every model sees `BOS Problem: {q} Answer:`.  A raw-trained model answers at
-once (latent tokens banned, as the paper does for non-latent tasks); a
-latent-trained model is prompted to think first -- the prompt ends with
-`SoL PRI`, it writes its thought, closes it with EoL and then answers, as in
-the paper's latent evaluation variants.  Answers are compared with sympy
-equivalence; an answer that cannot be parsed counts as wrong and is reported
-separately.
+Every model sees `BOS [exemplars] Problem: {q} Answer:`.  The exemplars (a few
+solved problems, the same ones for every arm) show the answer format in
+context, as the paper's few-shot evaluation does, so an arm whose training
+text never showed that format (the WRAP arms) is not failed for format alone.
+Three styles of exemplar:
+
+* ``direct`` -- ``Problem: q Answer: a.``, the raw format;
+* ``cot`` -- the answer is preceded by the step-by-step reasoning of a WRAP-CoT
+  rewrite and closed by ``The answer is a.``; where such exemplars do not fit
+  the model's context, the raw-format exemplars are shown instead;
+* ``latent`` -- the paper's latent variant: ``Problem: q Answer: SoL PRI z EoL a.``
+  and the prompt ends with ``SoL PRI``, so the model thinks before answering.
+
+A non-latent model answers with latent tokens banned, as the paper does.
+Answers are compared with sympy equivalence; an answer with no number in it
+counts as wrong and is reported separately as unparseable.
 """
 
 from __future__ import annotations
@@ -24,6 +33,9 @@ from .sample import sample
 from .tokens import EOL, PRIOR, SOL, SpecialIds, encode, newline_ids
 
 _NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*\.?\s*$")
+_ANSWER_IS = re.compile(r"answer is\s+(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+_ANY_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+STYLES = ("direct", "cot", "latent")
 
 
 def problem_prompt(question: str) -> str:
@@ -31,12 +43,89 @@ def problem_prompt(question: str) -> str:
 
 
 def parse_answer(text: str) -> str | None:
-    """The answer in a generated continuation: what follows the last EoL, up to the first newline."""
+    """The answer in a generated continuation, read from the line after the last EoL.
+
+    An unclosed thought has no answer.  A bare number wins; otherwise the number after the last "answer is"; otherwise
+    the line's last number (GSM8K-style extraction); None if the line has no number.
+    """
+    if SOL in text and EOL not in text.split(SOL)[-1]:
+        return None  # the thought was never closed, so no answer was given
     if EOL in text:
         text = text.split(EOL)[-1]
     line = text.split("\n", 1)[0]
     m = _NUMBER.match(line)
-    return m.group(1) if m else None
+    if m:
+        return m.group(1)
+    hits = _ANSWER_IS.findall(line)
+    if hits:
+        return hits[-1]
+    nums = _ANY_NUMBER.findall(line)
+    return nums[-1] if nums else None
+
+
+def exemplar_units(docs, n_shots: int) -> list[dict]:
+    """`n_shots` solved problems for few-shot prompts, cycling over the families in order of appearance.
+
+    Drawn from documents the models never train on (the validation split), so
+    every arm sees the same exemplars.  Each is a dict with the unit's fields.
+    """
+    by_family: dict[str, list] = defaultdict(list)
+    for d in docs:
+        for u in d.units:
+            by_family[u.family].append(u)
+    fams = list(by_family)
+    picked = []
+    i = 0
+    while len(picked) < n_shots and fams and i < n_shots * len(fams) + len(fams):
+        fam = fams[i % len(fams)]
+        j = i // len(fams)
+        if j < len(by_family[fam]):
+            picked.append(by_family[fam][j].to_dict())
+        i += 1
+    return picked
+
+
+def _exemplar_ids(tokenizer, ids: SpecialIds, ex: dict, style: str) -> list[int]:
+    head = encode(tokenizer, problem_prompt(ex["question"]))
+    if style == "latent":
+        return head + [ids.sol, ids.prior] + encode(tokenizer, ex["thought"]) + [ids.eol] + \
+            encode(tokenizer, f" {ex['answer']}.\n")
+    if style == "cot":
+        from .rephrase import cot_unit
+        from .world import Unit
+
+        return head + encode(tokenizer, f" {cot_unit(Unit.from_dict(ex))} The answer is {ex['answer']}.\n")
+    return head + encode(tokenizer, f" {ex['answer']}.\n")
+
+
+def few_shot_prompts(tokenizer, questions: Sequence[str], *, style: str, shots: Sequence[dict] = (),
+                     max_len: int = 0) -> list[list[int]]:
+    """Token ids of `BOS [exemplars] Problem: q Answer:` (+ `SoL PRI` for the latent style).
+
+    With `max_len`, the earliest exemplars are dropped until the prompt fits
+    (a model is never asked to work at positions it was not trained on).
+    """
+    if style not in STYLES:
+        raise ValueError(f"unknown eval style '{style}' (known: {', '.join(STYLES)})")
+    ids = SpecialIds.of(tokenizer)
+    pieces = [_exemplar_ids(tokenizer, ids, ex, style) for ex in shots]
+    fallback = [_exemplar_ids(tokenizer, ids, ex, "direct") for ex in shots] if style == "cot" else []
+    prompts = []
+    for q in questions:
+        tail = encode(tokenizer, problem_prompt(q)) + ([ids.sol, ids.prior] if style == "latent" else [])
+        used = _fit(pieces, len(tail), max_len)
+        if not used and fallback:  # reasoning exemplars too long for the context: show the answer format instead
+            used = _fit(fallback, len(tail), max_len)
+        prompts.append([ids.bos] + [t for p in used for t in p] + tail)
+    return prompts
+
+
+def _fit(pieces: list[list[int]], tail_len: int, max_len: int) -> list[list[int]]:
+    """The latest exemplars that fit with BOS and the question within `max_len` tokens (0 = no limit)."""
+    used = list(pieces)
+    while used and max_len and 1 + sum(map(len, used)) + tail_len > max_len:
+        used.pop(0)
+    return used
 
 
 def answers_equal(predicted: str | None, gold: str) -> bool:
@@ -72,16 +161,20 @@ class EvalResult:
         return out
 
 
-def evaluate_problems(model, tokenizer, problems: Sequence, *, latent: bool, max_new_tokens: int = 96,
-                      batch_size: int = 256, with_records: bool = False) -> EvalResult:
-    """Greedy answers to `problems` (objects with .question, .answer, .family)."""
+def evaluate_problems(model, tokenizer, problems: Sequence, *, latent: bool = False, style: str | None = None,
+                      shots: Sequence[dict] = (), max_new_tokens: int = 96, batch_size: int = 256,
+                      with_records: bool = False) -> EvalResult:
+    """Greedy answers to `problems` (objects with .question, .answer, .family).
+
+    `style` is "direct", "cot" or "latent" (default: "latent" if `latent` else
+    "direct"); `shots` are exemplar dicts from `exemplar_units`.
+    """
+    style = style or ("latent" if latent else "direct")
+    latent = style == "latent"
     ids = SpecialIds.of(tokenizer)
-    prompts = []
-    for p in problems:
-        prompt = [ids.bos] + encode(tokenizer, problem_prompt(p.question))
-        if latent:
-            prompt += [ids.sol, ids.prior]
-        prompts.append(prompt)
+    max_pos = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    prompts = few_shot_prompts(tokenizer, [p.question for p in problems], style=style, shots=shots,
+                               max_len=max(max_pos - max_new_tokens, 0))
     stops = set(newline_ids(tokenizer)) | {ids.eos}
     banned = [] if latent else list(ids.latent)
     samples = sample(model, prompts, max_new_tokens=max_new_tokens, stop_ids=stops, greedy=True,

@@ -32,6 +32,10 @@ __all__ = [
     "arm_style",
     "fig_accuracy_by_family",
     "fig_accuracy_vs_tokens",
+    "fig_em_estep",
+    "fig_em_iterations",
+    "fig_em_k",
+    "fig_teacher_quality",
     "register",
     "render_all",
     "save_figure",
@@ -77,7 +81,6 @@ ARM_STYLE: dict[str, dict] = {
     "bolt": dict(color="#CC79A7", marker="P", linestyle="-", label="BoLT"),
     "warmstart": dict(color="#009E73", marker="X", linestyle="-", label="Warmstart"),
 }
-
 # Paul Tol "muted" colours absent from ARM_STYLE, so unknown arms never
 # masquerade as a known one.
 _FALLBACK_COLORS = ["#332288", "#882255", "#999933", "#44AA99", "#AA4499"]
@@ -92,6 +95,12 @@ def arm_style(arm: str) -> dict:
     """
     if arm in ARM_STYLE:
         return dict(ARM_STYLE[arm])
+    if arm.startswith("latent_err"):  # teacher-quality sweep: the latent colour, paler as the teacher errs more
+        with contextlib.suppress(ValueError):
+            rate = min(max(float(arm.removeprefix("latent_err")), 0.0), 1.0)
+            rgb = np.array(matplotlib.colors.to_rgb(ARM_STYLE["latent_thoughts"]["color"]))
+            return dict(color=matplotlib.colors.to_hex(rgb * (1 - 0.6 * rate) + 0.6 * rate), marker="d",
+                        linestyle=":", label=f"Latent, teacher errs {rate:.0%}")
     h = zlib.crc32(arm.encode("utf-8"))
     return dict(
         color=_FALLBACK_COLORS[h % len(_FALLBACK_COLORS)],
@@ -177,6 +186,9 @@ def render_all(
 ) -> dict[str, list[Path]]:
     """Render and save every registered figure that has data.
 
+    A frame may be given as ``(frame, kwargs)`` for figures that take extra
+    keyword arguments (e.g. baseline reference levels).
+
     Figures whose frame is missing or empty are skipped (a run still in
     progress should not break the report); unknown names raise, because a
     typo silently dropping a figure is worse.
@@ -187,10 +199,11 @@ def render_all(
         raise KeyError(f"unknown figures {unknown}; registered: {sorted(FIGURES)}")
     produced: dict[str, list[Path]] = {}
     for name in wanted:
-        frame = frames.get(name)
+        value = frames.get(name)
+        frame, kwargs = value if isinstance(value, tuple) else (value, {})
         if frame is None or len(frame) == 0:
             continue
-        produced[name] = save_figure(FIGURES[name](frame), name, out_dir)
+        produced[name] = save_figure(FIGURES[name](frame, **kwargs), name, out_dir)
     return produced
 
 
@@ -349,4 +362,165 @@ def fig_accuracy_by_family(df: pd.DataFrame) -> Figure:
         ]
         fig.legend(handles=handles, loc="outside lower center", ncols=legend_cols)
         fig.suptitle("Accuracy vs training tokens, by task family")
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Teacher-quality sweep and bootstrapped EM
+# --------------------------------------------------------------------------
+
+
+def _mean_se_by(df: pd.DataFrame, key: str, value: str = "accuracy") -> pd.DataFrame:
+    g = df.groupby(key, sort=True)[value]
+    out = g.agg(mean="mean", sd="std", n="count").reset_index()
+    out["se"] = np.where(out["n"] >= 2, out["sd"] / np.sqrt(out["n"]), 0.0)
+    return out
+
+
+def _reference_band(ax, level, arm: str, label: str | None = None) -> None:
+    """A baseline's final accuracy as a horizontal line with a ±1 SE band."""
+    if level is None:
+        return
+    mean, se = level
+    st = arm_style(arm)
+    ax.axhline(mean, color=st["color"], linestyle=st["linestyle"], linewidth=1.3, label=label or st["label"],
+               zorder=1)
+    if se == se and se > 0:
+        ax.axhspan(mean - se, mean + se, color=st["color"], alpha=0.12, linewidth=0, zorder=0)
+
+
+@register("teacher_quality_sweep")
+def fig_teacher_quality(df: pd.DataFrame, *, references: Mapping[str, tuple[float, float]] | None = None) -> Figure:
+    """Final accuracy of latent-thought training against the verified quality of the teacher's thoughts.
+
+    One point per teacher setting (mean ± SE over seeds, labelled with the
+    teacher's error rate); raw baselines as horizontal bands.  Beyond the
+    paper: how good must a teacher be for its thoughts to help?
+    """
+    _require(df, ["error_rate", "thought_quality", "seed", "accuracy"], "teacher_quality_sweep")
+    pts = _mean_se_by(df, "error_rate")
+    qual = df.groupby("error_rate")["thought_quality"].first()
+    st = arm_style("latent_thoughts")
+    with style():
+        fig = _new_figure((5.6, 3.8))
+        ax = fig.add_subplot()
+        for arm, level in (references or {}).items():
+            _reference_band(ax, level, arm)
+        x = qual.loc[pts["error_rate"]].to_numpy(dtype=float)
+        ax.errorbar(x, pts["mean"].to_numpy(float), yerr=pts["se"].to_numpy(float), color=st["color"],
+                    marker=st["marker"], linestyle="-",
+                    capsize=3, label=f"Latent thoughts (n={int(pts['n'].min())}+ seeds)", zorder=3)
+        for xi, yi, err in zip(x, pts["mean"], pts["error_rate"]):
+            ax.annotate(f"error rate {err:g}", (xi, yi), textcoords="offset points", xytext=(6, -12), fontsize=8,
+                        color="0.3")
+        ax.set_xlabel("Teacher thoughts that verify (fraction of problems)")
+        ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+        ax.set_ylabel("Held-out accuracy")
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+        ax.set_ylim(0, 1)
+        ax.set_title("How good must the teacher be?")
+        ax.legend(loc="upper left")
+    return fig
+
+
+@register("em_accuracy_vs_iteration")
+def fig_em_iterations(df: pd.DataFrame, *, references: Mapping[str, tuple[float, float]] | None = None) -> Figure:
+    """Held-out accuracy of each EM iteration's M-step (iteration 0 = warmstart), with the raw baselines.
+
+    The paper's bootstrapping figure: does the model improve by training on
+    its own inferred thoughts, and does it beat raw data matched on raw tokens
+    and on training FLOPs?
+    """
+    _require(df, ["iteration", "seed", "accuracy"], "em_accuracy_vs_iteration")
+    pts = _mean_se_by(df, "iteration")
+    st = arm_style("bolt")
+    with style():
+        fig = _new_figure((5.6, 3.8))
+        ax = fig.add_subplot()
+        for arm, level in (references or {}).items():
+            _reference_band(ax, level, arm)
+        ax.errorbar(pts["iteration"].to_numpy(float), pts["mean"].to_numpy(float), yerr=pts["se"].to_numpy(float),
+                    color=st["color"], marker=st["marker"],
+                    capsize=3, label=f"BoLT (n={int(pts['n'].min())}+ seeds)", zorder=3)
+        per_seed = df.sort_values("iteration")
+        ax.scatter(per_seed["iteration"], per_seed["accuracy"], s=10, color=st["color"], alpha=0.35, zorder=2,
+                   label="single seeds")
+        ax.set_xticks(pts["iteration"], ["warm-\nstart" if i == 0 else str(int(i)) for i in pts["iteration"]])
+        ax.set_xlabel("EM iteration")
+        ax.set_ylabel("Held-out accuracy")
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+        ax.set_ylim(0, 1)
+        ax.set_title("Bootstrapping latent thoughts")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return fig
+
+
+@register("em_thought_quality_and_elbo")
+def fig_em_estep(df: pd.DataFrame) -> Figure:
+    """Two panels across iterations: verified quality of the E-step's thoughts, and the validation ELBO.
+
+    `df` has one row per iteration with ``selected_correct``, ``first_correct``
+    and ``any_correct`` (E-step of that iteration, NaN for the warmstart) and
+    ``elbo`` (validation ELBO per raw token of that iteration's generator,
+    over chunks with a finite bound) with ``elbo_failures``.
+    """
+    _require(df, ["iteration"], "em_thought_quality_and_elbo")
+    with style():
+        fig = _new_figure((9.0, 3.6))
+        ax_q, ax_e = fig.subplots(1, 2)
+        q = df.dropna(subset=["selected_correct"]) if "selected_correct" in df else df.iloc[0:0]
+        for col, label, ls, mk in (("selected_correct", "selected (importance resampling)", "-", "P"),
+                                   ("first_correct", "one sample (K = 1)", "--", "o"),
+                                   ("any_correct", "best of K (oracle pick)", ":", "^")):
+            if col in q and len(q):
+                ax_q.plot(q["iteration"], q[col], marker=mk, linestyle=ls, color=arm_style("bolt")["color"]
+                          if col == "selected_correct" else "0.45", label=label)
+        ax_q.set_xlabel("E-step of iteration")
+        ax_q.set_ylabel("Thoughts that verify")
+        ax_q.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+        ax_q.set_ylim(0, 1)
+        ax_q.set_title("Quality of inferred thoughts")
+        ax_q.legend(loc="lower right")
+        if len(q):
+            ax_q.set_xticks(q["iteration"])
+        e = df.dropna(subset=["elbo"]) if "elbo" in df else df.iloc[0:0]
+        if len(e):
+            ax_e.plot(e["iteration"], e["elbo"], marker="P", color=arm_style("bolt")["color"])
+            for it, val, fails in zip(e["iteration"], e["elbo"], e.get("elbo_failures", [0] * len(e))):
+                if fails:
+                    ax_e.annotate(f"{int(fails)} chunk(s) without\na finished thought", (it, val),
+                                  textcoords="offset points", xytext=(4, 6), fontsize=7, color="0.35")
+            ax_e.set_xticks(e["iteration"], ["warm-\nstart" if i == 0 else str(int(i)) for i in e["iteration"]])
+        ax_e.set_xlabel("Generator after iteration")
+        ax_e.set_ylabel("ELBO per raw token (nats)")
+        ax_e.set_title("Validation ELBO")
+    return fig
+
+
+@register("em_k_ablation")
+def fig_em_k(df: pd.DataFrame) -> Figure:
+    """Iteration-1 accuracy and thought quality against the number of Monte Carlo samples K (log scale)."""
+    _require(df, ["k", "seed", "accuracy", "thought_quality"], "em_k_ablation")
+    pts = _mean_se_by(df, "k")
+    qual = df.groupby("k")["thought_quality"].first()
+    st = arm_style("bolt")
+    with style():
+        fig = _new_figure((9.0, 3.6))
+        ax_a, ax_q = fig.subplots(1, 2)
+        ax_a.errorbar(pts["k"].to_numpy(float), pts["mean"].to_numpy(float), yerr=pts["se"].to_numpy(float),
+                      color=st["color"], marker=st["marker"], capsize=3)
+        ax_a.scatter(df["k"], df["accuracy"], s=10, color=st["color"], alpha=0.35)
+        ax_a.set_ylabel("Held-out accuracy after iteration 1")
+        ax_a.set_title(f"Accuracy (n={int(pts['n'].min())}+ seeds)")
+        ax_q.plot(qual.index, qual.to_numpy(), color=st["color"], marker=st["marker"])
+        ax_q.set_ylabel("Selected thoughts that verify")
+        ax_q.set_title("Quality of the selected thoughts")
+        for ax in (ax_a, ax_q):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(pts["k"], [str(int(k)) for k in pts["k"]])
+            ax.minorticks_off()
+            ax.set_xlabel("Samples per chunk in the E-step (K)")
+            ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+            ax.set_ylim(0, 1)
+        fig.suptitle("More inference compute in the E-step")
     return fig

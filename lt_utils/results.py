@@ -7,7 +7,7 @@ their stored metadata (stage, arm, seed), never by parsing directory names.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +21,9 @@ class AnalysisConfig:
     run_root: str = "runs"          # where run directories live
     figures_dir: str = ""           # "" = <run dir>/figures; the default CPU study writes to figures/
     headline_arm: str = "latent_thoughts"   # compared against the baseline in the summary
-    baseline_arm: str = "raw_repeat"
+    baseline_arm: str = "raw_repeat"        # per-family comparison partner
+    comparison_baselines: list[str] = field(default_factory=lambda: ["raw_repeat", "wrap_orig", "wrap_cot",
+                                                                      "raw_fresh"])  # every baseline of the headline
     overwrite: bool = False         # always recomputed from stored results; kept for symmetry
 
 
@@ -136,3 +138,177 @@ def comparison_rows(finals: pd.DataFrame, arm: str, baseline: str) -> pd.DataFra
                      "welch_p": float(f"{c.p_value:.2g}") if c.p_value == c.p_value else None,
                      "n": f"{c.n_a} vs {c.n_b}"})
     return pd.DataFrame(rows)
+
+
+def arm_comparisons(finals: pd.DataFrame, arm: str, baselines: list[str]) -> pd.DataFrame:
+    """Final accuracy of `arm` against each baseline present (percentage points, Welch 95% CI and p)."""
+    from .stats import welch_compare
+
+    rows = []
+    a = finals.loc[finals["arm"] == arm, "accuracy"].dropna() * 100
+    for base in baselines:
+        b = finals.loc[finals["arm"] == base, "accuracy"].dropna() * 100
+        if a.empty or b.empty:
+            continue
+        c = welch_compare(a.to_numpy(), b.to_numpy(), label_a=arm, label_b=base)
+        rows.append({"comparison": f"{arm} − {base}", f"{arm}_%": round(c.mean_a, 1), "baseline_%": round(c.mean_b, 1),
+                     "diff_pts": round(c.diff, 1), "ci95_low": round(c.ci_low, 1), "ci95_high": round(c.ci_high, 1),
+                     "welch_p": float(f"{c.p_value:.2g}") if c.p_value == c.p_value else None,
+                     "n": f"{c.n_a} vs {c.n_b}"})
+    return pd.DataFrame(rows)
+
+
+def answer_breakdown(finals: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: correct, readable-but-wrong and unparseable final answers (percent, mean over seeds)."""
+    rows = []
+    for (stage, arm), g in finals.groupby(["stage", "arm"], sort=False):
+        correct = float(g["accuracy"].mean() * 100)
+        unparseable = float(g["unparseable"].mean() * 100) if "unparseable" in g else float("nan")
+        rows.append({"stage": stage, "arm": arm, "seeds": len(g), "correct_%": round(correct, 1),
+                     "wrong_%": round(100 - correct - unparseable, 1), "unparseable_%": round(unparseable, 1)})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- teacher-quality sweep
+def teacher_sweep(study_dir: str | Path, finals: pd.DataFrame,
+                  stage: str = "02_synthetic_thoughts") -> pd.DataFrame:
+    """One row per latent-arm run of the teacher sweep: teacher error rate, verified thought quality, accuracy.
+
+    The oracle arm (`latent_thoughts`) is the error-rate-0 point; thought
+    quality is the fraction of units whose teacher thought the world's
+    verifier accepts, as stored by stage 02.
+    """
+    from .comparison import sweep_error_rate
+
+    stage_dir = Path(study_dir) / stage
+    rows = []
+    for _, r in finals[finals["stage"] == stage].iterrows():
+        err = 0.0 if r["arm"] == "latent_thoughts" else sweep_error_rate(r["arm"])
+        if err is None:
+            continue
+        tag = "comparison" if r["arm"] == "latent_thoughts" else f"comparison_{r['arm']}"
+        qpath = stage_dir / f"teacher_quality_{tag}.json"
+        quality = read_json(qpath)["fraction_correct"] if qpath.exists() else float("nan")
+        rows.append({"arm": r["arm"], "error_rate": err, "thought_quality": quality, "seed": r["seed"],
+                     "accuracy": r["accuracy"]})
+    return pd.DataFrame(rows, columns=["arm", "error_rate", "thought_quality", "seed", "accuracy"])
+
+
+def reference_level(finals: pd.DataFrame, arm: str) -> tuple[float, float] | None:
+    """(mean, SE) of an arm's final accuracy, for horizontal reference lines; None if absent."""
+    from .stats import mean_se
+
+    acc = finals.loc[finals["arm"] == arm, "accuracy"].dropna()
+    if acc.empty:
+        return None
+    m, se, _ = mean_se(acc.to_numpy())
+    return m, se
+
+
+# ----------------------------------------------------------------------------- bootstrapped EM
+def em_accuracy(finals: pd.DataFrame, stage: str = "03_bootstrap_em") -> pd.DataFrame:
+    """Final accuracy of the warmstart (iteration 0) and of each EM iteration's M-step, one row per seed."""
+    f = finals[finals["stage"] == stage]
+    rows = []
+    for _, r in f.iterrows():
+        if r["arm"] == "warmstart":
+            it = 0
+        elif r["arm"].startswith("bolt_iter") and "_k" not in r["arm"]:
+            it = int(r["arm"].removeprefix("bolt_iter"))
+        else:
+            continue
+        rows.append({"iteration": it, "seed": r["seed"], "accuracy": r["accuracy"], "tokens": r["tokens"]})
+    return pd.DataFrame(rows, columns=["iteration", "seed", "accuracy", "tokens"]).sort_values(["iteration", "seed"])
+
+
+def estep_summaries(study_dir: str | Path, stage: str = "03_bootstrap_em") -> pd.DataFrame:
+    """One row per E-step: verified quality of the selected / first / best-of-K thoughts and weight diagnostics."""
+    rows = []
+    for path in sorted((Path(study_dir) / stage).glob("iter*/estep_summary.json")):
+        s = read_json(path)
+        it = int(path.parent.name.removeprefix("iter"))
+        rows.append({"iteration": it, "k": s.get("k"), "selected_correct": s.get("frac_selected_correct"),
+                     "first_correct": s.get("frac_first_correct"), "any_correct": s.get("frac_any_correct"),
+                     "candidates_correct": s.get("frac_candidates_correct"),
+                     "mean_log_w_correct": s.get("mean_log_w_correct"),
+                     "mean_log_w_incorrect": s.get("mean_log_w_incorrect"),
+                     "mean_ess": s.get("mean_ess"), "frac_unterminated": s.get("frac_unterminated"),
+                     "mean_thought_tokens": s.get("mean_thought_tokens")})
+    return pd.DataFrame(rows).sort_values("iteration") if rows else pd.DataFrame(rows)
+
+
+def em_elbo(study_dir: str | Path, stage: str = "03_bootstrap_em") -> pd.DataFrame:
+    """Validation ELBO per raw token of each generator (warmstart = iteration 0), with its failure count."""
+    rows = []
+    for path in (Path(study_dir) / stage).glob("elbo/*.json"):
+        d = read_json(path)
+        name = path.stem
+        it = 0 if name == "warmstart" else int(name.removeprefix("iter"))
+        rows.append({"iteration": it, "generator": name, "elbo_per_token": d["elbo_per_token"],
+                     "elbo_finite_chunks_per_token": d.get("elbo_finite_per_token"),
+                     "chunks": d.get("chunks"), "chunks_without_finite_bound": d.get("chunks_without_finite_bound")})
+    return pd.DataFrame(rows).sort_values("iteration") if rows else pd.DataFrame(rows)
+
+
+def k_ablation(study_dir: str | Path, finals: pd.DataFrame, stage: str = "03_bootstrap_em") -> pd.DataFrame:
+    """Iteration-1 accuracy per K (one row per seed) with the verified quality of the thoughts selected with K."""
+    path = Path(study_dir) / stage / "iter1" / "estep_summary.json"
+    quality = read_json(path).get("selected_correct_by_k", {}) if path.exists() else {}
+    f = finals[finals["stage"] == stage]
+    rows = []
+    for _, r in f.iterrows():
+        if r["arm"] == "bolt_iter1" or r["arm"].startswith("bolt_iter1_k"):
+            k = int(r["k"]) if r.get("k") == r.get("k") and r.get("k") is not None else None
+            if r["arm"].startswith("bolt_iter1_k"):
+                k = int(r["arm"].removeprefix("bolt_iter1_k"))
+            rows.append({"k": k, "seed": r["seed"], "accuracy": r["accuracy"],
+                         "thought_quality": quality.get(str(k), float("nan"))})
+    return pd.DataFrame(rows, columns=["k", "seed", "accuracy", "thought_quality"]).sort_values(["k", "seed"])
+
+
+def em_estep_and_elbo(study_dir: str | Path, stage: str = "03_bootstrap_em") -> pd.DataFrame:
+    """Per iteration: the E-step's verified thought quality and its generator's validation ELBO, side by side.
+
+    Row `iteration = i` holds the quality of the thoughts inferred in iteration
+    i's E-step and the ELBO of the model trained in iteration i (0 = warmstart).
+    """
+    q, e = estep_summaries(study_dir, stage), em_elbo(study_dir, stage)
+    cols = ["selected_correct", "first_correct", "any_correct"]
+    q = q[["iteration", *cols]] if len(q) else pd.DataFrame(columns=["iteration", *cols])
+    if len(e):
+        e = e.rename(columns={"elbo_finite_chunks_per_token": "elbo", "chunks_without_finite_bound": "elbo_failures"})
+        e["elbo"] = e["elbo"].fillna(e["elbo_per_token"])
+        e = e[["iteration", "elbo", "elbo_failures"]]
+    else:
+        e = pd.DataFrame(columns=["iteration", "elbo", "elbo_failures"])
+    return q.merge(e, on="iteration", how="outer").sort_values("iteration").reset_index(drop=True)
+
+
+SYNTHETIC_STAGE, EM_STAGE = "02_synthetic_thoughts", "03_bootstrap_em"
+
+
+def figure_frames(study_dir: str | Path, evals: pd.DataFrame, finals: pd.DataFrame) -> dict:
+    """Every registered figure's input, built from stored results only (see `plots.render_all`)."""
+    from .comparison import SWEEP_PREFIX
+
+    frames: dict = {}
+    if evals.empty:
+        return frames
+    synth = evals[(evals["stage"] == SYNTHETIC_STAGE) & ~evals["arm"].str.startswith(SWEEP_PREFIX)]
+    frames["accuracy_vs_tokens"] = synth
+    frames["accuracy_vs_effective_raw_tokens"] = synth
+    frames["accuracy_vs_tokens_by_family"] = by_family(synth)
+    refs = {a: lvl for a in ("raw_repeat", "raw_fresh") if (lvl := reference_level(
+        finals[finals["stage"] == SYNTHETIC_STAGE], a)) is not None}
+    sweep = teacher_sweep(study_dir, finals, SYNTHETIC_STAGE)
+    if sweep["error_rate"].nunique() >= 2:
+        frames["teacher_quality_sweep"] = (sweep, {"references": refs})
+    em_finals = finals[finals["stage"] == EM_STAGE]
+    em_refs = {a: lvl for a in ("raw_token_match", "raw_flop_match")
+               if (lvl := reference_level(em_finals, a)) is not None}
+    frames["em_accuracy_vs_iteration"] = (em_accuracy(finals, EM_STAGE), {"references": em_refs})
+    frames["em_thought_quality_and_elbo"] = em_estep_and_elbo(study_dir, EM_STAGE)
+    k_df = k_ablation(study_dir, finals, EM_STAGE)
+    if k_df["k"].nunique() >= 2:
+        frames["em_k_ablation"] = k_df
+    return frames

@@ -81,11 +81,13 @@ class TrainingParams:
     eval_every: int = 20                    # steps between evaluations
     attend_across_docs: bool = False        # paper packing (True) or per-document attention (False)
     max_eval_problems: int = 0              # 0 means every held-out problem
+    eval_shots: int = 0                     # solved exemplars in every evaluation prompt (same for all arms)
     workers: int = 2                        # parallel training processes
     threads_per_worker: int = 1             # torch threads per process
 
     def check_training_params(self) -> None:
         require(self.workers >= 1 and self.threads_per_worker >= 1, "workers and threads_per_worker must be ≥ 1")
+        require(self.eval_shots >= 0, f"eval_shots must be ≥ 0, got {self.eval_shots}")
 
 
 @dataclass(frozen=True)
@@ -102,10 +104,15 @@ class TrainJob:
     eval_problems_path: str = ""     # jsonl of eval problems (question, answer, family)
     valid_path: str = ""             # jsonl of raw validation ThoughtDocs (for NLL)
     latent_eval: bool = False        # prompt with SoL PRI so the model thinks before answering
+    eval_style: str = ""             # "direct", "cot" or "latent" ("" = from latent_eval); see evaluate.py
+    eval_shots: tuple = ()           # exemplar dicts put before every eval problem (evaluate.exemplar_units)
     max_eval_problems: int = 0       # 0 = all
     threads: int = 1                 # torch threads in this process
     info: dict = field(default_factory=dict)   # arm, seed, ... copied into run.json for the analysis
     progress: bool = True
+
+
+EVAL_NEW_TOKENS = {"direct": 64, "cot": 96, "latent": 96}   # answer budget per eval style (room to reason)
 
 
 def lr_lambda(spec: TrainSpec):
@@ -200,6 +207,8 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
     elif (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
     write_json(out / "run.json", {"layout": job.layout, "seed": job.seed, "model": asdict(job.model),
+                                  "eval": {"style": job.eval_style or ("latent" if job.latent_eval else "direct"),
+                                           "shots": len(job.eval_shots)},
                                   "train": asdict(spec), **job.info})
     if spec.compile:
         model = torch.compile(model)
@@ -212,7 +221,9 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
         m = acc.unwrap_model(model)
         rec: dict[str, Any] = {}
         if problems:
-            rec.update(evaluate_problems(m, tokenizer, problems, latent=job.latent_eval).metrics())
+            style = job.eval_style or ("latent" if job.latent_eval else "direct")
+            rec.update(evaluate_problems(m, tokenizer, problems, style=style, shots=job.eval_shots,
+                                         max_new_tokens=EVAL_NEW_TOKENS[style]).metrics())
         if valid_rows is not None:
             rec["val_nll"] = validation_nll(m, valid_rows)
         model.train()

@@ -86,3 +86,35 @@ def test_noisy_teacher_lowers_measured_quality(stage, tmp_path):
     comparison.thought_docs(run, noisy, data, "comparison")
     q = read_json(run.file("teacher_quality_comparison.json"))["fraction_correct"]
     assert 0.2 < q < 0.8
+
+
+def test_teacher_sweep_adds_latent_arms_with_measured_quality(stage, tmp_path):
+    _, _, data = stage
+    cfg = config.load(comparison.SyntheticThoughtsConfig, {
+        "study": "t", "run_root": str(tmp_path), "arms": ["raw_repeat", "latent_thoughts"],
+        "teacher_sweep": [0.5, 1.0]})
+    specs = comparison.arm_specs(cfg)
+    assert list(specs) == ["raw_repeat", "latent_thoughts", "latent_err0.5", "latent_err1"]
+    assert specs["latent_err0.5"].error_rate == 0.5 and specs["latent_err0.5"].latent_eval
+    assert comparison.sweep_error_rate("latent_err0.5") == 0.5 and comparison.sweep_error_rate("wrap_cot") is None
+    run = RunDir.open(cfg, "02_synthetic_thoughts")
+    table = comparison.teacher_quality_table(run, cfg, data).set_index("arm")
+    q = table["thoughts_that_verify_%"]
+    assert q["latent_thoughts"] == 100.0 and q["latent_err1"] < q["latent_err0.5"] < 100.0
+    clean = docs_of(comparison.arm_corpus(run, cfg, data, "latent_thoughts"))
+    noisy = docs_of(comparison.arm_corpus(run, cfg, data, "latent_err0.5"))
+    assert [d.text for d in clean] == [d.text for d in noisy]       # same raw text, different thoughts
+    assert [d.thoughts for d in clean] != [d.thoughts for d in noisy]
+    with pytest.raises(config.ConfigError, match="teacher_sweep"):
+        config.load(comparison.SyntheticThoughtsConfig, {"teacher_sweep": [0.0]})
+
+
+def test_every_arm_is_evaluated_few_shot_in_its_own_style(stage):
+    cfg, run, data = stage
+    cfg = config.load(comparison.SyntheticThoughtsConfig, {**config.to_dict(cfg), "eval_shots": 3})
+    jobs = {j.info["arm"]: j for j in comparison.make_jobs(run, cfg, data, progress=False)}
+    styles = {arm: j.eval_style for arm, j in jobs.items()}
+    assert styles == {"raw_repeat": "direct", "raw_fresh": "direct", "wrap_orig": "direct", "wrap_cot": "cot",
+                      "latent_thoughts": "latent"}
+    shots = [j.eval_shots for j in jobs.values()]
+    assert len(shots[0]) == 3 and all(s == shots[0] for s in shots)   # the same exemplars for every arm

@@ -4,7 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from lt_utils.evaluate import answers_equal, evaluate_problems, parse_answer, problem_prompt
+from lt_utils.evaluate import (answers_equal, evaluate_problems, exemplar_units, few_shot_prompts,
+                               parse_answer, problem_prompt)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -47,3 +48,51 @@ def test_evaluate_reports_accuracy_unparseable_and_families(tokenizer, tiny_mode
             assert not any("<|" in r["generated"] for r in res.records)  # latent tokens banned for raw models
         m = res.metrics("final/")
         assert "final/accuracy/addition" in m
+
+
+def _world_docs():
+    from lt_utils import world
+
+    return world.generate_documents("valid", 6, families=["addition", "linear", "word"], seed=0)
+
+
+def test_exemplars_cycle_over_families_in_order():
+    docs = _world_docs()
+    ex = exemplar_units(docs, 5)
+    fams = list(dict.fromkeys(u.family for d in docs for u in d.units))
+    assert [e["family"] for e in ex] == [fams[i % len(fams)] for i in range(5)]
+    assert len({e["uid"] for e in ex}) == 5
+    assert exemplar_units(docs, 0) == []
+
+
+def test_few_shot_prompts_show_the_format_and_fit_the_context(tokenizer):
+    from lt_utils.tokens import SpecialIds
+
+    ids = SpecialIds.of(tokenizer)
+    shots = exemplar_units(_world_docs(), 3)
+    q = "What is 12+30?"
+    direct = few_shot_prompts(tokenizer, [q], style="direct", shots=shots)[0]
+    expected = "".join(f"Problem: {e['question']} Answer: {e['answer']}.\n" for e in shots) + problem_prompt(q)
+    assert direct[0] == ids.bos and tokenizer.decode(direct[1:]) == expected
+    latent = few_shot_prompts(tokenizer, [q], style="latent", shots=shots)[0]
+    assert latent[-2:] == [ids.sol, ids.prior]
+    assert latent.count(ids.sol) == 4 and latent.count(ids.eol) == 3   # one closed thought per exemplar
+    assert shots[0]["thought"] in tokenizer.decode(latent, skip_special_tokens=False)
+    cot = few_shot_prompts(tokenizer, [q], style="cot", shots=shots)[0]
+    assert "The answer is" in tokenizer.decode(cot) and len(cot) > len(direct)
+    # a context limit drops the earliest exemplars first; too-long reasoning falls back to the raw format
+    limited = few_shot_prompts(tokenizer, [q], style="direct", shots=shots, max_len=len(direct) - 1)[0]
+    assert len(limited) < len(direct) and tokenizer.decode(direct).endswith(tokenizer.decode(limited[1:]))
+    fallback = few_shot_prompts(tokenizer, [q], style="cot", shots=shots, max_len=len(direct))[0]
+    assert fallback == direct
+    with pytest.raises(ValueError, match="eval style"):
+        few_shot_prompts(tokenizer, [q], style="chatty", shots=shots)
+
+
+def test_few_shot_evaluation_runs_every_style(tokenizer, tiny_model):
+    problems = [SimpleNamespace(question="What is 12+30?", answer="42", family="addition")]
+    shots = exemplar_units(_world_docs(), 2)
+    for style in ("direct", "cot", "latent"):
+        res = evaluate_problems(tiny_model, tokenizer, problems, style=style, shots=shots, max_new_tokens=8,
+                                with_records=True)
+        assert res.records[0]["generated"].startswith("<|START_OF_LATENT|>") == (style == "latent")

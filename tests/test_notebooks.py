@@ -34,7 +34,13 @@ def test_smoke_profile_runs_every_notebook(tmp_path):
         assert all((d / a).exists() for a in manifest)
     res = pd.read_csv(study / "04_analysis" / "results.csv")
     synth = res[res["stage"] == "02_synthetic_thoughts"]
-    assert set(synth["arm"]) == {"raw_repeat", "raw_fresh", "wrap_orig", "wrap_cot", "latent_thoughts"}
+    assert set(synth["arm"]) == {"raw_repeat", "raw_fresh", "wrap_orig", "wrap_cot", "latent_thoughts",
+                                 "latent_err0.5"}
+    quality = json.loads((study / "02_synthetic_thoughts" / "teacher_quality_comparison_latent_err0.5.json")
+                         .read_text())
+    assert quality["error_rate"] == 0.5 and quality["fraction_correct"] < 1.0
+    run_info = json.loads((study / "02_synthetic_thoughts" / "train" / "wrap_cot" / "seed0" / "run.json").read_text())
+    assert run_info["eval"] == {"style": "cot", "shots": 2}
     em = res[res["stage"] == "03_bootstrap_em"]
     assert {"warmstart", "bolt_iter1", "bolt_iter2", "bolt_iter1_k1", "bolt_iter1_k2", "raw_token_match",
             "raw_flop_match"} == set(em["arm"])
@@ -44,7 +50,11 @@ def test_smoke_profile_runs_every_notebook(tmp_path):
     assert summary["k"] == 4 and set(summary["selected_correct_by_k"]) == {"1", "2", "4"}
     assert {"tokens", "raw_tokens", "accuracy", "val_nll", "seed", "step"} <= set(res.columns)
     figs = study / "04_analysis" / "figures"
-    for name in ("accuracy_vs_tokens", "accuracy_vs_effective_raw_tokens", "accuracy_vs_tokens_by_family"):
+    elbo = json.loads((study / "03_bootstrap_em" / "elbo" / "iter1.json").read_text())
+    assert {"elbo_per_token", "elbo_finite_per_token", "chunks_without_finite_bound"} <= set(elbo)
+    for name in ("accuracy_vs_tokens", "accuracy_vs_effective_raw_tokens", "accuracy_vs_tokens_by_family",
+                 "teacher_quality_sweep", "em_accuracy_vs_iteration", "em_thought_quality_and_elbo",
+                 "em_k_ablation"):
         assert (figs / f"{name}.png").stat().st_size > 0 and (figs / f"{name}.pdf").stat().st_size > 0
     after = sorted(p.name for p in FIGURES_DIR.glob("*")) if FIGURES_DIR.exists() else []
     assert before == after  # smoke runs never write over the committed figures

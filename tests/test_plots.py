@@ -29,9 +29,30 @@ def _lines_by_label(ax):
             if not line.get_label().startswith("_")}
 
 
+def _sample_frame(name):
+    """A small input of the shape each registered figure takes."""
+    seeds = [0, 1, 2]
+    if name == "teacher_quality_sweep":
+        return pd.DataFrame([dict(error_rate=e, thought_quality=1 - e, seed=s, accuracy=0.7 - 0.5 * e + 0.01 * s)
+                             for e in (0.0, 0.3, 0.7) for s in seeds])
+    if name == "em_accuracy_vs_iteration":
+        return pd.DataFrame([dict(iteration=i, seed=s, accuracy=0.2 + 0.1 * i + 0.01 * s, tokens=1000)
+                             for i in range(4) for s in seeds])
+    if name == "em_thought_quality_and_elbo":
+        return pd.DataFrame([dict(iteration=0, selected_correct=np.nan, first_correct=np.nan, any_correct=np.nan,
+                                  elbo=-1.2, elbo_failures=2)] +
+                            [dict(iteration=i, selected_correct=0.5 + 0.1 * i, first_correct=0.4 + 0.1 * i,
+                                  any_correct=0.7 + 0.05 * i, elbo=-1.2 + 0.1 * i, elbo_failures=0)
+                             for i in (1, 2, 3)])
+    if name == "em_k_ablation":
+        return pd.DataFrame([dict(k=k, seed=s, accuracy=0.3 + 0.05 * k + 0.01 * s, thought_quality=0.5 + 0.05 * k)
+                             for k in (1, 2, 4, 8) for s in seeds])
+    return _tidy()
+
+
 @pytest.mark.parametrize("name", sorted(plots.FIGURES))
 def test_each_registered_figure_renders_and_saves(name, tmp_path):
-    paths = plots.save_figure(plots.FIGURES[name](_tidy()), name, tmp_path / "figs")
+    paths = plots.save_figure(plots.FIGURES[name](_sample_frame(name)), name, tmp_path / "figs")
     assert [p.name for p in paths] == [f"{name}.pdf", f"{name}.png"]
     pdf, png = (p.read_bytes() for p in paths)
     assert pdf.startswith(b"%PDF") and len(pdf) > 1000
@@ -173,3 +194,30 @@ def test_effective_raw_tokens_figure_uses_its_own_axis():
     assert xs <= set(df["effective_raw_tokens"])
     with pytest.raises(ValueError, match="effective_raw_tokens"):
         plots.fig_accuracy_vs_effective_raw_tokens(df.drop(columns=["effective_raw_tokens"]))
+
+
+def test_teacher_sweep_points_sit_at_measured_quality_with_reference_band():
+    df = _sample_frame("teacher_quality_sweep")
+    fig = plots.fig_teacher_quality(df, references={"raw_repeat": (0.12, 0.01)})
+    ax = fig.axes[0]
+    line = next(c for c in ax.containers if c.get_label().startswith("Latent thoughts")).lines[0]
+    np.testing.assert_allclose(line.get_xdata(), [1.0, 0.7, 0.3])  # quality of error rates 0, 0.3, 0.7
+    np.testing.assert_allclose(line.get_ydata(), df.groupby("error_rate")["accuracy"].mean().to_numpy())
+    ref = next(ln for ln in ax.get_lines() if ln.get_label() == "Raw (repeat)")
+    assert ref.get_ydata()[0] == pytest.approx(0.12)
+
+
+def test_em_iterations_plot_means_and_label_warmstart():
+    df = _sample_frame("em_accuracy_vs_iteration")
+    fig = plots.fig_em_iterations(df, references={"raw_flop_match": (0.3, 0.02)})
+    ax = fig.axes[0]
+    line = next(c for c in ax.containers if c.get_label().startswith("BoLT")).lines[0]
+    np.testing.assert_allclose(line.get_ydata(), df.groupby("iteration")["accuracy"].mean().to_numpy())
+    assert ax.get_xticklabels()[0].get_text().replace("\n", "") == "warm-start"
+
+
+def test_sweep_arms_get_paler_latent_colours():
+    base = plots.arm_style("latent_thoughts")["color"]
+    lo, hi = plots.arm_style("latent_err0.3"), plots.arm_style("latent_err0.7")
+    assert lo["label"] == "Latent, teacher errs 30%" and hi["label"] == "Latent, teacher errs 70%"
+    assert len({base, lo["color"], hi["color"]}) == 3

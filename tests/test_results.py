@@ -38,3 +38,70 @@ def test_collect_final_summary_and_comparison(tmp_path):
     assert rows.loc["all families", "welch_p"] < 0.01
     fam = results.by_family(evals)
     assert set(fam["family"]) == {"addition"} and len(fam) == 12
+
+
+def fake_em_run(root, arm, seed, acc, iteration=None, k=None, tokens=1000, unparseable=0.0):
+    d = root / "03_bootstrap_em" / "train" / arm / f"seed{seed}"
+    write_json(d / "run.json", {"arm": arm, "seed": seed, "stage": "03_bootstrap_em", "iteration": iteration, "k": k})
+    write_jsonl(d / "metrics.jsonl", [{"kind": "eval", "step": 0, "tokens": 0, "accuracy": 0.0, "unparseable": 1.0},
+                                      {"kind": "eval", "step": 10, "tokens": tokens, "accuracy": acc,
+                                       "unparseable": unparseable}])
+    (d / "DONE").write_text("{}")
+
+
+def test_em_tables_read_iterations_baselines_k_and_estep_files(tmp_path):
+    for s in range(3):
+        fake_em_run(tmp_path, "warmstart", s, 0.10 + 0.01 * s, iteration=0)
+        for it in (1, 2, 3):
+            fake_em_run(tmp_path, f"bolt_iter{it}", s, 0.2 * it + 0.01 * s, iteration=it, k=4)
+        for kk in (1, 2, 8):
+            fake_em_run(tmp_path, f"bolt_iter1_k{kk}", s, 0.05 * kk + 0.01 * s, iteration=1, k=kk)
+        fake_em_run(tmp_path, "raw_token_match", s, 0.05, tokens=500, unparseable=0.5)
+        fake_em_run(tmp_path, "raw_flop_match", s, 0.06)
+    stage = tmp_path / "03_bootstrap_em"
+    for it, sel in ((1, 0.6), (2, 0.7), (3, 0.8)):
+        write_json(stage / f"iter{it}" / "estep_summary.json",
+                   {"k": 8 if it == 1 else 4, "frac_selected_correct": sel, "frac_first_correct": sel - 0.1,
+                    "frac_any_correct": sel + 0.1, "mean_log_w_correct": -3.0, "mean_log_w_incorrect": -9.0,
+                    "selected_correct_by_k": {"1": 0.5, "2": 0.55, "4": 0.6, "8": 0.62} if it == 1 else {}})
+    for name, val, fails in (("warmstart", float("-inf"), 2), ("iter1", -1.5, 0), ("iter2", -1.4, 0),
+                             ("iter3", -1.3, 0)):
+        write_json(stage / "elbo" / f"{name}.json", {"elbo_per_token": val, "chunks": 10,
+                                                     "elbo_finite_per_token": -1.6 if fails else val,
+                                                     "chunks_without_finite_bound": fails})
+    finals = results.final_points(results.collect_evals(tmp_path))
+    em = results.em_accuracy(finals)
+    assert list(em.groupby("iteration")["accuracy"].mean().round(3)) == [0.11, 0.21, 0.41, 0.61]
+    cmp = results.arm_comparisons(finals, "bolt_iter3", ["raw_token_match", "raw_flop_match", "missing_arm"])
+    assert list(cmp["comparison"]) == ["bolt_iter3 − raw_token_match", "bolt_iter3 − raw_flop_match"]
+    assert cmp.iloc[1]["diff_pts"] == pytest.approx(61 - 6) and cmp.iloc[1]["welch_p"] < 1e-3
+    kab = results.k_ablation(tmp_path, finals)
+    assert sorted(kab["k"].unique()) == [1, 2, 4, 8] and (kab.groupby("k").size() == 3).all()
+    assert kab.loc[kab["k"] == 8, "thought_quality"].iloc[0] == pytest.approx(0.62)
+    both = results.em_estep_and_elbo(tmp_path).set_index("iteration")
+    assert both.loc[0, "elbo"] == pytest.approx(-1.6) and both.loc[0, "elbo_failures"] == 2   # finite chunks only
+    assert both.loc[3, "selected_correct"] == pytest.approx(0.8) and both.loc[3, "elbo"] == pytest.approx(-1.3)
+    answers = results.answer_breakdown(finals).set_index("arm")
+    assert answers.loc["raw_token_match", "unparseable_%"] == pytest.approx(50.0)
+    assert answers.loc["raw_token_match", "wrong_%"] == pytest.approx(45.0)
+    frames = results.figure_frames(tmp_path, results.collect_evals(tmp_path), finals)
+    df, kwargs = frames["em_accuracy_vs_iteration"]
+    assert set(kwargs["references"]) == {"raw_token_match", "raw_flop_match"}
+    assert "em_k_ablation" in frames and "teacher_quality_sweep" not in frames
+
+
+def test_teacher_sweep_pairs_accuracy_with_stored_quality(tmp_path):
+    for s in range(2):
+        fake_run(tmp_path, "latent_thoughts", s, [0.0, 0.8], [0.0, 0.8])
+        fake_run(tmp_path, "latent_err0.5", s, [0.0, 0.4], [0.0, 0.4])
+        fake_run(tmp_path, "raw_repeat", s, [0.0, 0.1], [0.0, 0.1])
+    stage = tmp_path / "02_synthetic_thoughts"
+    write_json(stage / "teacher_quality_comparison.json", {"fraction_correct": 1.0})
+    write_json(stage / "teacher_quality_comparison_latent_err0.5.json", {"fraction_correct": 0.52})
+    finals = results.final_points(results.collect_evals(tmp_path))
+    sweep = results.teacher_sweep(tmp_path, finals)
+    assert set(sweep["arm"]) == {"latent_thoughts", "latent_err0.5"} and len(sweep) == 4
+    assert sweep.groupby("error_rate")["thought_quality"].first().to_dict() == {0.0: 1.0, 0.5: 0.52}
+    frames = results.figure_frames(tmp_path, results.collect_evals(tmp_path), finals)
+    assert "latent_err0.5" not in set(frames["accuracy_vs_tokens"]["arm"])   # sweep arms get their own figure
+    assert set(frames["teacher_quality_sweep"][1]["references"]) == {"raw_repeat"}

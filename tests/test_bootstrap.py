@@ -1,0 +1,58 @@
+"""Stage 03's scheduling and bookkeeping, on a tiny world (no training: corpora are written directly)."""
+
+import math
+
+import pytest
+
+from lt_utils import bootstrap, config, corpus
+from lt_utils.runs import RunDir
+from lt_utils.teacher import OracleTeacher, ThoughtCache, write_thoughts
+
+
+@pytest.fixture()
+def study(tmp_path):
+    dcfg = config.load(corpus.DataPrepConfig, {
+        "study": "t", "run_root": str(tmp_path), "families": ["addition", "linear"], "comparison_docs": 2,
+        "fresh_docs": 2, "warmstart_docs": 3, "bootstrap_docs": 4, "valid_docs": 3, "eval_problems": 6})
+    drun = RunDir.open(dcfg, "01_data_prep")
+    corpus.build_world(drun, dcfg)
+    drun.finish()
+    cfg = config.load(bootstrap.BootstrapConfig, {
+        "study": "t", "run_root": str(tmp_path), "seeds": [0, 1, 2], "iterations": 3, "k": 4,
+        "k_ablation": [1, 2, 8], "workers": 2, "eval_shots": 2})
+    st = bootstrap.Study(RunDir.open(cfg, "03_bootstrap_em"), cfg)
+    # the iteration-1 corpora an E-step leaves behind (oracle thoughts stand in for sampled ones)
+    cache = ThoughtCache(tmp_path / "cache.sqlite")
+    thoughts = write_thoughts(OracleTeacher(), st.boot_chunks, cache, progress=False)
+    cache.close()
+    for name in ("corpus", "corpus_k1", "corpus_k2", "corpus_k8"):
+        bootstrap._write_corpus(st.run.file(f"iter1/{name}.jsonl"), st.boot_docs, st.boot_heads, st.boot_chunks,
+                                st.boot_spans, thoughts)
+    return st
+
+
+def test_fillers_spread_every_extra_run_over_the_iterations_once(study):
+    first_pool = study.warmstart_jobs()[:study.cfg.workers]
+    assert [j.seed for j in first_pool] == [0, 1]       # the E-step needs seed 0; a second core takes seed 1
+    extras = study.extra_jobs()
+    names = [j.info["name"] for j in extras]
+    assert names[0] == "warmstart/seed2"
+    assert len(names) == 1 + 2 * 3 + 3 * 3 and len(set(names)) == len(names)   # warmstart, baselines, K ablation
+    shares = [study.fillers(it) for it in (1, 2, 3)]
+    assert [j.info["name"] for s in shares for j in s] == names
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_runs_are_evaluated_few_shot_in_their_own_style(study):
+    jobs = {j.info["name"]: j for j in study.extra_jobs()}
+    assert jobs["raw_flop_match/seed0"].eval_style == "direct"
+    assert jobs["iter1_k8/seed0"].eval_style == "latent"
+    assert len(jobs["iter1_k8/seed0"].eval_shots) == 2
+    assert jobs["raw_token_match/seed0"].train.steps < jobs["raw_flop_match/seed0"].train.steps
+
+
+def test_token_match_baseline_sees_the_raw_tokens_of_one_m_step(study):
+    ratio = study.write_token_ratios()["bolt_iter1"]
+    assert ratio > 1.2
+    assert study.token_match_steps() == max(1, round(study.cfg.steps / ratio))
+    assert math.isclose(study.write_token_ratios()["raw_flop_match"], 1.0)
