@@ -7,7 +7,11 @@ Prints, measured in one run on this machine:
     against a minimal plain-torch causal LM of the same size (same batch, same
     threads), and their ratio;
   * sampling tokens/s of `sample.sample` (temperature 1, exact log-probs)
-    against transformers' `generate` on the same prompts.
+    against transformers' `generate` on the same prompts;
+  * E-step tokens/s (`estep.run_estep`: K posterior samples per chunk, joint
+    scoring, weights, resampling, records) against bare sampling of the same
+    posterior prompts with the same K, i.e. what the E-step's second pass and
+    bookkeeping cost on top of the unavoidable sampling.
 Numbers are figures to read, not assertions.
 """
 
@@ -75,6 +79,32 @@ def bench_plain(vocab, spec, train, steps: int) -> float:
     return steps * train.batch_size * train.seq_len / (time.perf_counter() - t0)
 
 
+def bench_estep(model, tok, docs, *, k: int, max_thought_tokens: int) -> dict:
+    """E-step vs bare sampling of the same posterior prompts (K each), in sampled tokens per second."""
+    from .data import chunk_document
+    from .estep import EStepConfig, posterior_prompt, run_estep
+    from .sample import sample
+    from .tokens import SpecialIds
+
+    ids = SpecialIds.of(tok)
+    chunks = [c for d in docs for c in chunk_document(d.doc_id, d.segments(), mean_units=1.0, max_units=20,
+                                                      prefix_chunks=3)[1]]
+    cfg = EStepConfig(k=k, max_thought_tokens=max_thought_tokens, seed=0, batch_chunks=64)
+    t0 = time.perf_counter()
+    records = run_estep(model, tok, chunks, cfg, model_key="bench", progress=False)
+    t_estep = time.perf_counter() - t0
+    n_estep = sum(c["n_tokens"] + int(c["terminated"]) for r in records for c in r["candidates"])
+    prompts = [posterior_prompt(tok, c) for c in chunks for _ in range(k)]
+    t0 = time.perf_counter()
+    out = sample(model, prompts, max_new_tokens=max_thought_tokens, stop_ids=[ids.eol], pad_id=ids.pad, seed=0,
+                 batch_size=64 * k)
+    t_bare = time.perf_counter() - t0
+    n_bare = sum(len(s.tokens) for s in out)
+    return {"estep_chunks": len(chunks), "estep_k": k, "estep_tokens_per_s": round(n_estep / t_estep),
+            "bare_sampling_tokens_per_s": round(n_bare / t_bare),
+            "estep_ratio_over_bare_sampling": round((n_estep / t_estep) / (n_bare / t_bare), 3)}
+
+
 def main(argv=None) -> dict:
     from .data import ThoughtDoc
     from .model import ModelSpec, build_model
@@ -125,10 +155,13 @@ def main(argv=None) -> dict:
         gen = model.generate(input_ids=inp, attention_mask=mask, generation_config=gc)
     hf_sample = (gen.shape[1] - width) * len(prompts) / (time.perf_counter() - t0)
 
+    est = bench_estep(model, tok, docs[:40], k=4, max_thought_tokens=n_new)
+
     res = {"threads": args.threads, "train_tokens_per_s_lt_utils": round(ours), "train_tokens_per_s_plain_torch":
            round(plain), "train_ratio_lt_utils_over_plain": round(ours / plain, 3),
            "sample_tokens_per_s_lt_utils": round(ours_sample), "sample_tokens_per_s_hf_generate": round(hf_sample),
            "sample_ratio_lt_utils_over_hf": round(ours_sample / hf_sample, 3),
+           **est,
            "model": f"Llama d={spec.n_embd} L={spec.n_layer} H={spec.n_head}, batch {train.batch_size}x{train.seq_len}"}
     for k, v in res.items():
         print(f"{k:36s} {v}")

@@ -55,6 +55,8 @@ class BootstrapConfig(TrainingParams):
     chunk_mean_units: float = 1.0           # mean problems per chunk (Poisson(mean−1)+1)
     chunk_max_units: int = 20               # cap on problems per chunk
     prefix_chunks: int = 3                  # raw chunks the posterior sees as context (paper: 3)
+    warmstart_split: str = "warmstart"      # documents the warmstart's teacher thoughts are written for
+    warmstart_max_docs: int = 0             # use the split's first n documents (0 = all)
     warmstart_steps: int = 40               # optimizer steps of the warmstart
     steps: int = 40                         # optimizer steps of every M-step and of the FLOP-match baseline
     overwrite: bool = False                 # redo a finished stage
@@ -63,6 +65,10 @@ class BootstrapConfig(TrainingParams):
         require(self.iterations >= 1, "iterations must be ≥ 1")
         require(self.k >= 1 and all(x >= 1 for x in self.k_ablation), "k and k_ablation values must be ≥ 1")
         require(len(self.seeds) > 0, "seeds must list at least one seed")
+        require(self.warmstart_split in ("warmstart", "fresh", "comparison"),
+                f"warmstart_split must be warmstart, fresh or comparison (never the bootstrap corpus), "
+                f"got '{self.warmstart_split}'")
+        require(self.warmstart_max_docs >= 0, "warmstart_max_docs must be ≥ 0")
         self.check_training_params()
         bad = [b for b in self.baselines if b not in ("raw_token_match", "raw_flop_match")]
         require(not bad, f"baselines: unknown baseline '{bad[0] if bad else ''}' (known: raw_token_match, raw_flop_match)")
@@ -149,8 +155,9 @@ class Study:
         return path
 
     def warmstart_corpus(self) -> Path:
-        """Warmstart split with one oracle-teacher thought per chunk (teacher context: 1 previous chunk)."""
-        docs = load_documents(self.data, "warmstart")
+        """Warmstart documents with one oracle-teacher thought per chunk (teacher context: 1 previous chunk)."""
+        docs = load_documents(self.data, self.cfg.warmstart_split)
+        docs = docs[:self.cfg.warmstart_max_docs] if self.cfg.warmstart_max_docs else docs
         heads, chunks, spans = _chunks(self.cfg, docs, 1)
         path = self.run.file("corpora/warmstart_thoughts.jsonl")
         if not path.exists():

@@ -377,6 +377,12 @@ def _mean_se_by(df: pd.DataFrame, key: str, value: str = "accuracy") -> pd.DataF
     return out
 
 
+def _draw_points(ax, x, pts: pd.DataFrame, st: dict, label: str | None = None, linestyle: str = "-") -> None:
+    """Mean ± SE markers joined by a line (from `_mean_se_by`)."""
+    ax.errorbar(np.asarray(x, dtype=float), pts["mean"].to_numpy(float), yerr=pts["se"].to_numpy(float),
+                color=st["color"], marker=st["marker"], linestyle=linestyle, capsize=3, label=label, zorder=3)
+
+
 def _reference_band(ax, level, arm: str, label: str | None = None) -> None:
     """A baseline's final accuracy as a horizontal line with a ±1 SE band."""
     if level is None:
@@ -407,9 +413,7 @@ def fig_teacher_quality(df: pd.DataFrame, *, references: Mapping[str, tuple[floa
         for arm, level in (references or {}).items():
             _reference_band(ax, level, arm)
         x = qual.loc[pts["error_rate"]].to_numpy(dtype=float)
-        ax.errorbar(x, pts["mean"].to_numpy(float), yerr=pts["se"].to_numpy(float), color=st["color"],
-                    marker=st["marker"], linestyle="-",
-                    capsize=3, label=f"Latent thoughts (n={int(pts['n'].min())}+ seeds)", zorder=3)
+        _draw_points(ax, x, pts, st, f"Latent thoughts (n={int(pts['n'].min())}+ seeds)")
         for xi, yi, err in zip(x, pts["mean"], pts["error_rate"]):
             ax.annotate(f"error rate {err:g}", (xi, yi), textcoords="offset points", xytext=(6, -12), fontsize=8,
                         color="0.3")
@@ -439,9 +443,7 @@ def fig_em_iterations(df: pd.DataFrame, *, references: Mapping[str, tuple[float,
         ax = fig.add_subplot()
         for arm, level in (references or {}).items():
             _reference_band(ax, level, arm)
-        ax.errorbar(pts["iteration"].to_numpy(float), pts["mean"].to_numpy(float), yerr=pts["se"].to_numpy(float),
-                    color=st["color"], marker=st["marker"],
-                    capsize=3, label=f"BoLT (n={int(pts['n'].min())}+ seeds)", zorder=3)
+        _draw_points(ax, pts["iteration"], pts, st, f"BoLT (n={int(pts['n'].min())}+ seeds)")
         per_seed = df.sort_values("iteration")
         ax.scatter(per_seed["iteration"], per_seed["accuracy"], s=10, color=st["color"], alpha=0.35, zorder=2,
                    label="single seeds")
@@ -507,8 +509,7 @@ def fig_em_k(df: pd.DataFrame) -> Figure:
     with style():
         fig = _new_figure((9.0, 3.6))
         ax_a, ax_q = fig.subplots(1, 2)
-        ax_a.errorbar(pts["k"].to_numpy(float), pts["mean"].to_numpy(float), yerr=pts["se"].to_numpy(float),
-                      color=st["color"], marker=st["marker"], capsize=3)
+        _draw_points(ax_a, pts["k"], pts, st)
         ax_a.scatter(df["k"], df["accuracy"], s=10, color=st["color"], alpha=0.35)
         ax_a.set_ylabel("Held-out accuracy after iteration 1")
         ax_a.set_title(f"Accuracy (n={int(pts['n'].min())}+ seeds)")

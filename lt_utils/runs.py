@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -180,21 +181,22 @@ class RunDir:
         path = resolve(run_root) / study / stage
         digest = config_lib.config_hash(cfg)
         done = is_done(path)
-        if done:
-            old = read_json(path / "DONE").get("config_hash")
-            if overwrite:
-                (path / "DONE").unlink()
-                done = False
-            elif old != digest:
+        stamp = path / ".config_hash"   # written when a run starts, so an interrupted run is checked too
+        if overwrite and path.exists():
+            # redo means redo: nothing of the old run may be picked up as if it were current
+            shutil.rmtree(path)
+            done = False
+        elif done or stamp.exists():
+            old = read_json(path / "DONE").get("config_hash") if done else stamp.read_text().strip()
+            if old != digest:
                 raise config_lib.ConfigError(
                     f"{path} was produced with different parameters (hash {old} != {digest}); "
                     "set overwrite=True or choose another study name"
                 )
         path.mkdir(parents=True, exist_ok=True)
-        if overwrite and (path / "metrics.jsonl").exists():
-            (path / "metrics.jsonl").unlink()
         run = cls(path=path, config=cfg, config_hash=digest, already_done=done)
         if not done:
+            write_text(stamp, digest)
             write_text(path / "config.yaml", yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
             write_json(path / "env.json", environment())
         manifest = path / "manifest.json"

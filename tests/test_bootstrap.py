@@ -56,3 +56,16 @@ def test_token_match_baseline_sees_the_raw_tokens_of_one_m_step(study):
     assert ratio > 1.2
     assert study.token_match_steps() == max(1, round(study.cfg.steps / ratio))
     assert math.isclose(study.write_token_ratios()["raw_flop_match"], 1.0)
+
+
+def test_warmstart_documents_come_from_a_split_disjoint_from_the_bootstrap_corpus(tmp_path, study):
+    with pytest.raises(config.ConfigError, match="warmstart_split"):
+        config.load(bootstrap.BootstrapConfig, {"warmstart_split": "bootstrap"})
+    cfg = config.load(bootstrap.BootstrapConfig, {**config.to_dict(study.cfg), "warmstart_split": "fresh",
+                                                  "warmstart_max_docs": 1})
+    st = bootstrap.Study(RunDir.open(cfg, "03_bootstrap_em_fresh"), cfg)
+    from lt_utils.runs import read_jsonl
+
+    docs = read_jsonl(st.warmstart_corpus())
+    assert len(docs) == 1 and docs[0]["doc_id"].startswith("fresh")
+    assert all(t for t in docs[0]["thoughts"])        # oracle thoughts for every chunk

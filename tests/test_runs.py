@@ -43,8 +43,19 @@ def test_finished_run_is_reused_and_different_params_refused(tmp_path):
     assert open_run(tmp_path).already_done
     with pytest.raises(ConfigError, match="different parameters"):
         open_run(tmp_path, steps=2)
+    runs.write_text(run.file("docs/stale.jsonl"), "from the old parameters")
     again = open_run(tmp_path, steps=2, overwrite=True)
     assert not again.already_done and not (again.path / "DONE").exists()
+    assert not (again.path / "docs" / "stale.jsonl").exists()   # nothing of the old run is picked up
+
+
+def test_interrupted_run_with_different_params_is_refused(tmp_path):
+    run = open_run(tmp_path)
+    runs.write_text(run.file("partial.txt"), "half done")          # never finished
+    assert not open_run(tmp_path).already_done                     # same params: resumed
+    with pytest.raises(ConfigError, match="different parameters"):
+        open_run(tmp_path, steps=2)
+    assert not (open_run(tmp_path, steps=2, overwrite=True).path / "partial.txt").exists()
 
 
 def test_finish_refuses_a_manifest_with_missing_files(tmp_path):
