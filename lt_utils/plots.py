@@ -414,6 +414,8 @@ def fig_teacher_quality(df: pd.DataFrame, *, references: Mapping[str, tuple[floa
             _reference_band(ax, level, arm)
         x = qual.loc[pts["error_rate"]].to_numpy(dtype=float)
         _draw_points(ax, x, pts, st, f"Latent thoughts (n={int(pts['n'].min())}+ seeds)")
+        ax.scatter(qual.loc[df["error_rate"]].to_numpy(dtype=float), df["accuracy"], s=10, color=st["color"],
+                   alpha=0.35, zorder=2, label="single seeds")
         for xi, yi, err in zip(x, pts["mean"], pts["error_rate"]):
             ax.annotate(f"error rate {err:g}", (xi, yi), textcoords="offset points", xytext=(6, -12), fontsize=8,
                         color="0.3")

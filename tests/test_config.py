@@ -66,7 +66,14 @@ def test_config_hash_ignores_where_and_how_fast():
     assert config.config_hash(WithWorkers(1, 1)) == config.config_hash(WithWorkers(1, 4))
 
 
-@pytest.mark.parametrize("profile", sorted(p.name for p in PARAMS_DIR.iterdir() if p.is_dir()))
+PROFILES = sorted(p.name for p in PARAMS_DIR.iterdir() if p.is_dir() and pipeline.profile_stages(p.name))
+
+
+def test_the_shipped_profiles_are_found():
+    assert {"smoke", "cpu", "cpu_long"} <= set(PROFILES)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
 def test_every_params_file_loads_into_its_stage_config(profile):
     files = sorted((PARAMS_DIR / profile).glob("*.yaml"))
     assert files, f"params/{profile} is empty"
