@@ -70,12 +70,16 @@ def gguf_to_hf(gguf_path: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
                                                   dtype=torch.float32)
     # the dequantized model still carries its GGUF quantizer, which refuses save_pretrained: copy the fp32
     # weights into a plain model of the same config
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
+    config = type(loaded.config).from_dict({k: v for k, v in loaded.config.to_dict().items()
+                                            if k != "quantization_config"})
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
+    model = AutoModelForCausalLM.from_config(config).to(torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:  # a tied head has no weights of its own
+        raise ValueError(f"{gguf_path}: weights do not match the config (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
     del loaded
     tmp_m, tmp_t = out / "base.tmp", out / "tokenizer.tmp"
     model.save_pretrained(str(tmp_m))

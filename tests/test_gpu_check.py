@@ -26,7 +26,7 @@ def test_tinyllama_architecture_and_flops():
     assert n == total - 32004 * 2048
     per_tok = flops_per_token(arch, n)
     assert per_tok == 6 * n + 12 * 22 * 32 * 64 * 2048
-    assert 6.5e9 < per_tok < 6.7e9  # ≈ 6.2 GFLOP of matmuls + 0.35 GFLOP of attention per token
+    assert 7.30e9 < per_tok < 7.33e9  # 6.21 GFLOP of matmuls + 1.11 GFLOP of attention at T = 2048
 
 
 def test_dry_run_writes_a_report(tmp_path, capsys):
@@ -37,7 +37,7 @@ def test_dry_run_writes_a_report(tmp_path, capsys):
     assert rep["device"] == "cpu" and rep["arch"]["num_layers"] == TINY.num_layers
     tr = rep["training"]
     assert tr["tokens"] == tr["batch_size"] * TINY.seq_len * tr["steps"] and tr["tokens_per_s"] > 0
-    assert tr["final_loss"] == pytest.approx(tr["final_loss"]) and 0 < tr["final_loss"] < 10  # finite, ≈ ln(512)
+    assert 5 < tr["final_loss"] < 7.5  # ≈ ln(512) = 6.2 at random init
     assert tr["mfu"] == pytest.approx(tr["flops_per_token"] * tr["tokens_per_s"] / 1e12)
     assert "MFU" in capsys.readouterr().out
 

@@ -70,12 +70,17 @@ def test_accelerate_configs_load_as_accelerate_reads_them():
     from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
+    def value(x):
+        return getattr(x, "value", x)
+
+    # from_yaml_file refuses unknown top-level keys, so a misspelt option fails here, not on the cluster
     ddp = load_config_from_file(str(PARAMS_DIR / "paper" / "accelerate" / "ddp.yaml"))
     assert isinstance(ddp, ClusterConfig)
-    assert (str(ddp.distributed_type), str(ddp.mixed_precision)) == ("MULTI_GPU", "bf16")
-    assert ddp.num_processes >= 2 and not ddp.use_cpu and ddp.gradient_accumulation_steps in (None, 1)
+    assert (value(ddp.distributed_type), value(ddp.mixed_precision)) == ("MULTI_GPU", "bf16")
+    assert ddp.num_processes >= 2 and not ddp.use_cpu
+    assert getattr(ddp, "gradient_accumulation_steps", None) in (None, 1)  # the loop does not accumulate
     fsdp = load_config_from_file(str(PARAMS_DIR / "paper" / "accelerate" / "fsdp.yaml"))
-    assert (str(fsdp.distributed_type), str(fsdp.mixed_precision)) == ("FSDP", "bf16")
+    assert (value(fsdp.distributed_type), value(fsdp.mixed_precision)) == ("FSDP", "bf16")
     fc = fsdp.fsdp_config
     assert fc["fsdp_version"] == 2 and fc["fsdp_reshard_after_forward"] is True
     assert fc["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
