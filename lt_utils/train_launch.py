@@ -34,6 +34,9 @@ def job_from_dict(d: dict) -> TrainJob:
         return values
 
     d = dict(strict(TrainJob, d, "job"))
+    for f in fields(TrainJob):  # JSON has no tuples: give tuple-valued fields their type back
+        if isinstance(f.default, tuple) and isinstance(d.get(f.name), list):
+            d[f.name] = tuple(d[f.name])
     d["model"] = ModelSpec(**strict(ModelSpec, d["model"], "job.model"))
     d["train"] = TrainSpec(**strict(TrainSpec, d["train"], "job.train"))
     return TrainJob(**d)

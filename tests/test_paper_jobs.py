@@ -3,7 +3,7 @@
 import json
 import os
 import subprocess
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import pytest
@@ -56,6 +56,8 @@ def test_training_job_round_trips_through_json(tmp_path, capsys):
     job = TrainJob(out_dir="runs/x", tokenizer_dir="tok", corpus_path="c.jsonl", layout="random",
                    model=ModelSpec(init_from="TinyLlama/TinyLlama_v1.1"),
                    train=TrainSpec(steps=10, batch_size=24, seq_len=2048, lr=1e-4), seed=42, info={"arm": "a"})
+    if "eval_shots" in {f.name for f in fields(TrainJob)}:  # a tuple field, which JSON stores as a list
+        job = replace(job, eval_shots=({"question": "1+1", "answer": "2"},))
     path = write_job(tmp_path / "job.json", job)
     assert job_from_dict(json.loads(path.read_text())) == job
     assert launch_main([str(path), "--print"]) == 0
