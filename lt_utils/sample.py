@@ -43,6 +43,20 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[to
     return ids.to(device), mask.to(device)
 
 
+def _cache_kw() -> str:
+    """Name of the KV-cache argument of transformers' forward: `cache` from 5.20 on, `past_key_values` before.
+
+    An unknown keyword is swallowed silently, so passing the wrong one would
+    decode every new token without its context (the vLLM environment pins an
+    older transformers than the base install).
+    """
+    import inspect
+
+    from transformers import LlamaForCausalLM
+
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def _sample_batch(model, prompts, *, max_new_tokens: int, stop_ids: frozenset[int], greedy: bool,
                   temperature: float, banned_ids: Sequence[int], pad_id: int, generator) -> list[Sample]:
@@ -52,8 +66,8 @@ def _sample_batch(model, prompts, *, max_new_tokens: int, stop_ids: frozenset[in
     ids, mask = _left_pad(prompts, pad_id, device)
     n = len(prompts)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+    cache = {_cache_kw(): DynamicCache()}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **cache)
     next_pos = pos[:, -1:] + 1
     tokens = [[] for _ in range(n)]
     logps = [[] for _ in range(n)]
@@ -81,8 +95,7 @@ def _sample_batch(model, prompts, *, max_new_tokens: int, stop_ids: frozenset[in
         if bool(done.all()):
             break
         mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos, cache=cache,
-                    use_cache=True)
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **cache)
         next_pos = next_pos + 1
     return [Sample(t, l, bool(t) and t[-1] in stop_ids) for t, l in zip(tokens, logps)]
 
