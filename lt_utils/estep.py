@@ -335,11 +335,11 @@ def _sample_group(model, items: list[tuple[_Prepared, int]], cfg: EStepConfig, i
                   backend=None) -> list[dict]:
     """Sample the (chunk, candidate index) rows `items` in one call, seeded by their identities.
 
-    Each prompt appears once per candidate row.  A shared prefix KV cache
-    (prompt encoded once, K rollouts forked from it) is not used: at the
-    model sizes this study runs on CPU the prompt forward is small next to
-    the `max_thought_tokens` sequential sampling steps, and one padded batch
-    keeps the proposal exactly that of `lt_utils.sample`.
+    Each prompt appears once per candidate row, in one padded batch, so the
+    proposal is exactly that of `lt_utils.sample`.  Sharing the prompt's KV
+    cache across the K rows (and the prefix across the K joint scores) would
+    save work: `make bench` prints what the scoring pass and the duplicated
+    prompts cost next to bare sampling.
     """
     seed = stable_seed("sample", int(cfg.seed), [[p.chunk.doc_id, p.chunk.index, j] for p, j in items])
     sampler = backend.sample if backend is not None else (lambda prompts, **kw: sample(model, prompts, **kw))

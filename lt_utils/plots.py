@@ -484,7 +484,7 @@ def fig_em_estep(df: pd.DataFrame) -> Figure:
         ax_q.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
         ax_q.set_ylim(0, 1)
         ax_q.set_title("Quality of inferred thoughts")
-        ax_q.legend(loc="lower right")
+        ax_q.legend(loc="best")
         if len(q):
             ax_q.set_xticks(q["iteration"])
         e = df.dropna(subset=["elbo"]) if "elbo" in df else df.iloc[0:0]
