@@ -173,9 +173,9 @@ class Study:
 
         The remaining warmstart seeds join the later M-step pools as fillers.
         """
-        self.warmstart_corpus()
+        jobs = self.warmstart_jobs()[:self.cfg.workers]
         self.run.add_artifact("corpora/warmstart_thoughts.jsonl", "warmstart documents with oracle thoughts")
-        return self.train(self.warmstart_jobs()[:self.cfg.workers], "warmstart runs")
+        return self.train(jobs, "warmstart runs")
 
     def warmstart_jobs(self) -> list[TrainJob]:
         corpus = self.warmstart_corpus()
