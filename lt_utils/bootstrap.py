@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import pick, require
-from .corpus import load_documents
+from .corpus import eval_exemplars, load_documents
 from .data import Chunk, ThoughtDoc, chunk_document, token_ratio, tokenize_docs
 from .estep import EStepConfig, model_fingerprint, run_estep, save_records, select_first_k, summarize
 from .model import ModelSpec, load_model
@@ -120,9 +120,7 @@ class Study:
         self.model = pick(ModelSpec, cfg, max_seq_len=max(cfg.seq_len, 64))
         self.boot_docs = load_documents(self.data, "bootstrap")
         self.boot_heads, self.boot_chunks, self.boot_spans = _chunks(cfg, self.boot_docs, cfg.prefix_chunks)
-        from .evaluate import exemplar_units
-
-        self.shots = tuple(exemplar_units(load_documents(self.data, "valid"), cfg.eval_shots)) if cfg.eval_shots else ()
+        self.shots = tuple(eval_exemplars(self.data, cfg.eval_shots))
 
     # ------------------------------------------------------------------ training jobs
     def job(self, name: str, corpus: Path, layout: str, steps: int, seed: int, **info) -> TrainJob:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import pick, require
-from .corpus import load_documents
+from .corpus import eval_exemplars, load_documents
 from .data import ThoughtDoc, chunk_document, layout_ids, token_ratio, tokenize_docs
 from .model import ModelSpec
 from .parallel import run_parallel
@@ -54,6 +54,12 @@ SWEEP_PREFIX = "latent_err"
 def sweep_arm_name(error_rate: float) -> str:
     """Name of the latent arm whose teacher errs at `error_rate` (the teacher-quality sweep)."""
     return f"{SWEEP_PREFIX}{error_rate:g}"
+
+
+def teacher_quality_file(split: str, error_rate: float | None = None) -> str:
+    """Where stage 02 stores the verified quality of a teacher setting's thoughts (None: the config's teacher)."""
+    tag = split if error_rate is None else f"{split}_{sweep_arm_name(error_rate)}"
+    return f"teacher_quality_{tag}.json"
 
 
 def sweep_error_rate(arm: str) -> float | None:
@@ -147,11 +153,11 @@ def thought_docs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, spli
         cache = ThoughtCache(run.file("thought_cache.sqlite"))
         thoughts = write_thoughts(teacher, all_chunks, cache)
         cache.close()
-        write_json(run.file(f"teacher_quality_{tag}.json"),
-                   {**thought_quality(all_chunks, thoughts), "teacher": teacher.name,
-                    "error_rate": cfg.teacher_error_rate if error_rate is None else error_rate,
-                    "drop_rate": cfg.teacher_drop_rate})
-        run.add_artifact(f"teacher_quality_{tag}.json", "fraction of units whose teacher thought verifies")
+        quality = teacher_quality_file(split, error_rate)
+        write_json(run.file(quality), {**thought_quality(all_chunks, thoughts), "teacher": teacher.name,
+                                       "error_rate": cfg.teacher_error_rate if error_rate is None else error_rate,
+                                       "drop_rate": cfg.teacher_drop_rate})
+        run.add_artifact(quality, "fraction of units whose teacher thought verifies")
         records = [ThoughtDoc(d.doc_id, h, [c.suffix for c in all_chunks[a:b]], thoughts[a:b]).to_dict()
                    for d, h, (a, b) in zip(docs, heads, spans)]
         write_jsonl(path, records)
@@ -241,13 +247,6 @@ def make_jobs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, progres
     return jobs
 
 
-def eval_exemplars(data_dir: Path, n_shots: int) -> list[dict]:
-    """The few-shot exemplars every arm is evaluated with: solved problems of the validation split."""
-    from .evaluate import exemplar_units
-
-    return exemplar_units(load_documents(data_dir, "valid"), n_shots) if n_shots else []
-
-
 def train_arms(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path) -> list[dict]:
     """Train every arm × seed (finished runs are skipped, interrupted ones resume); returns final metrics."""
     jobs = make_jobs(run, cfg, data_dir, progress=cfg.workers <= 1)
@@ -283,8 +282,7 @@ def teacher_quality_table(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: P
     rows = []
     for err in teacher_settings(cfg):
         thought_docs(run, cfg, data_dir, "comparison", err)
-        tag = "comparison" if err is None else f"comparison_{sweep_arm_name(err)}"
-        q = read_json(run.file(f"teacher_quality_{tag}.json"))
+        q = read_json(run.file(teacher_quality_file("comparison", err)))
         rows.append({"arm": "latent_thoughts" if err is None else sweep_arm_name(err),
                      "teacher": q.get("teacher", cfg.teacher), "error_rate": q.get("error_rate"),
                      "drop_rate": q.get("drop_rate"), "units": q["units"],

@@ -94,6 +94,13 @@ def load_documents(data_dir: str | Path, split: str) -> list[world.Document]:
     return [world.Document.from_dict(r) for r in read_jsonl(Path(data_dir) / "docs" / f"{split}.jsonl")]
 
 
+def eval_exemplars(data_dir: str | Path, n_shots: int) -> list[dict]:
+    """The few-shot exemplars every training run is evaluated with: solved problems of the validation split."""
+    from .evaluate import exemplar_units
+
+    return exemplar_units(load_documents(data_dir, "valid"), n_shots) if n_shots else []
+
+
 def corpus_stats(data_dir: str | Path) -> dict:
     """Counts per split: documents, units per family, raw tokens and ground-truth-thought tokens."""
     tok = load_tokenizer(Path(data_dir) / "tokenizer")

@@ -122,8 +122,6 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 def comparison_rows(finals: pd.DataFrame, arm: str, baseline: str) -> pd.DataFrame:
     """Final-accuracy comparison of two arms, overall and per family (percentage points, Welch)."""
-    from .stats import welch_compare
-
     cols = ["accuracy"] + sorted(c for c in finals.columns if c.startswith("accuracy/"))
     rows = []
     for col in cols:
@@ -131,30 +129,30 @@ def comparison_rows(finals: pd.DataFrame, arm: str, baseline: str) -> pd.DataFra
         b = finals.loc[finals["arm"] == baseline, col].dropna() * 100
         if a.empty or b.empty:
             continue
-        c = welch_compare(a.to_numpy(), b.to_numpy(), label_a=arm, label_b=baseline)
         rows.append({"metric": "all families" if col == "accuracy" else col.split("/", 1)[1],
-                     f"{arm}_%": round(c.mean_a, 1), f"{baseline}_%": round(c.mean_b, 1),
-                     "diff_pts": round(c.diff, 1), "ci95_low": round(c.ci_low, 1), "ci95_high": round(c.ci_high, 1),
-                     "welch_p": float(f"{c.p_value:.2g}") if c.p_value == c.p_value else None,
-                     "n": f"{c.n_a} vs {c.n_b}"})
+                     **_welch_row(a, b, f"{arm}_%", f"{baseline}_%")})
     return pd.DataFrame(rows)
+
+
+def _welch_row(a: pd.Series, b: pd.Series, name_a: str, name_b: str) -> dict:
+    """Means, difference, 95% Welch interval, p and n of two samples of final accuracy (percent)."""
+    from .stats import welch_compare
+
+    c = welch_compare(a.to_numpy(), b.to_numpy(), label_a=name_a, label_b=name_b)
+    return {name_a: round(c.mean_a, 1), name_b: round(c.mean_b, 1), "diff_pts": round(c.diff, 1),
+            "ci95_low": round(c.ci_low, 1), "ci95_high": round(c.ci_high, 1),
+            "welch_p": float(f"{c.p_value:.2g}") if c.p_value == c.p_value else None, "n": f"{c.n_a} vs {c.n_b}"}
 
 
 def arm_comparisons(finals: pd.DataFrame, arm: str, baselines: list[str]) -> pd.DataFrame:
     """Final accuracy of `arm` against each baseline present (percentage points, Welch 95% CI and p)."""
-    from .stats import welch_compare
-
     rows = []
     a = finals.loc[finals["arm"] == arm, "accuracy"].dropna() * 100
     for base in baselines:
         b = finals.loc[finals["arm"] == base, "accuracy"].dropna() * 100
         if a.empty or b.empty:
             continue
-        c = welch_compare(a.to_numpy(), b.to_numpy(), label_a=arm, label_b=base)
-        rows.append({"comparison": f"{arm} − {base}", f"{arm}_%": round(c.mean_a, 1), "baseline_%": round(c.mean_b, 1),
-                     "diff_pts": round(c.diff, 1), "ci95_low": round(c.ci_low, 1), "ci95_high": round(c.ci_high, 1),
-                     "welch_p": float(f"{c.p_value:.2g}") if c.p_value == c.p_value else None,
-                     "n": f"{c.n_a} vs {c.n_b}"})
+        rows.append({"comparison": f"{arm} − {base}", **_welch_row(a, b, f"{arm}_%", "baseline_%")})
     return pd.DataFrame(rows)
 
 
@@ -178,7 +176,7 @@ def teacher_sweep(study_dir: str | Path, finals: pd.DataFrame,
     quality is the fraction of units whose teacher thought the world's
     verifier accepts, as stored by stage 02.
     """
-    from .comparison import sweep_error_rate
+    from .comparison import sweep_error_rate, teacher_quality_file
 
     stage_dir = Path(study_dir) / stage
     rows = []
@@ -186,8 +184,7 @@ def teacher_sweep(study_dir: str | Path, finals: pd.DataFrame,
         err = 0.0 if r["arm"] == "latent_thoughts" else sweep_error_rate(r["arm"])
         if err is None:
             continue
-        tag = "comparison" if r["arm"] == "latent_thoughts" else f"comparison_{r['arm']}"
-        qpath = stage_dir / f"teacher_quality_{tag}.json"
+        qpath = stage_dir / teacher_quality_file("comparison", err or None)
         quality = read_json(qpath)["fraction_correct"] if qpath.exists() else float("nan")
         rows.append({"arm": r["arm"], "error_rate": err, "thought_quality": quality, "seed": r["seed"],
                      "accuracy": r["accuracy"]})
