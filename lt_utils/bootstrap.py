@@ -14,8 +14,13 @@ Following Ruan et al. (2025, §5 of our method notes):
 * **K ablation**: iteration 1 with K ∈ `k_ablation`, taken as the first K of
   the largest K's candidates, so the comparison is paired.
 
-Every selected thought is scored by the world's verifier, and the validation
-ELBO of each iteration's generator is tracked.
+Every selected thought is scored by the world's verifier (a text corpus has
+none), and the validation ELBO of each iteration's generator is tracked.
+
+At paper scale the E-step runs on vLLM (`estep_backend: vllm`) or as
+`estep_shards` independent jobs (a Slurm array, `lt_utils.estep_jobs`): the
+stage prepares the shards, stops with the command to submit them, and on the
+next run merges them and carries on.
 """
 
 from __future__ import annotations
@@ -23,20 +28,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .config import pick, require
-from .corpus import eval_exemplars, load_documents
+from .corpus import eval_exemplars, eval_tasks, is_text, load_documents
 from .data import Chunk, ThoughtDoc, chunk_document, token_ratio, tokenize_docs
 from .estep import EStepConfig, model_fingerprint, run_estep, save_records, select_first_k, summarize
 from .model import ModelSpec, load_model
-from .parallel import run_parallel
 from .paths import resolve
 from .runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
 from .teacher import OracleTeacher, ThoughtCache, chunk_units, split_unit_thoughts, write_thoughts
 from .tokens import SpecialIds, load_tokenizer
-from .train import TrainingParams, TrainJob, TrainSpec, run_train_job
+from .train import TrainingParams, TrainJob, TrainSpec, eval_options, run_jobs
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,13 @@ class BootstrapConfig(TrainingParams):
     prefix_chunks: int = 3                  # raw chunks the posterior sees as context (paper: 3)
     warmstart_split: str = "warmstart"      # documents the warmstart's teacher thoughts are written for
     warmstart_max_docs: int = 0             # use the split's first n documents (0 = all)
+    warmstart_thoughts_stage: str = ""      # reuse this stage's teacher thoughts for the warmstart ("" = oracle)
     warmstart_steps: int = 40               # optimizer steps of the warmstart
     steps: int = 40                         # optimizer steps of every M-step and of the FLOP-match baseline
+    max_prefix_tokens: int = 0              # E-step: keep the last n prefix tokens (paper: 1024; 0 = all)
+    estep_backend: str = "transformers"     # E-step sampler: transformers (in process) or vllm
+    vllm_engine_args: dict[str, Any] = field(default_factory=dict)   # vllm.LLM keywords (dtype, max_model_len, ...)
+    estep_shards: int = 0                   # > 0: run each E-step as this many independent jobs (Slurm array)
     overwrite: bool = False                 # redo a finished stage
 
     def __post_init__(self):
@@ -69,6 +79,9 @@ class BootstrapConfig(TrainingParams):
                 f"warmstart_split must be warmstart, fresh or comparison (never the bootstrap corpus), "
                 f"got '{self.warmstart_split}'")
         require(self.warmstart_max_docs >= 0, "warmstart_max_docs must be ≥ 0")
+        require(self.estep_backend in ("transformers", "vllm"),
+                f"estep_backend must be transformers or vllm, got '{self.estep_backend}'")
+        require(self.estep_shards >= 0 and self.max_prefix_tokens >= 0, "estep_shards and max_prefix_tokens must be ≥ 0")
         self.check_training_params()
         bad = [b for b in self.baselines if b not in ("raw_token_match", "raw_flop_match")]
         require(not bad, f"baselines: unknown baseline '{bad[0] if bad else ''}' (known: raw_token_match, raw_flop_match)")
@@ -121,23 +134,24 @@ class Study:
         self.boot_docs = load_documents(self.data, "bootstrap")
         self.boot_heads, self.boot_chunks, self.boot_spans = _chunks(cfg, self.boot_docs, cfg.prefix_chunks)
         self.shots = tuple(eval_exemplars(self.data, cfg.eval_shots))
+        self.text = is_text(self.data)
+        self.tasks = eval_tasks(self.data)
 
     # ------------------------------------------------------------------ training jobs
     def job(self, name: str, corpus: Path, layout: str, steps: int, seed: int, **info) -> TrainJob:
         train = pick(TrainSpec, self.cfg, steps=steps)
         return TrainJob(out_dir=str(self.run.file(f"train/{name}/seed{seed}")), tokenizer_dir=str(self.tok_dir),
                         corpus_path=str(corpus), layout=layout, model=self.model, train=train, seed=seed,
-                        eval_problems_path=str(self.data / "eval_problems.jsonl"),
+                        eval_problems_path="" if self.tasks else str(self.data / "eval_problems.jsonl"),
                         valid_path=str(self.raw_corpus("valid")), latent_eval=layout != "raw",
                         eval_style="direct" if layout == "raw" else "latent", eval_shots=self.shots,
-                        max_eval_problems=self.cfg.max_eval_problems, threads=self.cfg.threads_per_worker,
+                        max_eval_problems=self.cfg.max_eval_problems, eval_tasks=self.tasks,
+                        eval_options=eval_options(self.cfg), threads=self.cfg.threads_per_worker,
                         info={"stage": self.run.path.name, "name": f"{name}/seed{seed}", **info},
                         progress=self.cfg.workers <= 1)
 
     def train(self, jobs: list[TrainJob], desc: str) -> list[dict]:
-        finals = run_parallel(run_train_job, jobs, workers=self.cfg.workers,
-                              threads_per_worker=self.cfg.threads_per_worker,
-                              names=[j.info["name"] for j in jobs], desc=desc)
+        finals = run_jobs(jobs, self.cfg, self.run.file("jobs"), desc=desc)
         return [{**j.info, "seed": j.seed, **f} for j, f in zip(jobs, finals)]
 
     def model_dir(self, name: str, seed: int | None = None) -> Path:
@@ -153,11 +167,30 @@ class Study:
         return path
 
     def warmstart_corpus(self) -> Path:
-        """Warmstart documents with one oracle-teacher thought per chunk (teacher context: 1 previous chunk)."""
+        """Warmstart documents with one teacher thought per chunk (teacher context: 1 previous chunk).
+
+        The oracle writes them, or, with `warmstart_thoughts_stage`, they are the
+        thoughts that stage wrote for the same split (as the paper's warmstart
+        reuses its GPT-4o-mini latents).
+        """
+        path = self.run.file("corpora/warmstart_thoughts.jsonl")
+        if self.cfg.warmstart_thoughts_stage:
+            if not path.exists():
+                src_stage = require_done(resolve(self.cfg.run_root) / self.cfg.study / self.cfg.warmstart_thoughts_stage,
+                                         "warmstart thoughts stage")
+                src = src_stage / "thoughts" / f"{self.cfg.warmstart_split}.jsonl"
+                if not src.exists():
+                    raise FileNotFoundError(f"warmstart_thoughts_stage: {src} does not exist (that stage wrote no "
+                                            f"thoughts for the {self.cfg.warmstart_split} split)")
+                recs = read_jsonl(src)
+                write_jsonl(path, recs[:self.cfg.warmstart_max_docs] if self.cfg.warmstart_max_docs else recs)
+            return path
+        if self.text:
+            raise ValueError("warmstart_thoughts_stage: a text corpus has no oracle; name the stage whose teacher "
+                             "thoughts the warmstart trains on (e.g. 02_synthetic_thoughts)")
         docs = load_documents(self.data, self.cfg.warmstart_split)
         docs = docs[:self.cfg.warmstart_max_docs] if self.cfg.warmstart_max_docs else docs
         heads, chunks, spans = _chunks(self.cfg, docs, 1)
-        path = self.run.file("corpora/warmstart_thoughts.jsonl")
         if not path.exists():
             cache = ThoughtCache(self.run.file("thought_cache.sqlite"))
             thoughts = write_thoughts(OracleTeacher(), chunks, cache, progress=False)
@@ -187,19 +220,18 @@ class Study:
         if summary_path.exists():
             return read_json(summary_path)
         gen = self.model_dir("warmstart" if iteration == 1 else f"iter{iteration - 1}")
-        import torch
-
-        torch.set_num_threads(max(1, self.cfg.workers * self.cfg.threads_per_worker))
-        model = load_model(gen)
-        tok = load_tokenizer(self.tok_dir)
         k = self.cfg.k_max if iteration == 1 else self.cfg.k
         ecfg = EStepConfig(k=k, max_thought_tokens=self.cfg.max_thought_tokens, seed=1000 * iteration,
-                           batch_chunks=self.cfg.estep_batch_chunks)
-        records = run_estep(model, tok, self.boot_chunks, ecfg, cache_path=self.run.file(f"iter{iteration}/candidates.sqlite"),
-                            model_key=model_fingerprint(gen))
+                           batch_chunks=self.cfg.estep_batch_chunks, max_prefix_tokens=self.cfg.max_prefix_tokens)
+        if self.cfg.estep_shards:
+            records = self.sharded_e_step(iteration, gen, ecfg)
+        else:
+            records = self.sample_and_score(gen, self.boot_chunks, ecfg,
+                                             self.run.file(f"iter{iteration}/candidates.sqlite"))
         save_records(out, records)
         by_pos = {r["position"]: c for r, c in zip(records, self.boot_chunks)}
-        summary = summarize(records, verify_fn=lambda r, t: chunk_is_correct(by_pos[r["position"]], t))
+        verify = None if self.text else (lambda r, t: chunk_is_correct(by_pos[r["position"]], t))
+        summary = summarize(records, verify_fn=verify)
         summary["k"] = k
         ks = sorted({self.cfg.k, *self.cfg.k_ablation}) if iteration == 1 else [self.cfg.k]
         summary["selected_correct_by_k"] = {}
@@ -208,8 +240,9 @@ class Study:
             name = f"iter{iteration}/corpus.jsonl" if kk == self.cfg.k else f"iter{iteration}/corpus_k{kk}.jsonl"
             _write_corpus(self.run.file(name), self.boot_docs, self.boot_heads, self.boot_chunks,
                           self.boot_spans, thoughts)
-            summary["selected_correct_by_k"][str(kk)] = float(np.mean(
-                [chunk_is_correct(c, t) for c, t in zip(self.boot_chunks, thoughts)]))
+            if not self.text:
+                summary["selected_correct_by_k"][str(kk)] = float(np.mean(
+                    [chunk_is_correct(c, t) for c, t in zip(self.boot_chunks, thoughts)]))
         write_json(summary_path, summary)
         self.run.add_artifact(f"iter{iteration}/estep.jsonl", "every chunk's K candidates with log q, log p, log w")
         self.run.add_artifact(f"iter{iteration}/corpus.jsonl", "bootstrap corpus with the selected thoughts")
@@ -217,6 +250,40 @@ class Study:
         self.run.log(kind="estep", iteration=iteration, **{k2: v for k2, v in summary.items()
                                                            if isinstance(v, (int, float))})
         return summary
+
+    def sample_and_score(self, gen: Path, chunks: list[Chunk], ecfg: EStepConfig, cache: Path,
+                         progress: bool = True) -> list[dict]:
+        """`run_estep` with generator `gen` on this process's transformers model or on a vLLM engine."""
+        tok = load_tokenizer(self.tok_dir)
+        if self.cfg.estep_backend == "vllm":
+            from .vllm_backend import VLLMBackend
+
+            engine = VLLMBackend(gen, **self.cfg.vllm_engine_args)
+            return run_estep(None, tok, chunks, ecfg, backend=engine, cache_path=cache,
+                             model_key=model_fingerprint(gen), progress=progress)
+        import torch
+
+        torch.set_num_threads(max(1, self.cfg.workers * self.cfg.threads_per_worker))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return run_estep(load_model(gen, device=device), tok, chunks, ecfg, cache_path=cache,
+                         model_key=model_fingerprint(gen), progress=progress)
+
+    def sharded_e_step(self, iteration: int, gen: Path, ecfg: EStepConfig) -> list[dict]:
+        """The E-step as `estep_shards` independent jobs: prepare them, or merge them once all have run."""
+        from . import estep_jobs
+
+        out = self.run.file(f"iter{iteration}/shards")
+        if not (out / "estep.json").exists():
+            estep_jobs.prepare(out, self.boot_chunks, model=str(gen), tokenizer=str(self.tok_dir), cfg=ecfg,
+                               num_shards=self.cfg.estep_shards)
+        missing = estep_jobs.missing_shards(out)
+        if missing:
+            raise RuntimeError(
+                f"E-step {iteration} is prepared as {self.cfg.estep_shards} shard jobs in {out}; {len(missing)} have "
+                f"not run. Submit them (bash params/paper/slurm/estep_array.sh {out}, or "
+                f"python -m lt_utils.estep_jobs shard --out {out} --shard-index I --backend "
+                f"{self.cfg.estep_backend} for each I), then rerun this notebook")
+        return read_jsonl(estep_jobs.merge(out))
 
     def m_step(self, iteration: int) -> list[dict]:
         """Train every seed from the base init on the bootstrap corpus + this iteration's thoughts.
@@ -292,12 +359,11 @@ class Study:
             return read_json(path)["elbo_per_token"]
         valid = load_documents(self.data, "valid")
         _, chunks, _ = _chunks(self.cfg, valid, self.cfg.prefix_chunks)
-        tok = load_tokenizer(self.tok_dir)
         gen = self.model_dir(name)
-        records = run_estep(load_model(gen), tok, chunks,
-                            EStepConfig(k=self.cfg.elbo_k, max_thought_tokens=self.cfg.max_thought_tokens, seed=7),
-                            cache_path=self.run.file(f"elbo/{name}.sqlite"), model_key=model_fingerprint(gen),
-                            progress=False)
+        records = self.sample_and_score(gen, chunks, EStepConfig(k=self.cfg.elbo_k, seed=7,
+                                                                 max_thought_tokens=self.cfg.max_thought_tokens,
+                                                                 max_prefix_tokens=self.cfg.max_prefix_tokens),
+                                        self.run.file(f"elbo/{name}.sqlite"), progress=False)
         n_tok = sum(r["n_suffix_tokens"] for r in records)
         bounds = [r["elbo"][str(self.cfg.elbo_k)] if str(self.cfg.elbo_k) in r["elbo"]
                   else r["elbo"][max(r["elbo"], key=int)] for r in records]

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .config import pick, require
-from .corpus import eval_exemplars, load_documents
+from .corpus import eval_exemplars, eval_tasks, is_text, load_documents
 from .data import ThoughtDoc, chunk_document, layout_ids, token_ratio, tokenize_docs
 from .model import ModelSpec
-from .parallel import run_parallel
 from .runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
 from .teacher import NoisyOracleTeacher, OracleTeacher, ThoughtCache, thought_quality, write_thoughts
 from .tokens import SpecialIds, load_tokenizer
-from .train import TrainingParams, TrainJob, TrainSpec, run_train_job
+from .train import TrainingParams, TrainJob, TrainSpec, eval_options, run_jobs
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ ARMS = {
     "latent_thoughts": Arm(layout="random", source="comparison", text="teacher", eval_style="latent"),
 }
 SWEEP_PREFIX = "latent_err"
+TEACHERS = ("oracle", "api", "local")
 
 
 def sweep_arm_name(error_rate: float) -> str:
@@ -74,7 +75,8 @@ class SyntheticThoughtsConfig(TrainingParams):
     data_stage: str = "01_data_prep"        # input: runs/<study>/<data_stage>
     arms: list[str] = field(default_factory=lambda: ["raw_repeat", "latent_thoughts"])  # arms to train
     seeds: list[int] = field(default_factory=lambda: [0])   # one training run per arm and seed
-    teacher: str = "oracle"                 # who writes the thoughts
+    teacher: str = "oracle"                 # who writes the thoughts: oracle (world), api or local (llm_teacher)
+    teacher_options: dict[str, Any] = field(default_factory=dict)  # api / local: keyword arguments of the teacher
     chunk_mean_units: float = 1.0           # mean problems per chunk (Poisson(mean−1)+1)
     chunk_max_units: int = 20               # cap on problems per chunk
     prefix_chunks: int = 1                  # previous chunks the teacher sees as context (paper: 1)
@@ -91,7 +93,20 @@ class SyntheticThoughtsConfig(TrainingParams):
         bad = [a for a in self.arms if a not in ARMS]
         require(not bad, f"arms: unknown arm '{bad[0] if bad else ''}' (known: {', '.join(ARMS)})")
         require(len(self.seeds) > 0, "seeds must list at least one seed")
-        require(self.teacher == "oracle", f"teacher: unknown teacher '{self.teacher}' (known: oracle)")
+        require(self.teacher in TEACHERS, f"teacher: unknown teacher '{self.teacher}' (known: {', '.join(TEACHERS)})")
+        require(self.teacher != "oracle" or not self.teacher_options,
+                "teacher_options: the oracle teacher takes none (use teacher_error_rate / teacher_drop_rate)")
+        if self.teacher != "oracle":
+            import inspect
+
+            from .llm_teacher import TEACHERS as LLM_TEACHERS
+
+            known = set(inspect.signature(LLM_TEACHERS[self.teacher].__init__).parameters) - {"self", "prompt"}
+            bad = sorted(set(self.teacher_options) - known)
+            require(not bad, f"teacher_options: unknown option '{bad[0] if bad else ''}' for the {self.teacher} "
+                             f"teacher (known: {', '.join(sorted(known))})")
+        require(self.teacher == "oracle" or not (self.teacher_sweep or self.teacher_error_rate or self.teacher_drop_rate),
+                "teacher_sweep, teacher_error_rate and teacher_drop_rate degrade the oracle teacher only")
         require(self.chunk_mean_units >= 1, "chunk_mean_units must be ≥ 1")
         require(0 <= self.teacher_error_rate <= 1 and 0 <= self.teacher_drop_rate <= 1,
                 "teacher_error_rate and teacher_drop_rate must be in [0, 1]")
@@ -115,10 +130,21 @@ def data_dir_of(cfg: SyntheticThoughtsConfig) -> Path:
     return require_done(resolve(cfg.run_root) / cfg.study / cfg.data_stage, "data-prep run")
 
 
-def make_teacher(cfg: SyntheticThoughtsConfig, error_rate: float | None = None):
-    """The oracle teacher, degraded to `error_rate` (default: the config's) and the config's drop rate."""
+def make_teacher(cfg: SyntheticThoughtsConfig, error_rate: float | None = None, prompt: str = "latent"):
+    """The configured teacher.
+
+    oracle: the world's ground truth, degraded to `error_rate` (default: the
+    config's) and the config's drop rate.  api / local: a language model
+    (`llm_teacher`) built from `teacher_options`, writing with `prompt`
+    ("latent" thoughts, or a WRAP rewrite style).
+    """
     if cfg.teacher != "oracle":
-        raise ValueError(f"unknown teacher '{cfg.teacher}'")
+        from . import llm_teacher
+
+        try:
+            return llm_teacher.make_teacher(cfg.teacher, **{**cfg.teacher_options, "prompt": prompt})
+        except TypeError as e:
+            raise ValueError(f"teacher_options: {e}") from None
     err = cfg.teacher_error_rate if error_rate is None else error_rate
     if err or cfg.teacher_drop_rate:
         return NoisyOracleTeacher(err, cfg.teacher_drop_rate)
@@ -151,13 +177,18 @@ def thought_docs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, spli
         heads, all_chunks, spans = chunks_of(cfg, docs)
         teacher = make_teacher(cfg, error_rate)
         cache = ThoughtCache(run.file("thought_cache.sqlite"))
-        thoughts = write_thoughts(teacher, all_chunks, cache)
-        cache.close()
+        try:
+            thoughts = write_thoughts(teacher, all_chunks, cache)
+        finally:
+            cache.close()
         quality = teacher_quality_file(split, error_rate)
-        write_json(run.file(quality), {**thought_quality(all_chunks, thoughts), "teacher": teacher.name,
+        # a text corpus has no verifier: only lengths are recorded
+        verified = {} if is_text(data_dir) else thought_quality(all_chunks, thoughts)
+        write_json(run.file(quality), {**verified, "teacher": teacher.name, "chunks": len(all_chunks),
+                                       "mean_thought_chars": sum(map(len, thoughts)) / max(len(thoughts), 1),
                                        "error_rate": cfg.teacher_error_rate if error_rate is None else error_rate,
                                        "drop_rate": cfg.teacher_drop_rate})
-        run.add_artifact(quality, "fraction of units whose teacher thought verifies")
+        run.add_artifact(quality, "teacher thought statistics (world: fraction of units whose thought verifies)")
         records = [ThoughtDoc(d.doc_id, h, [c.suffix for c in all_chunks[a:b]], thoughts[a:b]).to_dict()
                    for d, h, (a, b) in zip(docs, heads, spans)]
         write_jsonl(path, records)
@@ -185,10 +216,46 @@ def wrap_docs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, split: 
     path = run.file(f"thoughts/{split}_{kind}.jsonl")
     if not path.exists():
         repeats = cfg.wrap_orig_repeats if kind == "wrap_orig" else cfg.wrap_cot_repeats
-        docs = rephrase_corpus(load_documents(data_dir, split), kind, repeats, cfg.rewrite_seed)
+        if is_text(data_dir):
+            docs = llm_rephrase_corpus(run, cfg, load_documents(data_dir, split), kind, repeats)
+        else:
+            docs = rephrase_corpus(load_documents(data_dir, split), kind, repeats, cfg.rewrite_seed)
         write_jsonl(path, [d.to_dict() for d in docs])
     run.add_artifact(f"thoughts/{split}_{kind}.jsonl", f"{kind} rewrites of the {split} documents")
     return path
+
+
+def llm_rephrase_corpus(run: RunDir, cfg: SyntheticThoughtsConfig, docs, kind: str, repeats: int) -> list[ThoughtDoc]:
+    """WRAP rewrites of text documents by the configured language-model teacher (cached like thoughts).
+
+    WRAP-Orig draws one of the four styles per document and repeat (seeded by
+    document id and repeat, as `rephrase.rewrite_rng`); WRAP-CoT has one style.
+    Each rewrite is a thought-only document `doc_id#r<repeat>`, the same shape
+    as the world's `rephrase.rephrase_corpus`.
+    """
+    from .data import Chunk
+    from .llm_teacher import WRAP_STYLES
+    from .rephrase import rewrite_rng
+
+    if cfg.teacher == "oracle":
+        raise ValueError("WRAP arms on a text corpus need a language-model teacher (teacher: api or local)")
+    jobs = []   # (doc_id, repeat, style)
+    for d in docs:
+        for r in range(repeats):
+            style = "wrap_cot" if kind == "wrap_cot" else WRAP_STYLES[int(rewrite_rng(kind, cfg.rewrite_seed, d.doc_id, r)
+                                                                       .integers(len(WRAP_STYLES)))]
+            jobs.append((d, r, style))
+    texts: dict[tuple[str, int], str] = {}
+    cache = ThoughtCache(run.file("thought_cache.sqlite"))
+    try:
+        for style in sorted({s for _, _, s in jobs}):
+            mine = [(d, r) for d, r, s in jobs if s == style]
+            chunks = [Chunk(d.doc_id, r, "", d.text) for d, r in mine]
+            out = write_thoughts(make_teacher(cfg, prompt=style), chunks, cache)
+            texts.update({(d.doc_id, r): t for (d, r), t in zip(mine, out)})
+    finally:
+        cache.close()
+    return [ThoughtDoc(f"{d.doc_id}#r{r}", "", [], [texts[(d.doc_id, r)]]) for d, r, _ in jobs]
 
 
 def arm_corpus(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, arm: str) -> Path:
@@ -232,6 +299,7 @@ def make_jobs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, progres
     model = pick(ModelSpec, cfg, max_seq_len=max(cfg.seq_len, 64))
     train = pick(TrainSpec, cfg)
     shots = tuple(eval_exemplars(data_dir, cfg.eval_shots))
+    tasks = eval_tasks(data_dir)
     jobs = []
     for arm, spec in arm_specs(cfg).items():
         corpus = arm_corpus(run, cfg, data_dir, arm)
@@ -239,10 +307,10 @@ def make_jobs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, progres
             jobs.append(TrainJob(
                 out_dir=str(run.file(f"train/{arm}/seed{seed}")), tokenizer_dir=str(data_dir / "tokenizer"),
                 corpus_path=str(corpus), layout=spec.layout, model=model, train=train, seed=seed,
-                eval_problems_path=str(data_dir / "eval_problems.jsonl"),
+                eval_problems_path="" if tasks else str(data_dir / "eval_problems.jsonl"),
                 valid_path=str(raw_docs(run, data_dir, "valid")), latent_eval=spec.latent_eval,
                 eval_style=spec.eval_style, eval_shots=shots, max_eval_problems=cfg.max_eval_problems,
-                threads=cfg.threads_per_worker,
+                eval_tasks=tasks, eval_options=eval_options(cfg), threads=cfg.threads_per_worker,
                 info={"arm": arm, "stage": run.path.name, "name": f"{arm}/seed{seed}"}, progress=progress))
     return jobs
 
@@ -250,8 +318,7 @@ def make_jobs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, progres
 def train_arms(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path) -> list[dict]:
     """Train every arm × seed (finished runs are skipped, interrupted ones resume); returns final metrics."""
     jobs = make_jobs(run, cfg, data_dir, progress=cfg.workers <= 1)
-    finals = run_parallel(run_train_job, jobs, workers=cfg.workers, threads_per_worker=cfg.threads_per_worker,
-                          names=[j.info["name"] for j in jobs], desc="training runs")
+    finals = run_jobs(jobs, cfg, run.file("jobs"), desc="training runs")
     rows = [{**j.info, "seed": j.seed, **f} for j, f in zip(jobs, finals)]
     write_json(run.file("final_metrics.json"), rows)
     run.add_artifact("final_metrics.json", "final metrics of every arm × seed")
@@ -283,8 +350,12 @@ def teacher_quality_table(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: P
     for err in teacher_settings(cfg):
         thought_docs(run, cfg, data_dir, "comparison", err)
         q = read_json(run.file(teacher_quality_file("comparison", err)))
-        rows.append({"arm": "latent_thoughts" if err is None else sweep_arm_name(err),
-                     "teacher": q.get("teacher", cfg.teacher), "error_rate": q.get("error_rate"),
-                     "drop_rate": q.get("drop_rate"), "units": q["units"],
-                     "thoughts_that_verify_%": round(100 * q["fraction_correct"], 1)})
+        row = {"arm": "latent_thoughts" if err is None else sweep_arm_name(err),
+               "teacher": q.get("teacher", cfg.teacher), "error_rate": q.get("error_rate"),
+               "drop_rate": q.get("drop_rate")}
+        if "fraction_correct" in q:
+            row.update({"units": q["units"], "thoughts_that_verify_%": round(100 * q["fraction_correct"], 1)})
+        else:   # a text corpus: nothing to verify against
+            row.update({"chunks": q.get("chunks"), "mean_thought_chars": round(q.get("mean_thought_chars", 0), 1)})
+        rows.append(row)
     return pd.DataFrame(rows)

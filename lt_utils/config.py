@@ -22,7 +22,16 @@ T = TypeVar("T")
 
 # Fields that say *where* or *how fast* a stage runs, not *what* it computes:
 # changing them must not invalidate a finished run.
-NON_RESULT_FIELDS = frozenset({"overwrite", "run_root", "workers", "threads_per_worker", "figures_dir", "progress"})
+NON_RESULT_FIELDS = frozenset({"overwrite", "run_root", "workers", "threads_per_worker", "figures_dir", "progress",
+                               "launcher", "estep_shards"})
+# Fields added after runs of the CPU study were made: hashed only when set to something other than their
+# default, so a run made before a field existed keeps its identity.
+HASHED_WHEN_SET = frozenset({
+    "source", "text_source", "text_field", "id_field", "split_specs", "comparison_tokens", "fresh_tokens",
+    "bootstrap_tokens", "tokenizer_from", "math_eval_path", "gsm8k_eval_path",
+    "teacher_options", "grad_accum", "eval_max_new_tokens", "eval_max_prompt_tokens", "eval_samples",
+    "eval_temperature", "warmstart_thoughts_stage", "estep_backend", "vllm_engine_args", "max_prefix_tokens",
+})
 
 
 class ConfigError(ValueError):
@@ -122,20 +131,25 @@ def from_namespace(cls: type[T], namespace: Mapping[str, Any]) -> T:
     return load(cls, {n: namespace[n] for n in names if n in namespace})
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    def plain(v: Any) -> Any:
-        if isinstance(v, tuple):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
+def _plain(v: Any) -> Any:
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
 
-    return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 
 
 def config_hash(cfg: Any) -> str:
     """Identity of a stage's *results*: ignores fields that only affect where/how fast it runs."""
-    d = {k: v for k, v in to_dict(cfg).items() if k not in NON_RESULT_FIELDS}
+    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
+                for f in dataclasses.fields(cfg)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}  # type: ignore[misc]
+    d = {k: v for k, v in to_dict(cfg).items() if k not in NON_RESULT_FIELDS
+         and not (k in HASHED_WHEN_SET and k in defaults and v == _plain(defaults[k]))}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,24 +1,39 @@
-"""Stage 01: generate the synthetic world's splits and the study's tokenizer.
+"""Stage 01: the study's documents, evaluation problems and tokenizer, from one of two sources.
+
+`source: world` (the CPU default) generates the synthetic compressed-math world
+and trains a small BPE.  `source: text` reads any text corpus in FineMath's
+schema from local files (FineMath-4+ at paper scale), cuts the paper's
+interleaved splits to token budgets while streaming, takes a pretrained
+tokenizer (TinyLlama's) plus the four latent tokens, and copies local MATH and
+GSM8K test files for evaluation.
 
 Writes, inside the stage's run directory:
   docs/<split>.jsonl      documents of every training split and the validation docs
-  eval_problems.jsonl     held-out problems with answers, family and difficulty
-  tokenizer/              the trained PreTrainedTokenizerFast
-  stats.json              documents, units and tokens per split and family
+  eval_problems.jsonl     world: held-out problems with answers, family and difficulty
+  eval/<task>.jsonl       text: MATH / GSM8K problems in their hub schema
+  source.json             text: where the corpus came from and how it was cut
+  tokenizer/              a PreTrainedTokenizerFast with the latent tokens
+  stats.json              documents and tokens per split (world: also units and families)
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import world
 from .config import require
-from .runs import RunDir, read_jsonl, write_json, write_jsonl
+from .runs import RunDir, read_json, read_jsonl, write_json, write_jsonl
 from .tokens import encode, load_tokenizer, train_tokenizer
 
 DOC_SPLITS = ("comparison", "fresh", "warmstart", "bootstrap", "valid")
+SOURCES = ("world", "text")
+# Text source: which of the paper's slices (text_corpus.paper_splits) each split of ours is cut from.  As in the
+# paper, the method comparison and the EM warmstart share one corpus (its "warmstart" slice), raw_fresh reads the
+# whole train split and the EM corpus is the disjoint "bootstrap" slice.
+TEXT_SPLITS = {"comparison": "warmstart", "fresh": "train", "bootstrap": "bootstrap", "valid": "val"}
 
 
 @dataclass(frozen=True)
@@ -37,9 +52,39 @@ class DataPrepConfig:
     valid_docs: int = 50                   # validation documents (NLL)
     eval_problems: int = 100               # held-out problems with answers
     vocab_size: int = 384                  # BPE vocabulary incl. 256 byte symbols and 7 special tokens
+    source: str = "world"                  # "world" (synthetic) or "text" (a local corpus in FineMath's schema)
+    text_source: str = ""                  # text: local jsonl / jsonl.gz / parquet file, directory or glob
+    text_field: str = "text"               # text: field holding the document
+    id_field: str = ""                     # text: field holding a stable id ("" = file stem and line number)
+    split_specs: dict[str, str] = field(default_factory=dict)   # text: 'a:b:n' overrides of the paper's slices
+    comparison_tokens: int = 0             # text: token budget of the comparison (= warmstart) corpus
+    fresh_tokens: int = 0                  # text: token budget of the fresh pool (raw_fresh)
+    bootstrap_tokens: int = 0              # text: token budget of the fixed EM corpus
+    tokenizer_from: str = ""               # text: HF tokenizer (hub id or local dir) to add the latent tokens to
+    math_eval_path: str = ""               # text: local MATH test jsonl (problem, solution, level, type)
+    gsm8k_eval_path: str = ""              # text: local GSM8K test jsonl (question, answer)
     overwrite: bool = False                # redo a finished stage
 
     def __post_init__(self):
+        require(self.source in SOURCES, f"source must be one of {', '.join(SOURCES)}, got '{self.source}'")
+        if self.source == "text":
+            require(bool(self.text_source), "text_source: a local file, directory or glob is required with source: text")
+            require(bool(self.tokenizer_from), "tokenizer_from: an HF tokenizer is required with source: text")
+            require(self.comparison_tokens > 0, "comparison_tokens must be > 0 with source: text")
+            require(self.fresh_tokens >= 0 and self.bootstrap_tokens >= 0, "token budgets must be ≥ 0")
+            require(self.valid_docs > 0 and self.eval_problems >= 0,
+                    "valid_docs must be > 0 and eval_problems ≥ 0 (0 means every problem)")
+            bad = [k for k in self.split_specs if k not in ("val", "train", "warmstart", "bootstrap")]
+            require(not bad, f"split_specs: unknown split '{bad[0] if bad else ''}' (known: val, train, warmstart, "
+                             f"bootstrap)")
+            for name, spec in self.split_specs.items():
+                try:
+                    from .text_corpus import parse_slice
+
+                    parse_slice(spec)
+                except ValueError as e:
+                    require(False, f"split_specs.{name}: {e}")
+            return
         unknown = [f for f in self.families if f not in world.FAMILIES]
         require(not unknown, f"families: unknown family '{unknown[0] if unknown else ''}' "
                              f"(known: {', '.join(world.FAMILIES)})")
@@ -90,15 +135,158 @@ def build_world(run: RunDir, cfg: DataPrepConfig) -> dict:
     return stats
 
 
-def load_documents(data_dir: str | Path, split: str) -> list[world.Document]:
-    return [world.Document.from_dict(r) for r in read_jsonl(Path(data_dir) / "docs" / f"{split}.jsonl")]
+# --------------------------------------------------------------------------- text source
+@dataclass(frozen=True)
+class TextDocument:
+    """A document of a text corpus: no problems with known answers, cut into sentence units for chunking."""
+
+    doc_id: str
+    text: str
+    units: tuple = ()
+
+    def segments(self) -> list[str]:
+        """An empty head, then the paper's sentence units (what `data.chunk_document` chunks)."""
+        from .text_corpus import sentence_units
+
+        return ["", *sentence_units(self.text)]
+
+    def to_dict(self) -> dict:
+        return {"doc_id": self.doc_id, "text": self.text}
+
+
+def source_of(data_dir: str | Path) -> str:
+    """"text" when stage 01 read a text corpus, else "world"."""
+    path = Path(data_dir) / "source.json"
+    return read_json(path)["source"] if path.exists() else "world"
+
+
+def is_text(data_dir: str | Path) -> bool:
+    return source_of(data_dir) == "text"
+
+
+def _write_stream(path: Path, records, tokenizer, budget: int, desc: str) -> dict:
+    """Write records as jsonl while counting tokens (text + BOS + EOS); stop once `budget` is reached.
+
+    Streams, so a corpus of billions of tokens never sits in memory; the file
+    appears under its name only when complete.  (`text_corpus.take_until_tokens`
+    cuts the same way but would tokenize every document a second time for the count.)
+    """
+    from tqdm.auto import tqdm
+
+    tmp = path.with_suffix(".jsonl.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    docs = tokens = 0
+    with open(tmp, "w", encoding="utf-8") as fh, tqdm(total=budget or None, desc=desc, unit="tok",
+                                                      unit_scale=True, mininterval=2.0) as bar:
+        for r in records:
+            n = len(encode(tokenizer, r.text)) + 2
+            fh.write(json.dumps({"doc_id": r.doc_id, "text": r.text}) + "\n")
+            docs, tokens = docs + 1, tokens + n
+            bar.update(n)
+            if budget and tokens >= budget:
+                break
+    tmp.replace(path)
+    return {"docs": docs, "raw_tokens": tokens}
+
+
+def _text_split(cfg: DataPrepConfig, name: str):
+    """Records of the paper's slice `name` (with the config's overrides), streamed from the source files."""
+    from .text_corpus import iter_records, paper_splits, subset
+
+    specs = {**paper_splits(), **cfg.split_specs}
+    records = iter_records(cfg.text_source, text_field=cfg.text_field, id_field=cfg.id_field or None)
+    if name in ("val", "train"):
+        return subset(records, specs[name])
+    return subset(subset(records, specs["train"]), specs[name])
+
+
+def build_text_corpus(run: RunDir, cfg: DataPrepConfig) -> dict:
+    """Tokenizer, the budgeted splits and the evaluation files of a text corpus; returns stats."""
+    import itertools
+
+    from .pretrained import add_llama_names
+    from .tokens import add_latent_tokens
+
+    tok_dir = run.file("tokenizer")
+    if not (tok_dir / "tokenizer_config.json").exists():
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(cfg.tokenizer_from)
+        add_llama_names(tok)
+        add_latent_tokens(tok)
+        tmp = run.file("tokenizer.tmp")
+        tok.save_pretrained(str(tmp))
+        tmp.rename(tok_dir)
+    run.add_artifact("tokenizer/tokenizer_config.json", f"{cfg.tokenizer_from} with the four latent tokens")
+    tok = load_tokenizer(tok_dir)
+    stats_path = run.file("split_stats.json")
+    stats = read_json(stats_path) if stats_path.exists() else {}
+    budgets = {"comparison": cfg.comparison_tokens, "fresh": cfg.fresh_tokens, "bootstrap": cfg.bootstrap_tokens}
+    for split, paper_name in TEXT_SPLITS.items():
+        path = run.file(f"docs/{split}.jsonl")
+        if split not in stats or not path.exists():
+            if split == "valid":
+                records = itertools.islice(_text_split(cfg, paper_name), cfg.valid_docs)
+                stats[split] = _write_stream(path, records, tok, 0, f"{split} docs")
+            else:
+                records = _text_split(cfg, paper_name) if budgets[split] else iter(())
+                stats[split] = _write_stream(path, records, tok, budgets[split], f"{split} tokens")
+            write_json(stats_path, stats)
+        run.add_artifact(f"docs/{split}.jsonl", f"{stats[split]['docs']} documents of the {split} split "
+                                                f"(paper slice '{paper_name}')")
+    for task, src in (("math", cfg.math_eval_path), ("gsm8k", cfg.gsm8k_eval_path)):
+        if src:
+            n = copy_eval_problems(src, task, run.file(f"eval/{task}.jsonl"), cfg.eval_problems)
+            stats[f"eval_{task}"] = {"docs": n}
+            run.add_artifact(f"eval/{task}.jsonl", f"{n} {task} test problems")
+    write_json(run.file("source.json"), {"source": "text", "text_source": cfg.text_source,
+                                         "tokenizer_from": cfg.tokenizer_from, "splits": TEXT_SPLITS})
+    write_json(run.file("stats.json"), stats)
+    run.add_artifact("stats.json", "documents and tokens per split")
+    return stats
+
+
+def copy_eval_problems(src: str | Path, task: str, dest: Path, limit: int = 0) -> int:
+    """Validate a local MATH / GSM8K file (math_eval.load_problems) and store its first `limit` problems (0: all)."""
+    from .math_eval import load_problems
+
+    problems = load_problems(src, task, limit=limit or None)
+    if task == "math":
+        recs = [{"problem": p.question, "solution": p.solution, "level": p.level, "type": p.type} for p in problems]
+    else:
+        recs = [{"question": p.question, "answer": p.solution} for p in problems]
+    write_jsonl(dest, recs)
+    return len(recs)
+
+
+def eval_tasks(data_dir: str | Path) -> dict[str, str]:
+    """The MATH / GSM8K files stage 01 stored (text source), task -> path."""
+    return {t: str(p) for t in ("math", "gsm8k") if (p := Path(data_dir) / "eval" / f"{t}.jsonl").exists()}
+
+
+def build(run: RunDir, cfg: DataPrepConfig) -> dict:
+    """Stage 01 for the configured source."""
+    return build_text_corpus(run, cfg) if cfg.source == "text" else build_world(run, cfg)
+
+
+def load_documents(data_dir: str | Path, split: str) -> list:
+    """The split's documents: `world.Document`s, or `TextDocument`s for a text corpus."""
+    recs = read_jsonl(Path(data_dir) / "docs" / f"{split}.jsonl")
+    if recs and "units" not in recs[0]:
+        return [TextDocument(r["doc_id"], r["text"]) for r in recs]
+    return [world.Document.from_dict(r) for r in recs]
 
 
 def eval_exemplars(data_dir: str | Path, n_shots: int) -> list[dict]:
-    """The few-shot exemplars every training run is evaluated with: solved problems of the validation split."""
+    """The few-shot exemplars every training run is evaluated with: solved problems of the validation split.
+
+    A text corpus has no solved problems; MATH / GSM8K prompts bring their own exemplars (math_eval).
+    """
     from .evaluate import exemplar_units
 
-    return exemplar_units(load_documents(data_dir, "valid"), n_shots) if n_shots else []
+    if not n_shots or is_text(data_dir):
+        return []
+    return exemplar_units(load_documents(data_dir, "valid"), n_shots)
 
 
 def corpus_stats(data_dir: str | Path) -> dict:
@@ -123,13 +311,19 @@ def stats_table(stats: dict):
     import pandas as pd
 
     rows = [{"split": s, **{k: v for k, v in d.items() if k != "families"},
-             "families": ", ".join(f"{k}: {v}" for k, v in d["families"].items())} for s, d in stats.items()]
+             "families": ", ".join(f"{k}: {v}" for k, v in d.get("families", {}).items())} for s, d in stats.items()]
     return pd.DataFrame(rows).set_index("split")
 
 
-def show_examples(data_dir: str | Path, split: str = "comparison", n: int = 2) -> str:
-    """A few documents with the ground-truth thought behind each problem, as text."""
+def show_examples(data_dir: str | Path, split: str = "comparison", n: int = 2, max_chars: int = 600) -> str:
+    """A few documents with the ground-truth thought behind each problem (world), or their sentence units (text)."""
     lines = []
+    if is_text(data_dir):
+        for d in load_documents(data_dir, split)[:n]:
+            units = d.segments()[1:]
+            lines.append(f"── {d.doc_id} ({len(units)} sentence units) ──")
+            lines.extend(f"   [{i}] {u.strip()[:200]}" for i, u in enumerate(units[:max(1, max_chars // 100)]))
+        return "\n".join(lines)
     for d in load_documents(data_dir, split)[:n]:
         lines.append(f"── {d.doc_id} ──")
         lines.append(d.text.rstrip())

@@ -185,7 +185,7 @@ def teacher_sweep(study_dir: str | Path, finals: pd.DataFrame,
         if err is None:
             continue
         qpath = stage_dir / teacher_quality_file("comparison", err or None)
-        quality = read_json(qpath)["fraction_correct"] if qpath.exists() else float("nan")
+        quality = read_json(qpath).get("fraction_correct", float("nan")) if qpath.exists() else float("nan")
         rows.append({"arm": r["arm"], "error_rate": err, "thought_quality": quality, "seed": r["seed"],
                      "accuracy": r["accuracy"]})
     return pd.DataFrame(rows, columns=["arm", "error_rate", "thought_quality", "seed", "accuracy"])

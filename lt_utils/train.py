@@ -30,7 +30,8 @@ class TrainSpec:
     """Optimisation settings of one run (names match the notebooks' parameters)."""
 
     steps: int = 300                 # optimizer steps
-    batch_size: int = 16             # rows per step (per process)
+    batch_size: int = 16             # rows per micro-batch (per process)
+    grad_accum: int = 1              # micro-batches per optimizer step
     seq_len: int = 256               # tokens per row
     lr: float = 3e-3                 # peak learning rate
     min_lr_ratio: float = 0.1        # cosine decays to lr * min_lr_ratio
@@ -46,13 +47,15 @@ class TrainSpec:
     def __post_init__(self):
         require(self.steps > 0, f"steps must be > 0, got {self.steps}")
         require(self.batch_size > 0 and self.seq_len > 0, "batch_size and seq_len must be > 0")
+        require(self.grad_accum >= 1, f"grad_accum must be ≥ 1, got {self.grad_accum}")
         require(0 < self.lr < 1, f"lr must be in (0, 1), got {self.lr}")
         require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]")
         require(self.eval_every > 0, "eval_every must be > 0")
 
     @property
     def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len
+        """Tokens per optimizer step and process."""
+        return self.batch_size * self.grad_accum * self.seq_len
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ class TrainingParams:
     tie_embeddings: bool = True             # model: tie input/output embeddings
     init_std: float = 0.02                  # model: std of the random init
     init_from: str = ""                     # model: HF checkpoint every run starts from (empty: from scratch)
-    batch_size: int = 8                     # rows per step
+    batch_size: int = 8                     # rows per micro-batch and process
+    grad_accum: int = 1                     # micro-batches per optimizer step (global batch = batch x accum x GPUs)
     seq_len: int = 256                      # tokens per row
     lr: float = 3e-3                        # peak learning rate
     min_lr_ratio: float = 0.1               # cosine floor (fraction of lr)
@@ -82,12 +86,24 @@ class TrainingParams:
     attend_across_docs: bool = False        # paper packing (True) or per-document attention (False)
     max_eval_problems: int = 0              # 0 means every held-out problem
     eval_shots: int = 0                     # solved exemplars in every evaluation prompt (same for all arms)
+    eval_max_new_tokens: int = 0            # MATH/GSM8K: generation cap (0: 512)
+    eval_max_prompt_tokens: int = 0         # MATH/GSM8K: drop exemplars to fit (0: no limit)
+    eval_samples: int = 1                   # MATH/GSM8K: samples per problem
+    eval_temperature: float = 0.0           # MATH/GSM8K: 0 = greedy
     workers: int = 2                        # parallel training processes
     threads_per_worker: int = 1             # torch threads per process
+    launcher: str = ""                      # "" = in-process workers; else a command run per job (see run_jobs)
 
     def check_training_params(self) -> None:
         require(self.workers >= 1 and self.threads_per_worker >= 1, "workers and threads_per_worker must be ≥ 1")
         require(self.eval_shots >= 0, f"eval_shots must be ≥ 0, got {self.eval_shots}")
+        require(self.grad_accum >= 1, f"grad_accum must be ≥ 1, got {self.grad_accum}")
+        require(self.eval_max_new_tokens >= 0 and self.eval_max_prompt_tokens >= 0,
+                "eval_max_new_tokens and eval_max_prompt_tokens must be ≥ 0")
+        require(self.eval_samples >= 1 and self.eval_temperature >= 0,
+                "eval_samples must be ≥ 1 and eval_temperature ≥ 0")
+        require(self.eval_samples == 1 or self.eval_temperature > 0,
+                "eval_samples > 1 needs eval_temperature > 0 (greedy samples are identical)")
 
 
 @dataclass(frozen=True)
@@ -107,12 +123,42 @@ class TrainJob:
     eval_style: str = ""             # "direct", "cot" or "latent" ("" = from latent_eval); see evaluate.py
     eval_shots: tuple = ()           # exemplar dicts put before every eval problem (evaluate.exemplar_units)
     max_eval_problems: int = 0       # 0 = all
+    eval_tasks: dict = field(default_factory=dict)    # MATH/GSM8K instead of world problems: task -> local jsonl
+    eval_options: dict = field(default_factory=dict)  # math_eval.evaluate keywords (max_new_tokens, n_samples, ...)
     threads: int = 1                 # torch threads in this process
     info: dict = field(default_factory=dict)   # arm, seed, ... copied into run.json for the analysis
     progress: bool = True
 
 
 EVAL_NEW_TOKENS = {"direct": 64, "cot": 96, "latent": 96}   # answer budget per eval style (room to reason)
+
+
+def eval_options(p: TrainingParams) -> dict:
+    """The MATH/GSM8K evaluation settings of a stage's parameters, as `math_eval.evaluate` keywords."""
+    return {"max_new_tokens": p.eval_max_new_tokens or 512, "max_prompt_tokens": p.eval_max_prompt_tokens or None,
+            "n_samples": p.eval_samples, "temperature": p.eval_temperature}
+
+
+def task_metrics(model, tokenizer, tasks: dict, latent: bool, limit: int, options: dict) -> dict:
+    """MATH/GSM8K accuracy as eval-record fields: `accuracy/<task>` and its SE and unparseable rate.
+
+    `accuracy` is MATH's when MATH is evaluated (the paper's headline task), else GSM8K's, so the
+    analysis reads paper-scale runs like the world's; `accuracy/<task>` plays the part of a family.
+    """
+    from . import math_eval
+
+    rec: dict[str, Any] = {}
+    for task, path in sorted(tasks.items()):
+        out = math_eval.evaluate(model, tokenizer, math_eval.load_problems(path, task, limit=limit or None),
+                                 task=task, latent=latent, **options)
+        rec[f"accuracy/{task}"] = out["accuracy"]
+        rec[f"accuracy_se/{task}"] = out["accuracy_se"]
+        rec[f"unparseable/{task}"] = out["unparseable"]
+        rec[f"truncated_prompts/{task}"] = out["truncated_prompts"]
+    main = "math" if "math" in tasks else next(iter(sorted(tasks)), None)
+    if main:
+        rec["accuracy"], rec["unparseable"] = rec[f"accuracy/{main}"], rec[f"unparseable/{main}"]
+    return rec
 
 
 def lr_lambda(spec: TrainSpec):
@@ -137,16 +183,42 @@ def load_problems(path: str | Path, limit: int = 0):
     return [SimpleNamespace(**r) for r in recs]
 
 
-def _save_ckpt(out: Path, model, optimizer, scheduler, state: dict) -> None:
+def _save_ckpt(acc, out: Path, model, optimizer, scheduler, state: dict) -> None:
+    """Checkpoint: HF weights + optimizer/scheduler/RNG state, swapped in atomically.
+
+    One process: `trainer_state.pt` beside the weights.  Several processes
+    (DDP, FSDP): accelerate's `save_state` writes every rank's shard of the
+    optimizer into `acc_state/`, and the weights are gathered to full tensors
+    first (`get_state_dict`), so the checkpoint is one ordinary HF model.
+    Every rank must call this.
+    """
     tmp, final, old = out / "ckpt.tmp", out / "ckpt", out / "ckpt.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(), **state}, tmp / "trainer_state.pt")
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    weights = acc.get_state_dict(model) if acc.num_processes > 1 else None
+    if acc.num_processes > 1:
+        acc.save_state(str(tmp / "acc_state"))
+    if acc.is_main_process:
+        acc.unwrap_model(model).save_pretrained(tmp, state_dict=weights)
+        extra = {} if acc.num_processes > 1 else {"optimizer": optimizer.state_dict(),
+                                                   "scheduler": scheduler.state_dict()}
+        torch.save({**extra, "torch_rng": torch.get_rng_state(), **state}, tmp / "trainer_state.pt")
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def _save_final(acc, out: Path, model) -> None:
+    """The trained model as one full HF checkpoint in `model/` (gathered from every rank under FSDP)."""
+    weights = acc.get_state_dict(model) if acc.num_processes > 1 else None
+    if acc.is_main_process:
+        shutil.rmtree(out / "model", ignore_errors=True)
+        shutil.rmtree(out / "model.tmp", ignore_errors=True)
+        acc.unwrap_model(model).save_pretrained(out / "model.tmp", state_dict=weights)
+        (out / "model.tmp").rename(out / "model")
 
 
 def _latest_ckpt(out: Path) -> Path | None:
@@ -196,23 +268,31 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
                                   weight_decay=spec.weight_decay, eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(spec))
     step, tokens, raw_tokens = 0, 0, 0
+    state = None
     if ckpt:
         state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         step, tokens, raw_tokens = state["step"], state["tokens"], state["raw_tokens"]
         # drop records logged after the checkpoint, so the resumed run's log has no duplicates
-        write_jsonl(out / "metrics.jsonl", [r for r in read_jsonl(out / "metrics.jsonl") if r["step"] <= step])
-    elif (out / "metrics.jsonl").exists():
+        if acc.is_main_process:
+            write_jsonl(out / "metrics.jsonl", [r for r in read_jsonl(out / "metrics.jsonl") if r["step"] <= step])
+    elif (out / "metrics.jsonl").exists() and acc.is_main_process:
         (out / "metrics.jsonl").unlink()
-    write_json(out / "run.json", {"layout": job.layout, "seed": job.seed, "model": asdict(job.model),
-                                  "eval": {"style": job.eval_style or ("latent" if job.latent_eval else "direct"),
-                                           "shots": len(job.eval_shots)},
-                                  "train": asdict(spec), **job.info})
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        write_json(out / "run.json", {"layout": job.layout, "seed": job.seed, "model": asdict(job.model),
+                                      "eval": {"style": job.eval_style or ("latent" if job.latent_eval else "direct"),
+                                               "shots": len(job.eval_shots),
+                                               **({"tasks": sorted(job.eval_tasks)} if job.eval_tasks else {})},
+                                      "train": asdict(spec), **job.info})
     if spec.compile:
         model = torch.compile(model)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    if state is not None and "optimizer" not in state:   # saved by several processes: sharded optimizer state
+        acc.load_state(str(ckpt / "acc_state"))
     model.train()
 
     def evaluate_now() -> dict:
@@ -220,6 +300,10 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
 
         m = acc.unwrap_model(model)
         rec: dict[str, Any] = {}
+        if job.eval_tasks:
+            style = job.eval_style or ("latent" if job.latent_eval else "direct")
+            rec.update(task_metrics(m, tokenizer, job.eval_tasks, style == "latent", job.max_eval_problems,
+                                    job.eval_options))
         if problems:
             style = job.eval_style or ("latent" if job.latent_eval else "direct")
             rec.update(evaluate_problems(m, tokenizer, problems, style=style, shots=job.eval_shots,
@@ -241,23 +325,30 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
     t0, tok0 = time.perf_counter(), tokens
     loss_acc, n_acc = 0.0, 0
     device = acc.device
+    from contextlib import nullcontext
+
     while step < spec.steps:
-        batch = stream.batch(step)
-        inp = torch.as_tensor(batch["input_ids"], device=device)
-        with acc.autocast():
-            out_ = model(input_ids=inp, position_ids=torch.as_tensor(batch["position_ids"], device=device),
-                         labels=torch.as_tensor(batch["labels"], device=device), use_cache=False)
-        acc.backward(out_.loss)
+        # micro-batch m of step s is stream batch s * grad_accum + m: with grad_accum 1 the batches are the
+        # ones a run without accumulation sees, and a resumed run sees the same ones
+        for micro in range(spec.grad_accum):
+            batch = stream.batch(step * spec.grad_accum + micro)
+            inp = torch.as_tensor(batch["input_ids"], device=device)
+            last = micro == spec.grad_accum - 1
+            with (nullcontext() if last else acc.no_sync(model)), acc.autocast():
+                out_ = model(input_ids=inp, position_ids=torch.as_tensor(batch["position_ids"], device=device),
+                             labels=torch.as_tensor(batch["labels"], device=device), use_cache=False)
+                loss = out_.loss / spec.grad_accum if spec.grad_accum > 1 else out_.loss
+            acc.backward(loss)
+            tokens += inp.numel() * acc.num_processes
+            raw_tokens += batch["raw_tokens"] * acc.num_processes
+            loss_acc += float(out_.loss.detach())
+            n_acc += 1
         if spec.grad_clip > 0:
             acc.clip_grad_norm_(model.parameters(), spec.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        tokens += inp.numel() * acc.num_processes
-        raw_tokens += batch["raw_tokens"] * acc.num_processes
-        loss_acc += float(out_.loss.detach())
-        n_acc += 1
         if bar is not None:
             bar.update(1)
         if step % 25 == 0 or step == spec.steps:
@@ -274,22 +365,58 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
             if acc.is_main_process:
                 rec = {"kind": "eval", "step": step, "tokens": tokens, "raw_tokens": raw_tokens, **evaluate_now()}
                 append_jsonl(out / "metrics.jsonl", rec)
-                if step < spec.steps:
-                    _save_ckpt(out, acc.unwrap_model(model), optimizer, scheduler,
-                               {"step": step, "tokens": tokens, "raw_tokens": raw_tokens})
             acc.wait_for_everyone()
+            if step < spec.steps:
+                _save_ckpt(acc, out, model, optimizer, scheduler,
+                           {"step": step, "tokens": tokens, "raw_tokens": raw_tokens})
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - t0
     final = {"step": step, "tokens": tokens, "raw_tokens": raw_tokens, "train_seconds": wall,
              "tokens_per_s": (tokens - tok0) / max(wall, 1e-9),
              **{k: v for k, v in read_jsonl(out / "metrics.jsonl")[-1].items() if k not in ("kind", "time")}}
+    _save_final(acc, out, model)
     if acc.is_main_process:
-        unwrapped = acc.unwrap_model(model)
-        shutil.rmtree(out / "model", ignore_errors=True)
-        unwrapped.save_pretrained(out / "model.tmp")
-        (out / "model.tmp").rename(out / "model")
         write_json(out / "final.json", final)
         write_json(out / "DONE", {"step": step})
         shutil.rmtree(out / "ckpt", ignore_errors=True)
     return final
+
+
+def run_jobs(jobs: list[TrainJob], params: TrainingParams, jobs_dir: Path, desc: str = "runs") -> list[dict]:
+    """Run training jobs: in parallel worker processes, or one after another through `params.launcher`.
+
+    With a launcher (e.g. "accelerate launch --config_file params/paper/accelerate/fsdp.yaml
+    --num_processes 8"), each job is written to `jobs_dir/<name>.json` and the stage runs
+    `<launcher> -m lt_utils.train_launch <job.json>` for it; "python" stands for this interpreter.
+    A finished job is skipped either way, so a cluster may also run the job files itself
+    (a Slurm array over `jobs_dir`) and the stage, rerun, only collects their results.
+    """
+    if not params.launcher:
+        from .parallel import run_parallel
+
+        return run_parallel(run_train_job, jobs, workers=params.workers, threads_per_worker=params.threads_per_worker,
+                            names=[j.info["name"] for j in jobs], desc=desc)
+    import shlex
+    import subprocess
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from .train_launch import write_job
+
+    cmd = shlex.split(params.launcher)
+    cmd = [sys.executable if c == "python" else c for c in cmd]
+    beside = Path(sys.executable).parent / cmd[0]   # e.g. .venv/bin/accelerate when the venv is not on PATH
+    if not shutil.which(cmd[0]) and beside.is_file():
+        cmd[0] = str(beside)
+    finals = []
+    for job in tqdm(jobs, desc=desc, unit="run"):
+        path = write_job(Path(jobs_dir) / (job.info["name"].replace("/", "_") + ".json"), job)
+        if not (Path(job.out_dir) / "DONE").exists():
+            proc = subprocess.run([*cmd, "-m", "lt_utils.train_launch", str(path)])
+            if proc.returncode != 0:
+                raise RuntimeError(f"{job.info['name']}: launcher exited with {proc.returncode} "
+                                   f"({' '.join(cmd)} -m lt_utils.train_launch {path})")
+        finals.append(read_json(Path(job.out_dir) / "final.json"))
+    return finals
