@@ -20,6 +20,21 @@ def test_committed_notebooks_have_a_parameters_cell_and_no_outputs():
         assert not any("def " in c.source or "class " in c.source for c in code), f"{path.name} defines code"
 
 
+def test_parameters_cell_lists_every_stage_parameter():
+    """A notebook's parameters cell names exactly its stage config's fields, so a reader sees every knob."""
+    import ast
+    import dataclasses
+
+    import nbformat
+
+    for stage in pipeline.STAGES:
+        nb = nbformat.read(NOTEBOOKS_DIR / f"{stage}.ipynb", as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        names = {t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets}
+        fields = {f.name for f in dataclasses.fields(pipeline.stage_config_class(stage))}
+        assert names == fields, (stage, sorted(names ^ fields))
+
+
 @pytest.mark.slow
 def test_smoke_profile_runs_every_notebook(tmp_path):
     before = sorted(p.name for p in FIGURES_DIR.glob("*")) if FIGURES_DIR.exists() else []
