@@ -250,10 +250,21 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(job.tokenizer_dir)
     ids = SpecialIds.of(tokenizer)
-    docs = tokenize_docs(tokenizer, load_docs(job.corpus_path))
-    stream = EpochStream(docs, job.layout, ids, seq_len=job.train.seq_len, batch_size=job.train.batch_size,
-                         seed=job.seed, attend_across_docs=job.train.attend_across_docs,
-                         rank=acc.process_index, world_size=acc.num_processes)
+    if job.train.attend_across_docs:
+        # the paper's packing: tokenized once to disk, memory-mapped by every rank, rows laid out on demand
+        from .token_store import StreamingEpochs, TokenStore, build_store, store_key
+
+        corpus = Path(job.corpus_path)
+        store_dir = corpus.parent / f"{corpus.name}.tokens-{store_key(corpus, tokenizer)}"
+        with acc.main_process_first():
+            build_store(corpus, tokenizer, store_dir, progress=job.progress and acc.is_main_process)
+        stream = StreamingEpochs(TokenStore(store_dir), job.layout, ids, seq_len=job.train.seq_len,
+                                 batch_size=job.train.batch_size, seed=job.seed, rank=acc.process_index,
+                                 world_size=acc.num_processes)
+    else:
+        stream = EpochStream(tokenize_docs(tokenizer, load_docs(job.corpus_path)), job.layout, ids,
+                             seq_len=job.train.seq_len, batch_size=job.train.batch_size, seed=job.seed,
+                             attend_across_docs=False, rank=acc.process_index, world_size=acc.num_processes)
     problems = load_problems(job.eval_problems_path, job.max_eval_problems) if job.eval_problems_path else []
     valid_rows = None
     if job.valid_path:

@@ -1,0 +1,273 @@
+"""A training corpus tokenized once into flat arrays on disk, and the paper's packed epochs read from it lazily.
+
+At paper scale a latent-augmented corpus is billions of tokens (6.5B per EM
+iteration), so neither its token lists nor an epoch's packed rows can sit in
+each rank's memory, as `data.EpochStream` keeps them.  Here:
+
+* `build_store` tokenizes a ThoughtDoc jsonl once, streaming, into
+  `tokens.bin` (int32, every piece back to back) and offset arrays: per
+  document its pieces ``head, x1, z1, x2, z2, ...`` (or ``head, x1, x2, ...``
+  without thoughts).  Every rank memory-maps the same files.
+* `StreamingEpochs` serves the batches of the paper's packing
+  (`attend_across_docs=True`: one stream cut into windows) without building
+  the epoch: it draws the epoch's document order and prior/posterior coins,
+  computes each laid-out document's length from the piece lengths, and lays
+  out only the documents a requested row overlaps.  Its batches are *equal* to
+  `data.EpochStream`'s for the same seed (tested): the draws come in the same
+  order from the same generator.
+
+Memory per rank: a few arrays of one number per document and per chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from array import array
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .data import layout_ids
+from .runs import write_json
+from .tokens import SpecialIds
+
+
+class StoredDoc:
+    """One document's pieces as views into the memory-mapped token array (what `data.layout_ids` reads)."""
+
+    __slots__ = ("head", "suffixes", "thoughts")
+
+    def __init__(self, pieces: list[np.ndarray], with_thoughts: bool):
+        self.head = pieces[0]
+        body = pieces[1:]
+        self.suffixes = body[0::2] if with_thoughts else body
+        self.thoughts = body[1::2] if with_thoughts else None
+
+
+class TokenStore:
+    """Memory-mapped view of a built store (see `build_store`)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta = json.loads((self.path / "meta.json").read_text())
+        self.with_thoughts = bool(meta["with_thoughts"])
+        self.n_docs = int(meta["n_docs"])
+        self.tokens = np.memmap(self.path / "tokens.bin", dtype=np.int32, mode="r") if meta["n_tokens"] \
+            else np.zeros(0, dtype=np.int32)
+        self.piece_start = np.load(self.path / "piece_start.npy", mmap_mode="r")   # n_pieces + 1
+        self.doc_piece = np.load(self.path / "doc_piece.npy", mmap_mode="r")       # n_docs + 1
+        lengths = np.diff(self.piece_start)
+        first = self.doc_piece[:-1]
+        self.n_chunks = (np.diff(self.doc_piece) - 1) // (2 if self.with_thoughts else 1)
+        per_doc = np.add.reduceat(lengths, first) if len(lengths) else np.zeros(self.n_docs, dtype=np.int64)
+        head = lengths[first]
+        if self.with_thoughts:   # thoughts are the odd pieces after the head (piece index - doc start is even)
+            idx = np.arange(len(lengths))
+            doc_of = np.repeat(np.arange(self.n_docs), np.diff(self.doc_piece))
+            is_thought = ((idx - self.doc_piece[doc_of]) % 2 == 0) & (idx != self.doc_piece[doc_of])
+            self.thought_len = np.bincount(doc_of[is_thought], weights=lengths[is_thought],
+                                           minlength=self.n_docs).astype(np.int64)
+        else:
+            self.thought_len = np.zeros(self.n_docs, dtype=np.int64)
+        self.raw_len = per_doc - self.thought_len + 2            # head + suffixes + BOS + EOS
+        self.head_len = head
+
+    def __len__(self) -> int:
+        return self.n_docs
+
+    def doc(self, i: int) -> StoredDoc:
+        a, b = int(self.doc_piece[i]), int(self.doc_piece[i + 1])
+        starts = self.piece_start[a:b + 1]
+        return StoredDoc([self.tokens[starts[k]:starts[k + 1]] for k in range(b - a)], self.with_thoughts)
+
+
+def store_key(corpus_path: str | Path, tokenizer) -> str:
+    """Identity of a store: the corpus file's size and mtime, and the tokenizer's vocabulary."""
+    st = Path(corpus_path).stat()
+    vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{Path(corpus_path).resolve()}|{st.st_size}|{st.st_mtime_ns}|{vocab}".encode()
+                          ).hexdigest()[:16]
+
+
+def _records(path: Path) -> Iterable[dict]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def build_store(corpus_path: str | Path, tokenizer, out_dir: str | Path, *, batch_docs: int = 1024,
+                progress: bool = True) -> Path:
+    """Tokenize a ThoughtDoc jsonl into `out_dir` (skipped when it is already there); returns `out_dir`.
+
+    Streams the corpus in batches of `batch_docs` documents (the fast
+    tokenizer encodes each batch in parallel); `meta.json` is written last,
+    so a crash leaves no store that looks complete.
+    """
+    out = Path(out_dir)
+    if (out / "meta.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    piece_start, doc_piece = array("q", [0]), array("q", [0])
+    n_tokens, n_docs, with_thoughts = 0, 0, None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc=f"tokenizing {Path(corpus_path).name}", unit="doc", mininterval=2.0)
+    with open(out / "tokens.bin", "wb") as fh:
+        batch: list[dict] = []
+
+        def flush() -> None:
+            nonlocal n_tokens, n_docs, with_thoughts
+            texts, counts = [], []
+            for r in batch:
+                has = r.get("thoughts") is not None
+                with_thoughts = has if with_thoughts is None else with_thoughts
+                if has != with_thoughts:
+                    raise ValueError(f"{corpus_path}: document {r['doc_id']} {'has' if has else 'lacks'} thoughts, "
+                                     f"unlike the documents before it")
+                pieces = [r["head"]]
+                for i, x in enumerate(r["suffixes"]):
+                    pieces.append(x)
+                    if has:
+                        pieces.append(r["thoughts"][i])
+                texts.extend(pieces)
+                counts.append(len(pieces))
+            encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+            for ids in encoded:
+                fh.write(np.asarray(ids, dtype=np.int32).tobytes())
+                n_tokens += len(ids)
+                piece_start.append(n_tokens)
+            for c in counts:
+                doc_piece.append(doc_piece[-1] + c)
+            n_docs += len(batch)
+            if bar is not None:
+                bar.update(len(batch))
+            batch.clear()
+
+        for rec in _records(Path(corpus_path)):
+            batch.append(rec)
+            if len(batch) >= batch_docs:
+                flush()
+        flush()
+    if bar is not None:
+        bar.close()
+    np.save(out / "piece_start.npy", np.frombuffer(piece_start, dtype=np.int64))
+    np.save(out / "doc_piece.npy", np.frombuffer(doc_piece, dtype=np.int64))
+    write_json(out / "meta.json", {"corpus": str(corpus_path), "n_docs": n_docs, "n_tokens": n_tokens,
+                                   "with_thoughts": bool(with_thoughts)})
+    return out
+
+
+class _Coins:
+    """Stands in for the generator inside `layout_ids`: hands out a document's pre-drawn coins in order."""
+
+    def __init__(self, coins: np.ndarray):
+        self._coins, self._i = coins, 0
+
+    def random(self) -> float:
+        c = self._coins[self._i]
+        self._i += 1
+        return float(c)
+
+
+class StreamingEpochs:
+    """`data.EpochStream`'s batches for the paper's packing, laid out on demand from a `TokenStore`.
+
+    Only `attend_across_docs=True` (one stream of documents cut into
+    `seq_len` windows): rows can then be located by arithmetic on document
+    lengths.  The per-document packing of the CPU study is first-fit over the
+    whole epoch and stays with `EpochStream`.
+    """
+
+    LAYOUT_OVERHEAD = {"raw": (0, 0), "prior": (3, 3), "posterior": (5, 5), "random": (3, 5), "thought_only": (0, 0)}
+
+    def __init__(self, store: TokenStore, layout: str, ids: SpecialIds, *, seq_len: int, batch_size: int, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        if len(store) == 0:
+            raise ValueError("no documents to train on")
+        if layout != "raw" and not store.with_thoughts:
+            raise ValueError(f"layout '{layout}' needs thoughts but the corpus has none")
+        self.store, self.layout, self.ids = store, layout, ids
+        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self._epoch = -1
+        self._per_epoch: int | None = None
+
+    def _draw(self, epoch: int) -> None:
+        """Document order, coins, laid-out lengths and row order of `epoch` (the draws of EpochStream, in order)."""
+        if epoch == self._epoch:
+            return
+        s = self.store
+        rng = np.random.default_rng([self.seed, epoch, 7])
+        order = rng.permutation(len(s))
+        nch = np.asarray(s.n_chunks)[order]
+        coin_start = np.concatenate([[0], np.cumsum(nch)])
+        coins = rng.random(int(coin_start[-1])) if self.layout == "random" else np.zeros(int(coin_start[-1]))
+        if self.layout == "thought_only":
+            lengths = np.asarray(s.thought_len)[order] + 2
+        else:
+            lengths = np.asarray(s.raw_len)[order]
+            if self.layout != "raw":
+                lengths = lengths + np.asarray(s.thought_len)[order]
+                lo, hi = self.LAYOUT_OVERHEAD[self.layout]
+                if self.layout == "random":   # a coin ≥ 0.5 puts the chunk in the longer posterior form
+                    cum = np.concatenate([[0], np.cumsum(coins >= 0.5)])
+                    posterior = cum[coin_start[1:]] - cum[coin_start[:-1]]
+                    lengths = lengths + lo * nch + (hi - lo) * posterior
+                else:
+                    lengths = lengths + lo * nch
+        self._order, self._coins, self._coin_start = order, coins, coin_start
+        self._doc_start = np.concatenate([[0], np.cumsum(lengths)])
+        self._total = int(self._doc_start[-1])
+        self._n_rows = max(1, -(-self._total // self.seq_len))
+        self._row_order = rng.permutation(self._n_rows)
+        self._epoch = epoch
+
+    def _laid_out(self, j: int) -> tuple[list[int], list[bool]]:
+        """The j-th document of the epoch's order in its layout, with its own coins."""
+        doc = self.store.doc(int(self._order[j]))
+        coins = _Coins(self._coins[self._coin_start[j]:self._coin_start[j + 1]])
+        return layout_ids(doc, self.layout, self.ids, coins)
+
+    def _row(self, r: int) -> tuple[np.ndarray, np.ndarray, int]:
+        T = self.seq_len
+        a, b = r * T, min((r + 1) * T, self._total)
+        toks, raw = [], []
+        j = int(np.searchsorted(self._doc_start, a, side="right") - 1)
+        while j < len(self._order) and self._doc_start[j] < b:
+            t, m = self._laid_out(j)
+            lo, hi = max(a, int(self._doc_start[j])), min(b, int(self._doc_start[j + 1]))
+            off = int(self._doc_start[j])
+            toks.extend(t[lo - off:hi - off])
+            raw.extend(m[lo - off:hi - off])
+            j += 1
+        n = len(toks)
+        ids = np.full(T, self.ids.pad, dtype=np.int64)
+        ids[:n] = np.asarray(toks, dtype=np.int64)
+        labels = ids.copy()
+        labels[n:] = -100
+        return ids, labels, int(np.sum(raw))
+
+    @property
+    def batches_per_epoch(self) -> int:
+        if self._per_epoch is None:
+            self._draw(0)
+            self._per_epoch = max(1, self._n_rows // (self.batch_size * self.world_size))
+        return self._per_epoch
+
+    def batch(self, step: int) -> dict:
+        per_epoch = self.batches_per_epoch
+        epoch, b = divmod(step, per_epoch)
+        self._draw(epoch)
+        gbs = self.batch_size * self.world_size
+        sel = self._row_order[np.arange(b * gbs, (b + 1) * gbs) % self._n_rows][self.rank::self.world_size]
+        rows = [self._row(int(r)) for r in sel]
+        T = self.seq_len
+        return {"input_ids": np.stack([r[0] for r in rows]), "labels": np.stack([r[1] for r in rows]),
+                "position_ids": np.tile(np.arange(T, dtype=np.int64), (len(rows), 1)),
+                "raw_tokens": int(sum(r[2] for r in rows)), "epoch": epoch}
+

@@ -1,0 +1,58 @@
+"""The on-disk token store and its lazily packed epochs give exactly the in-memory stream's batches."""
+
+import numpy as np
+import pytest
+
+from lt_utils.data import EpochStream, ThoughtDoc, tokenize_docs
+from lt_utils.runs import write_jsonl
+from lt_utils.token_store import StreamingEpochs, TokenStore, build_store
+from lt_utils.tokens import SpecialIds
+
+from conftest import toy_docs
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    docs = toy_docs(23)
+    docs.append(ThoughtDoc("empty-body", "Problem: 1 + 1 Answer:", [], []))   # a document without chunks
+    path = tmp_path / "corpus.jsonl"
+    write_jsonl(path, [d.to_dict() for d in docs])
+    return path, docs
+
+
+@pytest.mark.parametrize("layout", ["random", "raw", "prior", "posterior", "thought_only"])
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_streaming_epochs_equal_the_in_memory_stream(corpus, tokenizer, tmp_path, layout, world_size):
+    path, docs = corpus
+    store = TokenStore(build_store(path, tokenizer, tmp_path / "store", batch_docs=5, progress=False))
+    ids = SpecialIds.of(tokenizer)
+    tdocs = tokenize_docs(tokenizer, docs)
+    assert len(store) == len(docs) and list(store.raw_len) == [d.raw_len for d in tdocs]
+    for rank in range(world_size):
+        kw = dict(seq_len=64, batch_size=3, seed=5, rank=rank, world_size=world_size)
+        ref = EpochStream(tdocs, layout, ids, attend_across_docs=True, **kw)
+        lazy = StreamingEpochs(store, layout, ids, **kw)
+        assert lazy.batches_per_epoch == ref.batches_per_epoch
+        for step in range(3 * ref.batches_per_epoch + 2):     # crosses epoch boundaries
+            a, b = ref.batch(step), lazy.batch(step)
+            for k in ("input_ids", "labels", "position_ids"):
+                assert np.array_equal(a[k], b[k]), (step, k)
+            assert a["raw_tokens"] == b["raw_tokens"] and a["epoch"] == b["epoch"]
+
+
+def test_store_is_built_once_and_refuses_mixed_corpora(corpus, tokenizer, tmp_path):
+    path, docs = corpus
+    out = build_store(path, tokenizer, tmp_path / "s", progress=False)
+    mtime = (out / "tokens.bin").stat().st_mtime_ns
+    assert build_store(path, tokenizer, out, progress=False) == out and (out / "tokens.bin").stat().st_mtime_ns == mtime
+    d = TokenStore(out).doc(0)
+    assert list(d.thoughts[0]) == tokenizer(docs[0].thoughts[0], add_special_tokens=False)["input_ids"]
+    mixed = tmp_path / "mixed.jsonl"
+    write_jsonl(mixed, [docs[0].to_dict(), ThoughtDoc("raw", "h", ["x"]).to_dict()])
+    with pytest.raises(ValueError, match="lacks thoughts"):
+        build_store(mixed, tokenizer, tmp_path / "m", progress=False)
+    raw_only = TokenStore(build_store(tmp_path / "raw.jsonl" if write_jsonl(
+        tmp_path / "raw.jsonl", [ThoughtDoc("r", "h", ["x y"]).to_dict()]) else None, tokenizer, tmp_path / "r",
+        progress=False))
+    with pytest.raises(ValueError, match="needs thoughts"):
+        StreamingEpochs(raw_only, "random", SpecialIds.of(tokenizer), seq_len=8, batch_size=1, seed=0)
