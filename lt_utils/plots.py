@@ -315,6 +315,9 @@ def fig_accuracy_vs_effective_raw_tokens(df: pd.DataFrame) -> Figure:
                                   xlabel="Effective raw tokens seen", title="Accuracy vs effective raw tokens")
 
 
+TASK_NAMES = {"math": "MATH (4-shot)", "gsm8k": "GSM8K (8-shot)"}   # benchmark tasks of a text-corpus study
+
+
 @register("accuracy_vs_tokens_by_family")
 def fig_accuracy_by_family(df: pd.DataFrame) -> Figure:
     """Accuracy vs tokens, one small-multiple panel per task family.
@@ -344,7 +347,7 @@ def fig_accuracy_by_family(df: pd.DataFrame) -> Figure:
                 if len(curve):
                     _draw_arm(ax, curve, arm, None)
             _format_accuracy_axes(ax, ylabel=(i % n_cols == 0))
-            ax.set_title(str(family))
+            ax.set_title(TASK_NAMES.get(str(family), str(family)))
             # only the lowest panel of each column names the x-axis
             lowest_in_column = i + n_cols >= len(families)
             ax.xaxis.set_tick_params(labelbottom=lowest_in_column)
@@ -481,13 +484,26 @@ def fig_em_estep(df: pd.DataFrame) -> Figure:
                           if col == "selected_correct" else "0.45", label=label)
         ax_q.set_xlabel("E-step of iteration")
         ax_q.set_ylabel("Thoughts that verify")
+        ax_q.set_title("Quality of inferred thoughts")
+        diag = df.dropna(subset=["mean_ess"]) if "mean_ess" in df and not len(q) else df.iloc[0:0]
+        if len(diag):   # a text corpus has no verifier: show how the importance weights behaved instead
+            ax_q.plot(diag["iteration"], 1 - diag["frac_unterminated"], marker="P", color=arm_style("bolt")["color"],
+                      label="candidates that finished their thought")
+            ax_q.plot(diag["iteration"], diag["mean_ess"] / diag["k"], marker="o", linestyle="--", color="0.45",
+                      label="effective sample size / K")
+            ax_q.set_ylabel("Fraction")
+            ax_q.set_title("E-step diagnostics (no verifier)")
+            ax_q.set_xticks(diag["iteration"])
         ax_q.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
         ax_q.set_ylim(0, 1)
-        ax_q.set_title("Quality of inferred thoughts")
-        ax_q.legend(loc="best")
+        if len(q) or len(diag):
+            ax_q.legend(loc="best")
         if len(q):
             ax_q.set_xticks(q["iteration"])
         e = df.dropna(subset=["elbo"]) if "elbo" in df else df.iloc[0:0]
+        if len(e) and not np.isfinite(e["elbo"].astype(float)).any():
+            ax_e.text(0.5, 0.5, "no finite bound: no sampled\nthought finished on any chunk", ha="center",
+                      va="center", transform=ax_e.transAxes, color="0.35")
         if len(e):
             ax_e.plot(e["iteration"], e["elbo"], marker="P", color=arm_style("bolt")["color"])
             for it, val, fails in zip(e["iteration"], e["elbo"], e.get("elbo_failures", [0] * len(e))):
@@ -516,6 +532,9 @@ def fig_em_k(df: pd.DataFrame) -> Figure:
         ax_a.set_ylabel("Held-out accuracy after iteration 1")
         ax_a.set_title(f"Accuracy (n={int(pts['n'].min())}+ seeds)")
         ax_q.plot(qual.index, qual.to_numpy(), color=st["color"], marker=st["marker"])
+        if not qual.notna().any():
+            ax_q.text(0.5, 0.5, "no verifier for this corpus", ha="center", va="center", transform=ax_q.transAxes,
+                      color="0.35")
         ax_q.set_ylabel("Selected thoughts that verify")
         ax_q.set_title("Quality of the selected thoughts")
         for ax in (ax_a, ax_q):

@@ -270,7 +270,7 @@ def em_estep_and_elbo(study_dir: str | Path, stage: str = "03_bootstrap_em") -> 
     i's E-step and the ELBO of the model trained in iteration i (0 = warmstart).
     """
     q, e = estep_summaries(study_dir, stage), em_elbo(study_dir, stage)
-    cols = ["selected_correct", "first_correct", "any_correct"]
+    cols = ["selected_correct", "first_correct", "any_correct", "k", "mean_ess", "frac_unterminated"]
     q = q[["iteration", *cols]] if len(q) else pd.DataFrame(columns=["iteration", *cols])
     if len(e):
         e = e.rename(columns={"elbo_finite_chunks_per_token": "elbo", "chunks_without_finite_bound": "elbo_failures"})

@@ -244,7 +244,13 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
 
     use_cuda = torch.cuda.is_available()
     bf16 = use_cuda and torch.cuda.is_bf16_supported()
-    acc = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if bf16 else "no")
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    # other ranks wait while the main process evaluates: a few-shot MATH/GSM8K pass can outlast NCCL's default timeout
+    acc = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if bf16 else "no",
+                      kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=3))])
     set_seed(job.seed)
     seed_everything(job.seed)
 
@@ -306,10 +312,29 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
         acc.load_state(str(ckpt / "acc_state"))
     model.train()
 
-    def evaluate_now() -> dict:
+    def eval_model():
+        """The model the main process evaluates; every rank calls this.
+
+        Under FSDP no rank holds the whole model, and a forward on one rank alone
+        would wait forever for the others' shards: the full weights are gathered
+        (all ranks) into a plain copy on the main process instead.
+        """
+        from accelerate.utils import DistributedType
+
+        if acc.distributed_type != DistributedType.FSDP:
+            return acc.unwrap_model(model)
+        weights = acc.get_state_dict(model)
+        if not acc.is_main_process:
+            return None
+        from transformers import AutoModelForCausalLM
+
+        copy = AutoModelForCausalLM.from_config(acc.unwrap_model(model).config)
+        copy.load_state_dict(weights)
+        return copy.to(device)
+
+    def evaluate_now(m) -> dict:
         from .evaluate import evaluate_problems, validation_nll
 
-        m = acc.unwrap_model(model)
         rec: dict[str, Any] = {}
         if job.eval_tasks:
             style = job.eval_style or ("latent" if job.latent_eval else "direct")
@@ -324,9 +349,13 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
         model.train()
         return rec
 
-    if step == 0 and acc.is_main_process:
-        append_jsonl(out / "metrics.jsonl", {"kind": "eval", "step": 0, "tokens": 0, "raw_tokens": 0,
-                                             **evaluate_now()})
+    if step == 0:
+        m = eval_model()
+        if acc.is_main_process:
+            append_jsonl(out / "metrics.jsonl", {"kind": "eval", "step": 0, "tokens": 0, "raw_tokens": 0,
+                                                 **evaluate_now(m)})
+        del m
+        acc.wait_for_everyone()
     bar = None
     if job.progress and acc.is_main_process:
         from tqdm.auto import tqdm
@@ -373,9 +402,11 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
                 bar.set_postfix(loss=f"{rec['loss']:.3f}")
             loss_acc, n_acc = 0.0, 0
         if step % spec.eval_every == 0 or step == spec.steps:
+            m = eval_model()
             if acc.is_main_process:
-                rec = {"kind": "eval", "step": step, "tokens": tokens, "raw_tokens": raw_tokens, **evaluate_now()}
+                rec = {"kind": "eval", "step": step, "tokens": tokens, "raw_tokens": raw_tokens, **evaluate_now(m)}
                 append_jsonl(out / "metrics.jsonl", rec)
+            del m
             acc.wait_for_everyone()
             if step < spec.steps:
                 _save_ckpt(acc, out, model, optimizer, scheduler,
