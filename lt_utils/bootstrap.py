@@ -81,7 +81,8 @@ class BootstrapConfig(TrainingParams):
         require(self.warmstart_max_docs >= 0, "warmstart_max_docs must be ≥ 0")
         require(self.estep_backend in ("transformers", "vllm"),
                 f"estep_backend must be transformers or vllm, got '{self.estep_backend}'")
-        require(self.estep_shards >= 0 and self.max_prefix_tokens >= 0, "estep_shards and max_prefix_tokens must be ≥ 0")
+        require(self.estep_shards >= 0 and self.max_prefix_tokens >= 0,
+                "estep_shards and max_prefix_tokens must be ≥ 0")
         self.check_training_params()
         bad = [b for b in self.baselines if b not in ("raw_token_match", "raw_flop_match")]
         require(not bad, f"baselines: unknown baseline '{bad[0] if bad else ''}' (known: raw_token_match, raw_flop_match)")
@@ -176,8 +177,8 @@ class Study:
         path = self.run.file("corpora/warmstart_thoughts.jsonl")
         if self.cfg.warmstart_thoughts_stage:
             if not path.exists():
-                src_stage = require_done(resolve(self.cfg.run_root) / self.cfg.study / self.cfg.warmstart_thoughts_stage,
-                                         "warmstart thoughts stage")
+                stage_dir = resolve(self.cfg.run_root) / self.cfg.study / self.cfg.warmstart_thoughts_stage
+                src_stage = require_done(stage_dir, "warmstart thoughts stage")
                 src = src_stage / "thoughts" / f"{self.cfg.warmstart_split}.jsonl"
                 if not src.exists():
                     raise FileNotFoundError(f"warmstart_thoughts_stage: {src} does not exist (that stage wrote no "

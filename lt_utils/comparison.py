@@ -105,7 +105,8 @@ class SyntheticThoughtsConfig(TrainingParams):
             bad = sorted(set(self.teacher_options) - known)
             require(not bad, f"teacher_options: unknown option '{bad[0] if bad else ''}' for the {self.teacher} "
                              f"teacher (known: {', '.join(sorted(known))})")
-        require(self.teacher == "oracle" or not (self.teacher_sweep or self.teacher_error_rate or self.teacher_drop_rate),
+        degraded = self.teacher_sweep or self.teacher_error_rate or self.teacher_drop_rate
+        require(self.teacher == "oracle" or not degraded,
                 "teacher_sweep, teacher_error_rate and teacher_drop_rate degrade the oracle teacher only")
         require(self.chunk_mean_units >= 1, "chunk_mean_units must be ≥ 1")
         require(0 <= self.teacher_error_rate <= 1 and 0 <= self.teacher_drop_rate <= 1,
@@ -242,8 +243,8 @@ def llm_rephrase_corpus(run: RunDir, cfg: SyntheticThoughtsConfig, docs, kind: s
     jobs = []   # (doc_id, repeat, style)
     for d in docs:
         for r in range(repeats):
-            style = "wrap_cot" if kind == "wrap_cot" else WRAP_STYLES[int(rewrite_rng(kind, cfg.rewrite_seed, d.doc_id, r)
-                                                                       .integers(len(WRAP_STYLES)))]
+            draw = int(rewrite_rng(kind, cfg.rewrite_seed, d.doc_id, r).integers(len(WRAP_STYLES)))
+            style = "wrap_cot" if kind == "wrap_cot" else WRAP_STYLES[draw]
             jobs.append((d, r, style))
     texts: dict[tuple[str, int], str] = {}
     cache = ThoughtCache(run.file("thought_cache.sqlite"))

@@ -68,7 +68,8 @@ class DataPrepConfig:
     def __post_init__(self):
         require(self.source in SOURCES, f"source must be one of {', '.join(SOURCES)}, got '{self.source}'")
         if self.source == "text":
-            require(bool(self.text_source), "text_source: a local file, directory or glob is required with source: text")
+            require(bool(self.text_source),
+                    "text_source: a local file, directory or glob is required with source: text")
             require(bool(self.tokenizer_from), "tokenizer_from: an HF tokenizer is required with source: text")
             require(self.comparison_tokens > 0, "comparison_tokens must be > 0 with source: text")
             require(self.fresh_tokens >= 0 and self.bootstrap_tokens >= 0, "token budgets must be ≥ 0")

@@ -70,7 +70,45 @@ PROFILES = sorted(p.name for p in PARAMS_DIR.iterdir() if p.is_dir() and pipelin
 
 
 def test_the_shipped_profiles_are_found():
-    assert {"smoke", "cpu", "cpu_long"} <= set(PROFILES)
+    assert {"smoke", "cpu", "cpu_long", "paper"} <= set(PROFILES)
+    assert pipeline.profile_stages("paper") == list(pipeline.STAGES)
+
+
+@pytest.mark.parametrize("stage, params, needle", [
+    ("01_data_prep", {"source": "web"}, "source must be one of world, text"),
+    ("01_data_prep", {"source": "text", "tokenizer_from": "t", "comparison_tokens": 1}, "text_source:"),
+    ("01_data_prep", {"source": "text", "text_source": "d", "comparison_tokens": 1}, "tokenizer_from:"),
+    ("01_data_prep", {"source": "text", "text_source": "d", "tokenizer_from": "t"}, "comparison_tokens must be > 0"),
+    ("01_data_prep", {"source": "text", "text_source": "d", "tokenizer_from": "t", "comparison_tokens": 1,
+                      "split_specs": {"val": "3:1:10"}}, "split_specs.val: bad slice_spec"),
+    ("01_data_prep", {"source": "text", "text_source": "d", "tokenizer_from": "t", "comparison_tokens": 1,
+                      "split_specs": {"test": "0:1:2"}}, "split_specs: unknown split 'test'"),
+    ("02_synthetic_thoughts", {"teacher": "gpt"}, "teacher: unknown teacher 'gpt'"),
+    ("02_synthetic_thoughts", {"teacher": "api", "teacher_options": {"modle": "x"}},
+     "teacher_options: unknown option 'modle' for the api teacher"),
+    ("02_synthetic_thoughts", {"teacher": "api", "teacher_sweep": [0.3]}, "degrade the oracle teacher only"),
+    ("02_synthetic_thoughts", {"grad_accum": 0}, "grad_accum must be ≥ 1"),
+    ("02_synthetic_thoughts", {"eval_samples": 4}, "eval_samples > 1 needs eval_temperature > 0"),
+    ("03_bootstrap_em", {"estep_backend": "sglang"}, "estep_backend must be transformers or vllm"),
+])
+def test_paper_scale_parameters_fail_with_one_line(stage, params, needle):
+    with pytest.raises(ConfigError) as err:
+        config.load(pipeline.stage_config_class(stage), params)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_configs_made_before_a_field_existed_keep_their_hash():
+    """A field added later is hashed only when set, so finished runs of the CPU study stay valid."""
+    from lt_utils.comparison import SyntheticThoughtsConfig
+
+    plain = config.load(SyntheticThoughtsConfig, {})
+    d = {k: v for k, v in config.to_dict(plain).items() if k not in config.NON_RESULT_FIELDS}
+    legacy = {k: v for k, v in d.items() if k not in config.HASHED_WHEN_SET}
+    import hashlib
+    import json
+
+    assert config.config_hash(plain) == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
+    assert config.config_hash(config.load(SyntheticThoughtsConfig, {"grad_accum": 2})) != config.config_hash(plain)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
