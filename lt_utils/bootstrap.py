@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .config import pick, require
-from .corpus import eval_exemplars, eval_tasks, is_text, load_documents
+from .corpus import eval_exemplars, eval_tasks, is_text, iter_documents, load_documents, raw_record
 from .data import Chunk, ThoughtDoc, chunk_document, token_ratio, tokenize_docs
 from .estep import EStepConfig, model_fingerprint, run_estep, save_records, select_first_k, summarize
 from .model import ModelSpec, load_model
@@ -115,6 +115,39 @@ def _write_corpus(path: Path, docs, heads, chunks, spans, thoughts) -> Path:
     return path
 
 
+def sample_and_score(gen: Path, tok_dir: Path, chunks: list[Chunk], ecfg: EStepConfig, cache: Path, *,
+                     backend: str = "transformers", engine_args: dict | None = None, threads: int = 1,
+                     progress: bool = True) -> list[dict]:
+    """`run_estep` with generator `gen`: a transformers model in this process (GPU if any), or a vLLM engine.
+
+    The engine is released before returning, so a training run launched next
+    finds the GPU memory free.
+    """
+    tok = load_tokenizer(tok_dir)
+    if backend == "vllm":
+        import gc
+
+        from .vllm_backend import VLLMBackend
+
+        engine = VLLMBackend(gen, **(engine_args or {}))
+        try:
+            return run_estep(None, tok, chunks, ecfg, backend=engine, cache_path=cache,
+                             model_key=model_fingerprint(gen), progress=progress)
+        finally:
+            del engine
+            gc.collect()
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return run_estep(load_model(gen, device=device), tok, chunks, ecfg, cache_path=cache,
+                     model_key=model_fingerprint(gen), progress=progress)
+
+
 def chunk_is_correct(chunk: Chunk, thought: str) -> bool:
     """Every problem the chunk answers has a thought the world's verifier accepts."""
     from . import world
@@ -162,9 +195,7 @@ class Study:
     def raw_corpus(self, split: str) -> Path:
         path = self.run.file(f"corpora/{split}_raw.jsonl")
         if not path.exists():
-            docs = self.boot_docs if split == "bootstrap" else load_documents(self.data, split)
-            write_jsonl(path, [ThoughtDoc(d.doc_id, d.segments()[0], ["".join(d.segments()[1:])]).to_dict()
-                               for d in docs])
+            write_jsonl(path, (raw_record(d) for d in iter_documents(self.data, split)))
         return path
 
     def warmstart_corpus(self) -> Path:
@@ -254,20 +285,9 @@ class Study:
 
     def sample_and_score(self, gen: Path, chunks: list[Chunk], ecfg: EStepConfig, cache: Path,
                          progress: bool = True) -> list[dict]:
-        """`run_estep` with generator `gen` on this process's transformers model or on a vLLM engine."""
-        tok = load_tokenizer(self.tok_dir)
-        if self.cfg.estep_backend == "vllm":
-            from .vllm_backend import VLLMBackend
-
-            engine = VLLMBackend(gen, **self.cfg.vllm_engine_args)
-            return run_estep(None, tok, chunks, ecfg, backend=engine, cache_path=cache,
-                             model_key=model_fingerprint(gen), progress=progress)
-        import torch
-
-        torch.set_num_threads(max(1, self.cfg.workers * self.cfg.threads_per_worker))
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return run_estep(load_model(gen, device=device), tok, chunks, ecfg, cache_path=cache,
-                         model_key=model_fingerprint(gen), progress=progress)
+        return sample_and_score(gen, self.tok_dir, chunks, ecfg, cache, backend=self.cfg.estep_backend,
+                                engine_args=self.cfg.vllm_engine_args,
+                                threads=self.cfg.workers * self.cfg.threads_per_worker, progress=progress)
 
     def sharded_e_step(self, iteration: int, gen: Path, ecfg: EStepConfig) -> list[dict]:
         """The E-step as `estep_shards` independent jobs: prepare them, or merge them once all have run."""
@@ -314,6 +334,10 @@ class Study:
 
     def latent_ratio(self, corpus: str) -> float:
         tok = load_tokenizer(self.tok_dir)
+        if self.text:   # a paper-scale corpus: counted from the token store training reads anyway
+            from .token_store import layout_ratio, open_store
+
+            return layout_ratio(open_store(self.run.file(corpus), tok), "random")
         docs = tokenize_docs(tok, [ThoughtDoc.from_dict(r) for r in read_jsonl(self.run.file(corpus))])
         return token_ratio(docs, "random", SpecialIds.of(tok))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import pick, require
-from .corpus import eval_exemplars, eval_tasks, is_text, load_documents
+from .corpus import eval_exemplars, eval_tasks, is_text, iter_documents, load_documents, raw_record
 from .data import ThoughtDoc, chunk_document, layout_ids, token_ratio, tokenize_docs
 from .model import ModelSpec
 from .runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
@@ -201,11 +201,7 @@ def raw_docs(run: RunDir, data_dir: Path, split: str) -> Path:
     """The split's documents as ThoughtDocs without thoughts (one chunk per document)."""
     path = run.file(f"thoughts/{split}_raw.jsonl")
     if not path.exists():
-        recs = []
-        for d in load_documents(data_dir, split):
-            segs = d.segments()
-            recs.append(ThoughtDoc(d.doc_id, segs[0], ["".join(segs[1:])], None).to_dict())
-        write_jsonl(path, recs)
+        write_jsonl(path, (raw_record(d) for d in iter_documents(data_dir, split)))
     run.add_artifact(f"thoughts/{split}_raw.jsonl", f"{split} documents, raw")
     return path
 
@@ -281,6 +277,22 @@ def arm_token_ratios(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path) 
     def tokenized(path):
         return tokenize_docs(tok, [ThoughtDoc.from_dict(r) for r in read_jsonl(path)])
 
+    if is_text(data_dir):   # a paper-scale corpus: counted from the token stores training reads anyway
+        from .token_store import layout_ratio, open_store
+
+        ratios = {}
+        for arm, spec in arm_specs(cfg).items():
+            store = open_store(arm_corpus(run, cfg, data_dir, arm), tok)
+            if spec.text.startswith("wrap"):
+                source = open_store(raw_docs(run, data_dir, spec.source), tok)
+                repeats = cfg.wrap_orig_repeats if spec.text == "wrap_orig" else cfg.wrap_cot_repeats
+                ratios[arm] = layout_ratio(store, "thought_only") * float(store.raw_len.sum()) \
+                    / max(float(source.raw_len.sum()), 1.0) / repeats
+            else:
+                ratios[arm] = layout_ratio(store, spec.layout)
+        write_json(run.file("token_ratios.json"), ratios)
+        run.add_artifact("token_ratios.json", "training tokens per raw token, per arm")
+        return ratios
     ratios = {}
     for arm, spec in arm_specs(cfg).items():
         docs = tokenized(arm_corpus(run, cfg, data_dir, arm))

@@ -270,12 +270,34 @@ def build(run: RunDir, cfg: DataPrepConfig) -> dict:
     return build_text_corpus(run, cfg) if cfg.source == "text" else build_world(run, cfg)
 
 
+def _document(rec: dict):
+    return world.Document.from_dict(rec) if "units" in rec else TextDocument(rec["doc_id"], rec["text"])
+
+
 def load_documents(data_dir: str | Path, split: str) -> list:
     """The split's documents: `world.Document`s, or `TextDocument`s for a text corpus."""
-    recs = read_jsonl(Path(data_dir) / "docs" / f"{split}.jsonl")
-    if recs and "units" not in recs[0]:
-        return [TextDocument(r["doc_id"], r["text"]) for r in recs]
-    return [world.Document.from_dict(r) for r in recs]
+    return [_document(r) for r in read_jsonl(Path(data_dir) / "docs" / f"{split}.jsonl")]
+
+
+def iter_documents(data_dir: str | Path, split: str):
+    """The split's documents one at a time (a text split of billions of tokens is never loaded whole)."""
+    from .runs import iter_jsonl
+
+    return (_document(r) for r in iter_jsonl(Path(data_dir) / "docs" / f"{split}.jsonl"))
+
+
+def raw_record(doc) -> dict:
+    """A document as a ThoughtDoc record without thoughts, for the raw layout.
+
+    World: the first problem's prompt is the head and the rest one chunk.
+    Text: the whole text as one chunk (no sentence splitting needed to train on raw text).
+    """
+    from .data import ThoughtDoc
+
+    if isinstance(doc, TextDocument):
+        return ThoughtDoc(doc.doc_id, "", [doc.text], None).to_dict()
+    segs = doc.segments()
+    return ThoughtDoc(doc.doc_id, segs[0], ["".join(segs[1:])], None).to_dict()
 
 
 def eval_exemplars(data_dir: str | Path, n_shots: int) -> list[dict]:

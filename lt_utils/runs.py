@@ -21,7 +21,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import yaml
@@ -60,8 +60,20 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def write_jsonl(path: str | Path, records: list[dict]) -> Path:
-    return write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
+    """One JSON object per line, written as the records come (a generator never sits in memory whole)."""
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        for r in records:
+            fh.write(json.dumps(r, sort_keys=True) + "\n")
+    return Path(path)
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict]:
+    """Records of a jsonl file, read one line at a time."""
+    with open(path) as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
 
 
 def read_json(path: str | Path) -> Any:

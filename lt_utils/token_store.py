@@ -6,8 +6,8 @@ each rank's memory, as `data.EpochStream` keeps them.  Here:
 
 * `build_store` tokenizes a ThoughtDoc jsonl once, streaming, into
   `tokens.bin` (int32, every piece back to back) and offset arrays: per
-  document its pieces ``head, x1, z1, x2, z2, ...`` (or ``head, x1, x2, ...``
-  without thoughts).  Every rank memory-maps the same files.
+  document its pieces ``head, x1, ..., xn, z1, ..., zm``.  Every rank
+  memory-maps the same files.
 * `StreamingEpochs` serves the batches of the paper's packing
   (`attend_across_docs=True`: one stream cut into windows) without building
   the epoch: it draws the epoch's document order and prior/posterior coins,
@@ -39,15 +39,18 @@ class StoredDoc:
 
     __slots__ = ("head", "suffixes", "thoughts")
 
-    def __init__(self, pieces: list[np.ndarray], with_thoughts: bool):
+    def __init__(self, pieces: list[np.ndarray], n_suffixes: int, with_thoughts: bool):
         self.head = pieces[0]
-        body = pieces[1:]
-        self.suffixes = body[0::2] if with_thoughts else body
-        self.thoughts = body[1::2] if with_thoughts else None
+        self.suffixes = pieces[1:1 + n_suffixes]
+        self.thoughts = pieces[1 + n_suffixes:] if with_thoughts else None
 
 
 class TokenStore:
-    """Memory-mapped view of a built store (see `build_store`)."""
+    """Memory-mapped view of a built store (see `build_store`).
+
+    A document's pieces are its head, its chunk texts, then its thoughts (a
+    WRAP rewrite is a document with one thought and no chunk text).
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -56,23 +59,14 @@ class TokenStore:
         self.n_docs = int(meta["n_docs"])
         self.tokens = np.memmap(self.path / "tokens.bin", dtype=np.int32, mode="r") if meta["n_tokens"] \
             else np.zeros(0, dtype=np.int32)
-        self.piece_start = np.load(self.path / "piece_start.npy", mmap_mode="r")   # n_pieces + 1
-        self.doc_piece = np.load(self.path / "doc_piece.npy", mmap_mode="r")       # n_docs + 1
-        lengths = np.diff(self.piece_start)
-        first = self.doc_piece[:-1]
-        self.n_chunks = (np.diff(self.doc_piece) - 1) // (2 if self.with_thoughts else 1)
-        per_doc = np.add.reduceat(lengths, first) if len(lengths) else np.zeros(self.n_docs, dtype=np.int64)
-        head = lengths[first]
-        if self.with_thoughts:   # thoughts are the odd pieces after the head (piece index - doc start is even)
-            idx = np.arange(len(lengths))
-            doc_of = np.repeat(np.arange(self.n_docs), np.diff(self.doc_piece))
-            is_thought = ((idx - self.doc_piece[doc_of]) % 2 == 0) & (idx != self.doc_piece[doc_of])
-            self.thought_len = np.bincount(doc_of[is_thought], weights=lengths[is_thought],
-                                           minlength=self.n_docs).astype(np.int64)
-        else:
-            self.thought_len = np.zeros(self.n_docs, dtype=np.int64)
-        self.raw_len = per_doc - self.thought_len + 2            # head + suffixes + BOS + EOS
-        self.head_len = head
+        self.piece_start = np.load(self.path / "piece_start.npy", mmap_mode="r")   # token offset per piece, + end
+        self.doc_piece = np.load(self.path / "doc_piece.npy", mmap_mode="r")       # first piece per doc, + end
+        self.n_chunks = np.load(self.path / "n_suffixes.npy", mmap_mode="r")       # chunk texts per doc
+        first = np.asarray(self.doc_piece[:-1])
+        bounds = np.asarray(self.piece_start)
+        body_end = first + 1 + np.asarray(self.n_chunks)           # first thought piece of each doc
+        self.raw_len = bounds[body_end] - bounds[first] + 2          # head + chunk texts + BOS + EOS
+        self.thought_len = bounds[np.asarray(self.doc_piece[1:])] - bounds[body_end]
 
     def __len__(self) -> int:
         return self.n_docs
@@ -80,7 +74,8 @@ class TokenStore:
     def doc(self, i: int) -> StoredDoc:
         a, b = int(self.doc_piece[i]), int(self.doc_piece[i + 1])
         starts = self.piece_start[a:b + 1]
-        return StoredDoc([self.tokens[starts[k]:starts[k + 1]] for k in range(b - a)], self.with_thoughts)
+        return StoredDoc([self.tokens[starts[k]:starts[k + 1]] for k in range(b - a)], int(self.n_chunks[i]),
+                         self.with_thoughts)
 
 
 def store_key(corpus_path: str | Path, tokenizer) -> str:
@@ -89,6 +84,30 @@ def store_key(corpus_path: str | Path, tokenizer) -> str:
     vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:16]
     return hashlib.sha256(f"{Path(corpus_path).resolve()}|{st.st_size}|{st.st_mtime_ns}|{vocab}".encode()
                           ).hexdigest()[:16]
+
+
+def store_dir(corpus_path: str | Path, tokenizer) -> Path:
+    """Where a corpus's store lives: beside the corpus, named by `store_key` (shared by every run that reads it)."""
+    corpus = Path(corpus_path)
+    return corpus.parent / f"{corpus.name}.tokens-{store_key(corpus, tokenizer)}"
+
+
+def open_store(corpus_path: str | Path, tokenizer, progress: bool = True) -> TokenStore:
+    """The corpus's store, built first if needed."""
+    return TokenStore(build_store(corpus_path, tokenizer, store_dir(corpus_path, tokenizer), progress=progress))
+
+
+def layout_ratio(store: TokenStore, layout: str) -> float:
+    """Training tokens per raw token of the corpus laid out in `layout` (for "random", the coins' expectation).
+
+    The store-based counterpart of `data.token_ratio`, for corpora too large to tokenize in memory.
+    """
+    raw = float(np.sum(store.raw_len))
+    thought, n = float(np.sum(store.thought_len)), float(np.sum(store.n_chunks))
+    extra = {"raw": 0.0, "prior": thought + 3 * n, "posterior": thought + 5 * n, "random": thought + 4 * n}
+    if layout == "thought_only":
+        return (thought + 2 * len(store)) / max(raw, 1.0)
+    return (raw + extra[layout]) / max(raw, 1.0)
 
 
 def _records(path: Path) -> Iterable[dict]:
@@ -110,7 +129,7 @@ def build_store(corpus_path: str | Path, tokenizer, out_dir: str | Path, *, batc
     if (out / "meta.json").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    piece_start, doc_piece = array("q", [0]), array("q", [0])
+    piece_start, doc_piece, n_suffixes = array("q", [0]), array("q", [0]), array("q")
     n_tokens, n_docs, with_thoughts = 0, 0, None
     bar = None
     if progress:
@@ -122,27 +141,22 @@ def build_store(corpus_path: str | Path, tokenizer, out_dir: str | Path, *, batc
 
         def flush() -> None:
             nonlocal n_tokens, n_docs, with_thoughts
-            texts, counts = [], []
+            texts = []
             for r in batch:
                 has = r.get("thoughts") is not None
                 with_thoughts = has if with_thoughts is None else with_thoughts
                 if has != with_thoughts:
                     raise ValueError(f"{corpus_path}: document {r['doc_id']} {'has' if has else 'lacks'} thoughts, "
                                      f"unlike the documents before it")
-                pieces = [r["head"]]
-                for i, x in enumerate(r["suffixes"]):
-                    pieces.append(x)
-                    if has:
-                        pieces.append(r["thoughts"][i])
+                pieces = [r["head"], *r["suffixes"], *(r["thoughts"] or [])]
                 texts.extend(pieces)
-                counts.append(len(pieces))
+                doc_piece.append(doc_piece[-1] + len(pieces))
+                n_suffixes.append(len(r["suffixes"]))
             encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
             for ids in encoded:
                 fh.write(np.asarray(ids, dtype=np.int32).tobytes())
                 n_tokens += len(ids)
                 piece_start.append(n_tokens)
-            for c in counts:
-                doc_piece.append(doc_piece[-1] + c)
             n_docs += len(batch)
             if bar is not None:
                 bar.update(len(batch))
@@ -157,6 +171,7 @@ def build_store(corpus_path: str | Path, tokenizer, out_dir: str | Path, *, batc
         bar.close()
     np.save(out / "piece_start.npy", np.frombuffer(piece_start, dtype=np.int64))
     np.save(out / "doc_piece.npy", np.frombuffer(doc_piece, dtype=np.int64))
+    np.save(out / "n_suffixes.npy", np.frombuffer(n_suffixes, dtype=np.int64) if n_docs else np.zeros(0, np.int64))
     write_json(out / "meta.json", {"corpus": str(corpus_path), "n_docs": n_docs, "n_tokens": n_tokens,
                                    "with_thoughts": bool(with_thoughts)})
     return out
@@ -191,6 +206,9 @@ class StreamingEpochs:
             raise ValueError("no documents to train on")
         if layout != "raw" and not store.with_thoughts:
             raise ValueError(f"layout '{layout}' needs thoughts but the corpus has none")
+        n_thoughts = np.diff(np.asarray(store.doc_piece)) - 1 - np.asarray(store.n_chunks)
+        if layout in ("prior", "posterior", "random") and (n_thoughts != np.asarray(store.n_chunks)).any():
+            raise ValueError(f"layout '{layout}' needs one thought per chunk; some documents differ")
         self.store, self.layout, self.ids = store, layout, ids
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.rank, self.world_size = rank, world_size

@@ -258,13 +258,11 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
     ids = SpecialIds.of(tokenizer)
     if job.train.attend_across_docs:
         # the paper's packing: tokenized once to disk, memory-mapped by every rank, rows laid out on demand
-        from .token_store import StreamingEpochs, TokenStore, build_store, store_key
+        from .token_store import StreamingEpochs, open_store
 
-        corpus = Path(job.corpus_path)
-        store_dir = corpus.parent / f"{corpus.name}.tokens-{store_key(corpus, tokenizer)}"
         with acc.main_process_first():
-            build_store(corpus, tokenizer, store_dir, progress=job.progress and acc.is_main_process)
-        stream = StreamingEpochs(TokenStore(store_dir), job.layout, ids, seq_len=job.train.seq_len,
+            store = open_store(job.corpus_path, tokenizer, progress=job.progress and acc.is_main_process)
+        stream = StreamingEpochs(store, job.layout, ids, seq_len=job.train.seq_len,
                                  batch_size=job.train.batch_size, seed=job.seed, rank=acc.process_index,
                                  world_size=acc.num_processes)
     else:

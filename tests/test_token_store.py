@@ -40,6 +40,42 @@ def test_streaming_epochs_equal_the_in_memory_stream(corpus, tokenizer, tmp_path
             assert a["raw_tokens"] == b["raw_tokens"] and a["epoch"] == b["epoch"]
 
 
+def test_rewrites_without_chunk_text_stream_as_thought_only(tokenizer, tmp_path):
+    """WRAP corpora: one thought, no chunk text, per document."""
+    docs = [ThoughtDoc(f"d{i}#r{r}", "", [], [f"A rewrite {i}.{r} of the text, with {i * r} words."])
+            for i in range(9) for r in range(2)]
+    path = tmp_path / "wrap.jsonl"
+    write_jsonl(path, [d.to_dict() for d in docs])
+    store = TokenStore(build_store(path, tokenizer, tmp_path / "w", progress=False))
+    ids = SpecialIds.of(tokenizer)
+    kw = dict(seq_len=32, batch_size=2, seed=1)
+    ref = EpochStream(tokenize_docs(tokenizer, docs), "thought_only", ids, attend_across_docs=True, **kw)
+    lazy = StreamingEpochs(store, "thought_only", ids, **kw)
+    for step in range(2 * ref.batches_per_epoch + 1):
+        assert np.array_equal(ref.batch(step)["input_ids"], lazy.batch(step)["input_ids"]), step
+    from lt_utils.data import token_ratio
+    from lt_utils.token_store import layout_ratio
+
+    assert layout_ratio(store, "thought_only") == pytest.approx(token_ratio(tokenize_docs(tokenizer, docs),
+                                                                            "thought_only", ids))
+    with pytest.raises(ValueError, match="one thought per chunk"):
+        StreamingEpochs(store, "random", ids, **kw)
+
+
+def test_layout_ratio_matches_the_laid_out_corpus(corpus, tokenizer, tmp_path):
+    from lt_utils.data import token_ratio
+    from lt_utils.token_store import layout_ratio
+
+    path, docs = corpus
+    store = TokenStore(build_store(path, tokenizer, tmp_path / "s", progress=False))
+    tdocs = tokenize_docs(tokenizer, docs)
+    ids = SpecialIds.of(tokenizer)
+    for layout in ("raw", "prior", "posterior"):
+        assert layout_ratio(store, layout) == pytest.approx(token_ratio(tdocs, layout, ids))
+    lo, hi = layout_ratio(store, "prior"), layout_ratio(store, "posterior")
+    assert layout_ratio(store, "random") == pytest.approx((lo + hi) / 2)
+
+
 def test_store_is_built_once_and_refuses_mixed_corpora(corpus, tokenizer, tmp_path):
     path, docs = corpus
     out = build_store(path, tokenizer, tmp_path / "s", progress=False)

@@ -21,7 +21,7 @@ pytest.importorskip("vllm")
 from lt_utils.data import chunk_document  # noqa: E402
 from lt_utils.estep import EStepConfig, joint_continuation, posterior_prompt, run_estep  # noqa: E402
 from lt_utils.model import ModelSpec, build_model, load_model  # noqa: E402
-from lt_utils.sample import sample, score  # noqa: E402
+from lt_utils.sample import score  # noqa: E402
 from lt_utils.tokens import SpecialIds  # noqa: E402
 from lt_utils.vllm_backend import VLLMBackend  # noqa: E402
 
@@ -165,3 +165,26 @@ def test_estep_log_q_log_p_log_w_agree_across_backends(engine, hf_model, tokeniz
     # the cache names the backend: a vLLM rerun reuses its own samples, never the transformers ones
     again = run_estep(None, tokenizer, chunks, cfg, backend=engine, cache_path=tmp_path / "v.db", progress=False)
     assert again == by_vllm
+
+
+def test_stage_three_e_step_on_vllm(ckpt, docs, tmp_path):
+    """`bootstrap.sample_and_score`, what notebook 03 calls with `estep_backend: vllm`, on a CPU engine."""
+    from lt_utils.bootstrap import sample_and_score
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    chunks = chunks_of(docs, 6)
+    cfg = EStepConfig(k=2, max_thought_tokens=16, seed=3)
+    cache = tmp_path / "candidates.sqlite"
+    args = {"dtype": "float32", "enforce_eager": True, "max_model_len": 512}
+    recs = sample_and_score(ckpt, ckpt, chunks, cfg, cache, backend="vllm", engine_args=args, progress=False)
+    assert [(r["doc_id"], r["index"]) for r in recs] == [(c.doc_id, c.index) for c in chunks]
+    for r in recs:
+        assert len(r["candidates"]) == 2 and 0 <= r["selected"] < 2
+        for c in r["candidates"]:
+            assert math.isfinite(c["log_q"]) and math.isfinite(c["log_p"])
+            assert abs(c["log_w"] - (c["log_p"] - c["log_q"])) < 1e-9
+    again = sample_and_score(ckpt, ckpt, chunks, cfg, cache, backend="vllm", engine_args=args, progress=False)
+    assert again == recs                                   # the second pass reads every candidate from the cache
+    hf = sample_and_score(ckpt, ckpt, chunks, cfg, cache, backend="transformers", progress=False)
+    assert [c["tokens"] for r in hf for c in r["candidates"]] != [c["tokens"] for r in recs for c in r["candidates"]]
