@@ -25,6 +25,7 @@ next run merges them and carries on.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,11 +166,32 @@ class Study:
         self.data = data_dir_of(cfg)
         self.tok_dir = self.data / "tokenizer"
         self.model = pick(ModelSpec, cfg, max_seq_len=max(cfg.seq_len, 64))
-        self.boot_docs = load_documents(self.data, "bootstrap")
-        self.boot_heads, self.boot_chunks, self.boot_spans = _chunks(cfg, self.boot_docs, cfg.prefix_chunks)
         self.shots = tuple(eval_exemplars(self.data, cfg.eval_shots))
         self.text = is_text(self.data)
         self.tasks = eval_tasks(self.data)
+
+    # ------------------------------------------------------------------ the bootstrap corpus, chunked when first needed
+    @functools.cached_property
+    def _boot(self) -> tuple[list, list[str], list[Chunk], list[tuple[int, int]]]:
+        # chunking a paper-scale corpus takes a while: a rerun whose E-steps are done never does it
+        docs = load_documents(self.data, "bootstrap")
+        return (docs, *_chunks(self.cfg, docs, self.cfg.prefix_chunks))
+
+    @property
+    def boot_docs(self) -> list:
+        return self._boot[0]
+
+    @property
+    def boot_heads(self) -> list[str]:
+        return self._boot[1]
+
+    @property
+    def boot_chunks(self) -> list[Chunk]:
+        return self._boot[2]
+
+    @property
+    def boot_spans(self) -> list[tuple[int, int]]:
+        return self._boot[3]
 
     # ------------------------------------------------------------------ training jobs
     def job(self, name: str, corpus: Path, layout: str, steps: int, seed: int, **info) -> TrainJob:
