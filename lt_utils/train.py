@@ -328,7 +328,7 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
 
         copy = AutoModelForCausalLM.from_config(acc.unwrap_model(model).config)
         copy.load_state_dict(weights)
-        return copy.to(device)
+        return copy.to(acc.device)
 
     def evaluate_now(m) -> dict:
         from .evaluate import evaluate_problems, validation_nll
@@ -426,7 +426,7 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
 def run_jobs(jobs: list[TrainJob], params: TrainingParams, jobs_dir: Path, desc: str = "runs") -> list[dict]:
     """Run training jobs: in parallel worker processes, or one after another through `params.launcher`.
 
-    With a launcher (e.g. "accelerate launch --config_file params/paper/accelerate/fsdp.yaml
+    With a launcher (e.g. "accelerate launch --config_file params/paper/accelerate/ddp.yaml
     --num_processes 8"), each job is written to `jobs_dir/<name>.json` and the stage runs
     `<launcher> -m lt_utils.train_launch <job.json>` for it; "python" stands for this interpreter.
     A finished job is skipped either way, so a cluster may also run the job files itself
