@@ -192,13 +192,10 @@ def _write_stream(path: Path, records, tokenizer, budget: int, desc: str) -> dic
 
 def _text_split(cfg: DataPrepConfig, name: str):
     """Records of the paper's slice `name` (with the config's overrides), streamed from the source files."""
-    from .text_corpus import iter_records, paper_splits, subset
+    from .text_corpus import iter_records, paper_split
 
-    specs = {**paper_splits(), **cfg.split_specs}
     records = iter_records(cfg.text_source, text_field=cfg.text_field, id_field=cfg.id_field or None)
-    if name in ("val", "train"):
-        return subset(records, specs[name])
-    return subset(subset(records, specs["train"]), specs[name])
+    return paper_split(records, name, cfg.split_specs)
 
 
 def build_text_corpus(run: RunDir, cfg: DataPrepConfig) -> dict:

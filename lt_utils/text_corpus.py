@@ -171,9 +171,12 @@ def paper_splits() -> dict[str, str]:
     return {"val": "0:1:1000", "train": "1:1000:1000", "warmstart": "0:1:20", "bootstrap": "13:17:20"}
 
 
-def paper_split(records: Iterable, name: str) -> Iterator:
-    """Records of the paper's split `name` from the whole (shuffled) corpus stream."""
-    specs = paper_splits()
+def paper_split(records: Iterable, name: str, overrides: dict[str, str] | None = None) -> Iterator:
+    """Records of the paper's split `name` from the whole (shuffled) corpus stream.
+
+    `overrides` replaces some of the `paper_splits` specs (e.g. for a small corpus), keeping their nesting.
+    """
+    specs = {**paper_splits(), **(overrides or {})}
     if name not in specs:
         raise ValueError(f"unknown split {name!r} (known: {', '.join(specs)})")
     if name in ("val", "train"):

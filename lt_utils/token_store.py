@@ -25,12 +25,11 @@ import hashlib
 import json
 from array import array
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
 from .data import layout_ids
-from .runs import write_json
+from .runs import iter_jsonl, write_json
 from .tokens import SpecialIds
 
 
@@ -110,13 +109,6 @@ def layout_ratio(store: TokenStore, layout: str) -> float:
     return (raw + extra[layout]) / max(raw, 1.0)
 
 
-def _records(path: Path) -> Iterable[dict]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
-
-
 def build_store(corpus_path: str | Path, tokenizer, out_dir: str | Path, *, batch_docs: int = 1024,
                 progress: bool = True) -> Path:
     """Tokenize a ThoughtDoc jsonl into `out_dir` (skipped when it is already there); returns `out_dir`.
@@ -162,7 +154,7 @@ def build_store(corpus_path: str | Path, tokenizer, out_dir: str | Path, *, batc
                 bar.update(len(batch))
             batch.clear()
 
-        for rec in _records(Path(corpus_path)):
+        for rec in iter_jsonl(corpus_path):
             batch.append(rec)
             if len(batch) >= batch_docs:
                 flush()
