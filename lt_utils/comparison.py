@@ -19,6 +19,7 @@ from typing import Any
 from .config import pick, require
 from .corpus import eval_exemplars, eval_tasks, is_text, iter_documents, load_documents, raw_record
 from .data import ThoughtDoc, chunk_document, layout_ids, token_ratio, tokenize_docs
+from .llm_teacher import TEACHERS
 from .model import ModelSpec
 from .runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
 from .teacher import NoisyOracleTeacher, OracleTeacher, ThoughtCache, thought_quality, write_thoughts
@@ -49,7 +50,6 @@ ARMS = {
     "latent_thoughts": Arm(layout="random", source="comparison", text="teacher", eval_style="latent"),
 }
 SWEEP_PREFIX = "latent_err"
-TEACHERS = ("oracle", "api", "local")
 
 
 def sweep_arm_name(error_rate: float) -> str:
@@ -99,9 +99,7 @@ class SyntheticThoughtsConfig(TrainingParams):
         if self.teacher != "oracle":
             import inspect
 
-            from .llm_teacher import TEACHERS as LLM_TEACHERS
-
-            known = set(inspect.signature(LLM_TEACHERS[self.teacher].__init__).parameters) - {"self", "prompt"}
+            known = set(inspect.signature(TEACHERS[self.teacher].__init__).parameters) - {"self", "prompt"}
             bad = sorted(set(self.teacher_options) - known)
             require(not bad, f"teacher_options: unknown option '{bad[0] if bad else ''}' for the {self.teacher} "
                              f"teacher (known: {', '.join(sorted(known))})")
@@ -286,8 +284,8 @@ def arm_token_ratios(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path) 
             if spec.text.startswith("wrap"):
                 source = open_store(raw_docs(run, data_dir, spec.source), tok)
                 repeats = cfg.wrap_orig_repeats if spec.text == "wrap_orig" else cfg.wrap_cot_repeats
-                ratios[arm] = layout_ratio(store, "thought_only") * float(store.raw_len.sum()) \
-                    / max(float(source.raw_len.sum()), 1.0) / repeats
+                laid_out = float(store.thought_len.sum()) + 2 * len(store)   # BOS rewrite EOS per document
+                ratios[arm] = laid_out / max(float(source.raw_len.sum()), 1.0) / repeats
             else:
                 ratios[arm] = layout_ratio(store, spec.layout)
         write_json(run.file("token_ratios.json"), ratios)

@@ -18,7 +18,6 @@ Writes, inside the stage's run directory:
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,10 +77,10 @@ class DataPrepConfig:
             bad = [k for k in self.split_specs if k not in ("val", "train", "warmstart", "bootstrap")]
             require(not bad, f"split_specs: unknown split '{bad[0] if bad else ''}' (known: val, train, warmstart, "
                              f"bootstrap)")
+            from .text_corpus import parse_slice
+
             for name, spec in self.split_specs.items():
                 try:
-                    from .text_corpus import parse_slice
-
                     parse_slice(spec)
                 except ValueError as e:
                     require(False, f"split_specs.{name}: {e}")
@@ -168,26 +167,28 @@ def is_text(data_dir: str | Path) -> bool:
 def _write_stream(path: Path, records, tokenizer, budget: int, desc: str) -> dict:
     """Write records as jsonl while counting tokens (text + BOS + EOS); stop once `budget` is reached.
 
-    Streams, so a corpus of billions of tokens never sits in memory; the file
-    appears under its name only when complete.  (`text_corpus.take_until_tokens`
-    cuts the same way but would tokenize every document a second time for the count.)
+    Streams through `runs.write_jsonl`, so a corpus of billions of tokens never
+    sits in memory and the file appears only when complete.
+    (`text_corpus.take_until_tokens` cuts the same way but would tokenize every
+    document a second time for the count.)
     """
     from tqdm.auto import tqdm
 
-    tmp = path.with_suffix(".jsonl.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    docs = tokens = 0
-    with open(tmp, "w", encoding="utf-8") as fh, tqdm(total=budget or None, desc=desc, unit="tok",
-                                                      unit_scale=True, mininterval=2.0) as bar:
-        for r in records:
-            n = len(encode(tokenizer, r.text)) + 2
-            fh.write(json.dumps({"doc_id": r.doc_id, "text": r.text}) + "\n")
-            docs, tokens = docs + 1, tokens + n
-            bar.update(n)
-            if budget and tokens >= budget:
-                break
-    tmp.replace(path)
-    return {"docs": docs, "raw_tokens": tokens}
+    count = {"docs": 0, "raw_tokens": 0}
+
+    def counted():
+        with tqdm(total=budget or None, desc=desc, unit="tok", unit_scale=True, mininterval=2.0) as bar:
+            for r in records:
+                n = len(encode(tokenizer, r.text)) + 2
+                count["docs"] += 1
+                count["raw_tokens"] += n
+                bar.update(n)
+                yield {"doc_id": r.doc_id, "text": r.text}
+                if budget and count["raw_tokens"] >= budget:
+                    return
+
+    write_jsonl(path, counted())
+    return count
 
 
 def _text_split(cfg: DataPrepConfig, name: str):
