@@ -9,7 +9,10 @@
    2025, §3 of our method notes).  Loss is on every token.
 3. `pack_rows` packs documents into fixed-length rows, either as one stream
    attending across documents (the paper's code) or with positions reset and
-   attention kept inside each document (needed at tiny scale).
+   attention kept inside each document (needed at tiny scale); there a long
+   document is cut between chunks, each piece led by its question
+   (`cut_at_chunks`), and `thoughts_apart` counts thoughts that a packing
+   separates from their question.
 4. `EpochStream` re-draws the layouts and the row order every epoch from
    (seed, epoch), so training is reproducible and resumable from a step count.
 """
@@ -120,77 +123,150 @@ def tokenize_docs(tokenizer, docs: Sequence[ThoughtDoc]) -> list[TokenizedDoc]:
     return out
 
 
-def layout_ids(doc: TokenizedDoc, layout: str, ids: SpecialIds, rng: np.random.Generator | None = None
-               ) -> tuple[list[int], list[bool]]:
-    """Token ids of one document in `layout`, and a parallel mask of which tokens are raw text.
+@dataclass
+class LaidOut:
+    """One document laid out as token ids, with where its chunks and thoughts sit (for chunk-boundary cuts).
+
+    blocks[i]   start of chunk i's block (`SoL PRI z EoL x` / `SoL EoL x SoL POST z EoL` / `x`); a row may be cut
+                there.  Block 0 starts at 0, so BOS and the head always travel with the first chunk.
+    questions[i] (start, end) of the raw text just before chunk i (the head, or chunk i−1's text): the question
+                whose answer chunk i states, and so what thought i derives.
+    thoughts[i] (start, end) of thought i ((0, 0) in the raw layout).
+    The trailing EOS belongs to the last block.
+    """
+
+    ids: list[int]
+    raw: list[bool]
+    blocks: list[int] = field(default_factory=list)
+    questions: list[tuple[int, int]] = field(default_factory=list)
+    thoughts: list[tuple[int, int]] = field(default_factory=list)
+
+
+def layout_doc(doc: TokenizedDoc, layout: str, ids: SpecialIds, rng: np.random.Generator | None = None) -> LaidOut:
+    """Token ids of one document in `layout`, a parallel mask of which tokens are raw text, and its chunk spans.
 
     raw:          BOS head x1 x2 … EOS
     prior:        BOS head [SoL PRI z1 EoL x1] … EOS
     posterior:    BOS head [SoL EoL x1 SoL POST z1 EoL] … EOS
     random:       each chunk prior or posterior with p = 0.5 (needs `rng`)
-    thought_only: BOS z1 z2 … EOS (a rewrite trained without the raw text, e.g. WRAP)
+    thought_only: BOS z1 z2 … EOS (a rewrite trained without the raw text, e.g. WRAP; no chunk spans)
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout '{layout}' (known: {', '.join(LAYOUTS)})")
     if layout != "raw" and doc.thoughts is None:
         raise ValueError(f"layout '{layout}' needs thoughts but the document has none")
-    toks: list[int] = [ids.bos]
-    raw: list[bool] = [True]
+    out = LaidOut([ids.bos], [True])
+    toks, raw = out.ids, out.raw
 
-    def put(seq: Sequence[int], is_raw: bool) -> None:
+    def put(seq: Sequence[int], is_raw: bool) -> tuple[int, int]:
+        a = len(toks)
         toks.extend(seq)
         raw.extend([is_raw] * len(seq))
+        return a, len(toks)
 
     if layout == "thought_only":
         for z in doc.thoughts:  # type: ignore[union-attr]
             put(z, False)
     else:
-        put(doc.head, True)
+        question = put(doc.head, True)
         for i, x in enumerate(doc.suffixes):
+            out.blocks.append(0 if i == 0 else len(toks))
+            out.questions.append(question)
             if layout == "raw":
-                put(x, True)
+                out.thoughts.append((0, 0))
+                question = put(x, True)
                 continue
             z = doc.thoughts[i]  # type: ignore[index]
             form = layout if layout != "random" else ("prior" if rng.random() < 0.5 else "posterior")  # type: ignore[union-attr]
             if form == "prior":
-                put([ids.sol, ids.prior], False); put(z, False); put([ids.eol], False); put(x, True)
+                put([ids.sol, ids.prior], False); out.thoughts.append(put(z, False)); put([ids.eol], False)
+                question = put(x, True)
             else:
-                put([ids.sol, ids.eol], False); put(x, True); put([ids.sol, ids.posterior], False)
-                put(z, False); put([ids.eol], False)
+                put([ids.sol, ids.eol], False); question = put(x, True); put([ids.sol, ids.posterior], False)
+                out.thoughts.append(put(z, False)); put([ids.eol], False)
     toks.append(ids.eos)
     raw.append(True)
-    return toks, raw
+    return out
+
+
+def layout_ids(doc: TokenizedDoc, layout: str, ids: SpecialIds, rng: np.random.Generator | None = None
+               ) -> tuple[list[int], list[bool]]:
+    """Token ids of one document in `layout` and its raw-text mask (`layout_doc` without the spans)."""
+    lo = layout_doc(doc, layout, ids, rng)
+    return lo.ids, lo.raw
 
 
 # --------------------------------------------------------------------------- packing
 @dataclass
 class PackedRows:
-    """Fixed-length training rows. labels = -100 where no loss is taken (padding, document starts)."""
+    """Fixed-length training rows. labels = -100 where no loss is taken (padding, document starts, carried context)."""
 
     input_ids: np.ndarray     # [n, T] int64
     position_ids: np.ndarray  # [n, T] int64
     labels: np.ndarray        # [n, T] int64
-    raw_tokens: np.ndarray    # [n] raw-text tokens in each row (for the effective-raw-tokens axis)
+    raw_tokens: np.ndarray    # [n] raw-text tokens trained on in each row (for the effective-raw-tokens axis)
+    # what each row holds: (row, document index, ((start, end), ...) token ranges of that document) per stretch
+    # of a row that attends within itself; `thoughts_apart` reads it
+    segments: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
 
-def pack_rows(seqs: Sequence[tuple[list[int], list[bool]]], seq_len: int, pad_id: int, attend_across_docs: bool
+def _pieces(seq: LaidOut, T: int, cut_at_chunks: bool) -> list[list[tuple[int, int, bool]]]:
+    """A document as pieces of at most T tokens: each a list of (start, end, trained) ranges of its tokens.
+
+    Row-sized cuts, or with `cut_at_chunks` cuts only between chunk blocks,
+    every later piece led by the raw text of the question its first chunk
+    answers (carried as context: no loss, not counted as raw tokens again).
+    A group of blocks that cannot fit even so is cut into row-sized pieces.
+    """
+    n = len(seq.ids)
+    if n <= T:
+        return [[(0, n, True)]]
+    if not cut_at_chunks or len(seq.blocks) < 2:
+        return [[(s, min(s + T, n), True)] for s in range(0, n, T)]
+    ends = seq.blocks[1:] + [n]
+    groups: list[tuple[tuple[int, int] | None, int, int]] = []   # (carried question, start, end)
+    carry, start = None, 0
+    for i in range(1, len(seq.blocks)):
+        clen = carry[1] - carry[0] if carry else 0
+        if clen + ends[i] - start > T:          # block i does not fit beside the blocks gathered so far
+            groups.append((carry, start, seq.blocks[i]))
+            carry, start = seq.questions[i], seq.blocks[i]
+    groups.append((carry, start, n))
+    out = []
+    for carry, a, b in groups:
+        clen = carry[1] - carry[0] if carry else 0
+        if clen + b - a <= T:
+            out.append(([(carry[0], carry[1], False)] if clen else []) + [(a, b, True)])
+        else:
+            out.extend([[(s, min(s + T, b), True)] for s in range(a, b, T)])
+    return out
+
+
+def _as_laid(seq) -> LaidOut:
+    return seq if isinstance(seq, LaidOut) else LaidOut(list(seq[0]), list(seq[1]))
+
+
+def pack_rows(seqs: Sequence, seq_len: int, pad_id: int, attend_across_docs: bool, cut_at_chunks: bool = False
               ) -> PackedRows:
-    """Pack token sequences into rows of `seq_len`.
+    """Pack laid-out documents (`LaidOut`s or (ids, raw mask) pairs) into rows of `seq_len`.
 
     attend_across_docs=True: one stream cut into windows, positions 0..T−1
     (the paper's packing; the model sees the previous document's end).
     False: whole documents placed into rows in order, positions restarting at
     0 for each document; transformers then masks attention within each
     document (it detects packed sequences from the position ids).  A document
-    longer than a row is cut into row-sized pieces.
+    longer than a row is cut: into row-sized pieces, or, with `cut_at_chunks`,
+    between chunks with each later piece led by its question (`_pieces`), so
+    no thought is trained apart from the question it derives.
     """
     T = seq_len
+    laid = [_as_laid(s) for s in seqs]
     if attend_across_docs:
-        stream = [t for s, _ in seqs for t in s]
-        rawm = [r for _, m in seqs for r in m]
+        stream = [t for s in laid for t in s.ids]
+        rawm = [r for s in laid for r in s.raw]
         n = max(1, -(-len(stream) // T))
         pad = n * T - len(stream)
         ids = np.array(stream + [pad_id] * pad, dtype=np.int64).reshape(n, T)
@@ -198,24 +274,35 @@ def pack_rows(seqs: Sequence[tuple[list[int], list[bool]]], seq_len: int, pad_id
         labels = ids.copy()
         labels.reshape(-1)[len(stream):] = -100
         pos = np.tile(np.arange(T, dtype=np.int64), (n, 1))
-        return PackedRows(ids, pos, labels, raw.sum(1))
+        segments, off = [], 0
+        for d, s in enumerate(laid):
+            for r in range(off // T, -(-(off + len(s.ids)) // T)):
+                segments.append((r, d, ((max(r * T, off) - off, min((r + 1) * T, off + len(s.ids)) - off),)))
+            off += len(s.ids)
+        return PackedRows(ids, pos, labels, raw.sum(1), segments)
 
-    # first fit: each document goes into the first row with room for it (little padding, order kept within rows)
+    # first fit: each piece goes into the first row with room for it (little padding, order kept within rows)
     rows: list[tuple[list[int], list[int], list[int], list[int]]] = []  # ids, pos, labels, [raw count]
-    for seq, rawm in seqs:
-        for start in range(0, len(seq), T):
-            piece, praw = list(seq[start:start + T]), rawm[start:start + T]
-            target = next((r for r in rows if len(r[0]) + len(piece) <= T), None)
-            if target is None:
-                target = ([], [], [], [0])
-                rows.append(target)
-            lab = list(piece)
+    segments = []
+    for d, seq in enumerate(laid):
+        for ranges in _pieces(seq, T, cut_at_chunks):
+            piece, lab, n_raw = [], [], 0
+            for a, b, trained in ranges:
+                piece.extend(seq.ids[a:b])
+                lab.extend(seq.ids[a:b] if trained else [-100] * (b - a))
+                n_raw += int(sum(seq.raw[a:b])) if trained else 0
+            k = next((i for i, r in enumerate(rows) if len(r[0]) + len(piece) <= T), None)
+            if k is None:
+                k = len(rows)
+                rows.append(([], [], [], [0]))
+            target = rows[k]
             if target[0]:
                 lab[0] = -100  # the first token of a document is not predictable from the one before
             target[0].extend(piece)
             target[1].extend(range(len(piece)))
             target[2].extend(lab)
-            target[3][0] += int(sum(praw))
+            target[3][0] += n_raw
+            segments.append((k, d, tuple((a, b) for a, b, _ in ranges)))
     if not rows:
         rows.append(([], [], [], [0]))
     n = len(rows)
@@ -227,7 +314,35 @@ def pack_rows(seqs: Sequence[tuple[list[int], list[bool]]], seq_len: int, pad_id
         k = len(r_ids)
         ids[i, :k], labels[i, :k], pos[i, :k], raw[i] = r_ids, r_lab, r_pos, r_raw[0]
         pos[i, k:] = np.arange(T - k)  # padding counts as its own "document", never joined to a real one
-    return PackedRows(ids, pos, labels, raw)
+    return PackedRows(ids, pos, labels, raw, segments)
+
+
+def thoughts_apart(laid: Sequence[LaidOut], rows: PackedRows) -> dict:
+    """How many thoughts of a packed corpus are trained apart from the question they derive.
+
+    A thought is *with* its question when one stretch of a row that attends
+    within itself (a document piece; a whole row in the paper's stream
+    packing) holds all of the thought and all of the raw text before its chunk
+    (the head, or the previous chunk).  `laid` are the documents as packed, in
+    the order given to `pack_rows`.
+    """
+    from collections import defaultdict
+
+    cover: dict[int, list] = defaultdict(list)
+    for _, d, ranges in rows.segments:
+        cover[d].append(ranges)
+
+    def inside(span, ranges) -> bool:
+        return span[1] <= span[0] or any(a <= span[0] and span[1] <= b for a, b in ranges)
+
+    n = cut = 0
+    for d, lo in enumerate(laid):
+        for q, z in zip(lo.questions, lo.thoughts):
+            if z[1] <= z[0]:
+                continue   # no thought (raw layout)
+            n += 1
+            cut += not any(inside(z, rs) and inside(q, rs) for rs in cover[d])
+    return {"thoughts": n, "apart": cut, "share_apart": cut / n if n else 0.0}
 
 
 class EpochStream:
@@ -238,12 +353,13 @@ class EpochStream:
     """
 
     def __init__(self, docs: Sequence[TokenizedDoc], layout: str, ids: SpecialIds, *, seq_len: int,
-                 batch_size: int, seed: int, attend_across_docs: bool, rank: int = 0, world_size: int = 1):
+                 batch_size: int, seed: int, attend_across_docs: bool, cut_at_chunks: bool = False, rank: int = 0,
+                 world_size: int = 1):
         if not docs:
             raise ValueError("no documents to train on")
         self.docs, self.layout, self.ids = list(docs), layout, ids
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
-        self.attend_across_docs = attend_across_docs
+        self.attend_across_docs, self.cut_at_chunks = attend_across_docs, cut_at_chunks
         self.rank, self.world_size = rank, world_size
         self._epoch = -1
         self._rows: PackedRows | None = None
@@ -254,11 +370,17 @@ class EpochStream:
         if epoch != self._epoch:
             rng = np.random.default_rng([self.seed, epoch, 7])
             doc_order = rng.permutation(len(self.docs))
-            seqs = [layout_ids(self.docs[i], self.layout, self.ids, rng) for i in doc_order]
-            self._rows = pack_rows(seqs, self.seq_len, self.ids.pad, self.attend_across_docs)
+            self._laid = [layout_doc(self.docs[i], self.layout, self.ids, rng) for i in doc_order]
+            self._rows = pack_rows(self._laid, self.seq_len, self.ids.pad, self.attend_across_docs,
+                                   self.cut_at_chunks)
             self._order = rng.permutation(len(self._rows))
             self._epoch = epoch
         return self._rows, self._order  # type: ignore[return-value]
+
+    def thoughts_apart(self, epoch: int = 0) -> dict:
+        """`thoughts_apart` of the epoch's packed rows: thoughts trained without their question."""
+        rows, _ = self.rows_for_epoch(epoch)
+        return thoughts_apart(self._laid, rows)
 
     @property
     def batches_per_epoch(self) -> int:

@@ -136,3 +136,86 @@ def test_token_ratio_of_latent_layout(docs, tokenizer):
     r = token_ratio(tdocs, "random", ids)
     assert (raw + thought + 3 * n_chunks) / raw < r < (raw + thought + 5 * n_chunks) / raw
     assert token_ratio(tdocs, "prior", ids) == pytest.approx((raw + thought + 3 * n_chunks) / raw)
+
+
+def test_layout_spans_name_each_thought_and_its_question(docs, tokenizer):
+    from lt_utils.data import layout_doc
+
+    ids = SpecialIds.of(tokenizer)
+    d = tokenize_docs(tokenizer, docs[:1])[0]
+    for layout in ("prior", "posterior"):
+        lo = layout_doc(d, layout, ids)
+        assert (lo.ids, lo.raw) == layout_ids(d, layout, ids)
+        assert lo.blocks[0] == 0 and lo.blocks == sorted(lo.blocks)
+        assert [lo.ids[a:b] for a, b in lo.thoughts] == d.thoughts
+        assert [lo.ids[a:b] for a, b in lo.questions] == [d.head] + d.suffixes[:-1]
+
+
+def _long_docs(tokenizer, n_docs=12):
+    """Worksheets of three toy documents each, stitched so every problem's question precedes its answer."""
+    from conftest import toy_docs
+
+    short = toy_docs(n_docs, seed=5)
+    out = []
+    for i in range(0, len(short), 3):
+        a, b, c = short[i:i + 3]
+        sa = a.suffixes[:-1] + [a.suffixes[-1] + b.head]
+        sb = b.suffixes[:-1] + [b.suffixes[-1] + c.head]
+        out.append(type(a)(a.doc_id, a.head, sa + sb + c.suffixes, a.thoughts + b.thoughts + c.thoughts))
+    return tokenize_docs(tokenizer, out)
+
+
+@pytest.mark.parametrize("layout", ["random", "prior", "posterior"])
+def test_chunk_cuts_keep_every_thought_with_its_question(tokenizer, layout):
+    from lt_utils.data import layout_doc, thoughts_apart
+
+    ids = SpecialIds.of(tokenizer)
+    tdocs = _long_docs(tokenizer)
+    T = 64
+    laid = [layout_doc(d, layout, ids, np.random.default_rng(i)) for i, d in enumerate(tdocs)]
+    assert max(len(lo.ids) for lo in laid) > 2 * T           # every document needs cutting
+    tokens = pack_rows(laid, T, ids.pad, attend_across_docs=False)
+    chunks = pack_rows(laid, T, ids.pad, attend_across_docs=False, cut_at_chunks=True)
+    before, after = thoughts_apart(laid, tokens), thoughts_apart(laid, chunks)
+    assert before["thoughts"] == after["thoughts"] == sum(len(d.thoughts) for d in tdocs)
+    assert before["apart"] > 0 and after["apart"] == 0
+    # every token is placed once outside the carried questions, which are context without loss
+    placed = sum(ranges[-1][1] - ranges[-1][0] for _, _, ranges in chunks.segments)
+    carried = sum(ranges[0][1] - ranges[0][0] for _, _, ranges in chunks.segments if len(ranges) == 2)
+    assert placed == sum(len(lo.ids) for lo in laid) and carried > 0
+    assert (chunks.labels != -100).sum() <= placed
+    assert chunks.raw_tokens.sum() == tokens.raw_tokens.sum() == sum(sum(lo.raw) for lo in laid)
+    # a carried question repeats the raw text before the piece's first chunk
+    for r, d, ranges in chunks.segments:
+        if len(ranges) == 2:
+            (qa, qb), (a, _) = ranges
+            assert (qa, qb) in laid[d].questions and a in laid[d].blocks
+
+
+def test_thoughts_apart_counts_a_cut_by_hand(tokenizer):
+    from lt_utils.data import TokenizedDoc, layout_doc, thoughts_apart
+
+    ids = SpecialIds.of(tokenizer)
+    d = TokenizedDoc([10, 11], [[20, 21], [30, 31]], [[40], [50]])
+    lo = layout_doc(d, "prior", ids)
+    # BOS 10 11 | SoL PRI 40 EoL 20 21 | SoL PRI 50 EoL 30 31 EOS : 16 tokens
+    assert len(lo.ids) == 16 and lo.blocks == [0, 9] and lo.questions == [(1, 3), (7, 9)]
+    whole = pack_rows([lo], 16, ids.pad, attend_across_docs=False)
+    assert thoughts_apart([lo], whole)["apart"] == 0
+    cut = pack_rows([lo], 8, ids.pad, attend_across_docs=False)   # the cut after token 7 splits question 2
+    assert thoughts_apart([lo], cut) == {"thoughts": 2, "apart": 1, "share_apart": 0.5}
+    kept = pack_rows([lo], 9, ids.pad, attend_across_docs=False, cut_at_chunks=True)
+    assert thoughts_apart([lo], kept)["apart"] == 0
+    row = kept.input_ids[1].tolist()
+    assert row[:9] == [20, 21] + lo.ids[9:]                       # question 20 21 carried before chunk 2
+    assert kept.labels[1, :2].tolist() == [-100, -100]
+    stream = pack_rows([lo], 8, ids.pad, attend_across_docs=True)
+    assert thoughts_apart([lo], stream)["apart"] == 1
+
+
+def test_epoch_stream_reports_its_cut_share(docs, tokenizer):
+    tdocs = _long_docs(tokenizer)
+    ids = SpecialIds.of(tokenizer)
+    kw = dict(seq_len=64, batch_size=2, seed=0, attend_across_docs=False)
+    assert EpochStream(tdocs, "random", ids, **kw).thoughts_apart()["share_apart"] > 0
+    assert EpochStream(tdocs, "random", ids, cut_at_chunks=True, **kw).thoughts_apart()["share_apart"] == 0
