@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from .config import pick, require
-from .corpus import eval_exemplars, eval_tasks, is_text, iter_documents, load_documents, raw_record
+from .corpus import (dev_problems_path, eval_exemplars, eval_tasks, is_text, iter_documents, load_documents,
+                     raw_record)
 from .data import Chunk, ThoughtDoc, chunk_document, token_ratio, tokenize_docs
 from .estep import EStepConfig, model_fingerprint, run_estep, save_records, select_first_k, summarize
 from .model import ModelSpec, load_model
@@ -199,12 +200,13 @@ class Study:
         return TrainJob(out_dir=str(self.run.file(f"train/{name}/seed{seed}")), tokenizer_dir=str(self.tok_dir),
                         corpus_path=str(corpus), layout=layout, model=self.model, train=train, seed=seed,
                         eval_problems_path="" if self.tasks else str(self.data / "eval_problems.jsonl"),
+                        dev_problems_path=dev_problems_path(self.data), max_dev_problems=self.cfg.eval_dev_problems,
                         valid_path=str(self.raw_corpus("valid")), latent_eval=layout != "raw",
                         eval_style="direct" if layout == "raw" else "latent", eval_shots=self.shots,
                         max_eval_problems=self.cfg.max_eval_problems, eval_tasks=self.tasks,
                         eval_options=eval_options(self.cfg), threads=self.cfg.threads_per_worker,
                         info={"stage": self.run.path.name, "name": f"{name}/seed{seed}", **info},
-                        progress=self.cfg.workers <= 1)
+                        progress=self.cfg.n_workers <= 1)
 
     def train(self, jobs: list[TrainJob], desc: str) -> list[dict]:
         finals = run_jobs(jobs, self.cfg, self.run.file("jobs"), desc=desc)
@@ -258,7 +260,7 @@ class Study:
 
         The remaining warmstart seeds join the later M-step pools as fillers.
         """
-        jobs = self.warmstart_jobs()[:self.cfg.workers]
+        jobs = self.warmstart_jobs()[:self.cfg.n_workers]
         self.run.add_artifact("corpora/warmstart_thoughts.jsonl", "warmstart documents with oracle thoughts")
         return self.train(jobs, "warmstart runs")
 
@@ -309,7 +311,7 @@ class Study:
                          progress: bool = True) -> list[dict]:
         return sample_and_score(gen, self.tok_dir, chunks, ecfg, cache, backend=self.cfg.estep_backend,
                                 engine_args=self.cfg.vllm_engine_args,
-                                threads=self.cfg.workers * self.cfg.threads_per_worker, progress=progress)
+                                threads=self.cfg.n_workers * self.cfg.threads_per_worker, progress=progress)
 
     def sharded_e_step(self, iteration: int, gen: Path, ecfg: EStepConfig) -> list[dict]:
         """The E-step as `estep_shards` independent jobs: prepare them, or merge them once all have run."""
@@ -345,7 +347,7 @@ class Study:
 
     def extra_jobs(self) -> list[TrainJob]:
         """Runs that feed no later E-step: warmstart seeds beyond the first pool, baselines, K ablation."""
-        return self.warmstart_jobs()[self.cfg.workers:] + self.baseline_jobs() + self.ablation_jobs()
+        return self.warmstart_jobs()[self.cfg.n_workers:] + self.baseline_jobs() + self.ablation_jobs()
 
     def fillers(self, iteration: int) -> list[TrainJob]:
         """This iteration's contiguous share of `extra_jobs` (shares differ by at most one run)."""

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import pick, require
-from .corpus import eval_exemplars, eval_tasks, is_text, iter_documents, load_documents, raw_record
+from .corpus import (dev_problems_path, eval_exemplars, eval_tasks, is_text, iter_documents, load_documents,
+                     raw_record)
 from .data import ThoughtDoc, chunk_document, layout_ids, token_ratio, tokenize_docs
 from .llm_teacher import TEACHERS
 from .model import ModelSpec
@@ -319,6 +320,7 @@ def make_jobs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, progres
                 out_dir=str(run.file(f"train/{arm}/seed{seed}")), tokenizer_dir=str(data_dir / "tokenizer"),
                 corpus_path=str(corpus), layout=spec.layout, model=model, train=train, seed=seed,
                 eval_problems_path="" if tasks else str(data_dir / "eval_problems.jsonl"),
+                dev_problems_path=dev_problems_path(data_dir), max_dev_problems=cfg.eval_dev_problems,
                 valid_path=str(raw_docs(run, data_dir, "valid")), latent_eval=spec.latent_eval,
                 eval_style=spec.eval_style, eval_shots=shots, max_eval_problems=cfg.max_eval_problems,
                 eval_tasks=tasks, eval_options=eval_options(cfg), threads=cfg.threads_per_worker,
@@ -328,7 +330,7 @@ def make_jobs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, progres
 
 def train_arms(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path) -> list[dict]:
     """Train every arm × seed (finished runs are skipped, interrupted ones resume); returns final metrics."""
-    jobs = make_jobs(run, cfg, data_dir, progress=cfg.workers <= 1)
+    jobs = make_jobs(run, cfg, data_dir, progress=cfg.n_workers <= 1)
     finals = run_jobs(jobs, cfg, run.file("jobs"), desc="training runs")
     rows = [{**j.info, "seed": j.seed, **f} for j, f in zip(jobs, finals)]
     write_json(run.file("final_metrics.json"), rows)

@@ -9,7 +9,8 @@ GSM8K test files for evaluation.
 
 Writes, inside the stage's run directory:
   docs/<split>.jsonl      documents of every training split and the validation docs
-  eval_problems.jsonl     world: held-out problems with answers, family and difficulty
+  eval_problems.jsonl     world: held-out test problems with answers, family and difficulty
+  dev_problems.jsonl      world: held-out dev problems, disjoint from the test problems (training-time evaluation)
   eval/<task>.jsonl       text: MATH / GSM8K problems in their hub schema
   source.json             text: where the corpus came from and how it was cut
   tokenizer/              a PreTrainedTokenizerFast with the latent tokens
@@ -49,7 +50,8 @@ class DataPrepConfig:
     warmstart_docs: int = 50               # EM warmstart corpus (teacher thoughts)
     bootstrap_docs: int = 100              # EM bootstrap corpus (raw only; thoughts inferred)
     valid_docs: int = 50                   # validation documents (NLL)
-    eval_problems: int = 100               # held-out problems with answers
+    eval_problems: int = 100               # held-out test problems with answers (the final evaluation)
+    dev_problems: int = 100                # world: held-out dev problems, disjoint from test (evaluated in training)
     vocab_size: int = 384                  # BPE vocabulary incl. 256 byte symbols and 7 special tokens
     source: str = "world"                  # "world" (synthetic) or "text" (a local corpus in FineMath's schema)
     text_source: str = ""                  # text: local jsonl / jsonl.gz / parquet file, directory or glob
@@ -95,6 +97,7 @@ class DataPrepConfig:
                 "units_per_doc_min must be ≥ 1 and ≤ units_per_doc_max")
         require(self.comparison_docs > 0 and self.valid_docs > 0 and self.eval_problems > 0,
                 "comparison_docs, valid_docs and eval_problems must be > 0")
+        require(self.dev_problems >= 0, f"dev_problems must be ≥ 0, got {self.dev_problems}")
         require(self.vocab_size >= 270, "vocab_size must be ≥ 270 (256 bytes + special tokens + a few merges)")
 
 
@@ -110,13 +113,18 @@ def build_world(run: RunDir, cfg: DataPrepConfig) -> dict:
                                             units_per_doc=units, seed=cfg.seed) if sizes[split] else []
             write_jsonl(path, [d.to_dict() for d in docs])
         run.add_artifact(f"docs/{split}.jsonl", f"{sizes[split]} documents of the {split} split")
-    eval_path = run.file("eval_problems.jsonl")
-    if not eval_path.exists():
-        problems = world.generate_problems("eval", cfg.eval_problems, families=cfg.families,
+    eval_path, dev_path = run.file("eval_problems.jsonl"), run.file("dev_problems.jsonl")
+    if not (eval_path.exists() and dev_path.exists()):
+        # one draw of distinct held-out problems: the test set is its first part (the same problems as a draw of
+        # the test set alone), the dev set the rest, so the two are disjoint
+        problems = world.generate_problems("eval", cfg.eval_problems + cfg.dev_problems, families=cfg.families,
                                            difficulty=cfg.difficulty, seed=cfg.seed)
-        write_jsonl(eval_path, [{"question": u.question, "answer": u.answer, "family": u.family,
-                                 "difficulty": u.difficulty, "uid": u.uid} for u in problems])
-    run.add_artifact("eval_problems.jsonl", f"{cfg.eval_problems} held-out problems with answers")
+        recs = [{"question": u.question, "answer": u.answer, "family": u.family, "difficulty": u.difficulty,
+                 "uid": u.uid} for u in problems]
+        write_jsonl(eval_path, recs[:cfg.eval_problems])
+        write_jsonl(dev_path, recs[cfg.eval_problems:])
+    run.add_artifact("eval_problems.jsonl", f"{cfg.eval_problems} held-out test problems with answers")
+    run.add_artifact("dev_problems.jsonl", f"{cfg.dev_problems} held-out dev problems, disjoint from the test set")
     tok_dir = run.file("tokenizer")
     if not (tok_dir / "tokenizer.json").exists():
         texts = []
@@ -258,6 +266,12 @@ def copy_eval_problems(src: str | Path, task: str, dest: Path, limit: int = 0) -
     return len(recs)
 
 
+def dev_problems_path(data_dir: str | Path) -> str:
+    """The world's dev problems stage 01 stored, or "" (a text corpus has none: its MATH/GSM8K files are test)."""
+    path = Path(data_dir) / "dev_problems.jsonl"
+    return str(path) if path.exists() else ""
+
+
 def eval_tasks(data_dir: str | Path) -> dict[str, str]:
     """The MATH / GSM8K files stage 01 stored (text source), task -> path."""
     return {t: str(p) for t in ("math", "gsm8k") if (p := Path(data_dir) / "eval" / f"{t}.jsonl").exists()}
@@ -324,6 +338,9 @@ def corpus_stats(data_dir: str | Path) -> dict:
                       "thought_to_raw": thought / raw if raw else 0.0}
     problems = read_jsonl(Path(data_dir) / "eval_problems.jsonl")
     out["eval"] = {"problems": len(problems), "families": dict(Counter(p["family"] for p in problems))}
+    if (dev_path := Path(data_dir) / "dev_problems.jsonl").exists():
+        dev = read_jsonl(dev_path)
+        out["dev"] = {"problems": len(dev), "families": dict(Counter(p["family"] for p in dev))}
     return out
 
 

@@ -13,6 +13,17 @@ Three styles of exemplar:
 * ``latent`` -- the paper's latent variant: ``Problem: q Answer: SoL PRI z EoL a.``
   and the prompt ends with ``SoL PRI``, so the model thinks before answering.
 
+Every arm sees the same *number* of exemplars (`common_shot_count`): as many
+as the longest format fits, for every question, within the positions the
+model was trained on.  A model is never asked to work at positions beyond its
+training row: with rotary positions and attention kept inside each document,
+those positions and relative distances were never trained, so a longer
+evaluation context would test extrapolation rather than the arm.  Fewer but
+equal shots keep the comparison fair: before, a latent prompt kept 1–2
+exemplars where a direct prompt kept 3.  The WRAP-CoT reasoning exemplars
+(170–260 tokens) rarely fit; a cot prompt then shows the same exemplars in the
+raw format.
+
 A non-latent model answers with latent tokens banned, as the paper does.
 Answers are compared with sympy equivalence; an answer with no number in it
 counts as wrong and is reported separately as unparseable.
@@ -36,6 +47,7 @@ _NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*\.?\s*$")
 _ANSWER_IS = re.compile(r"answer is\s+(-?\d+(?:\.\d+)?)", re.IGNORECASE)
 _ANY_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 STYLES = ("direct", "cot", "latent")
+ANSWER_TOKENS = {"direct": 64, "cot": 96, "latent": 96}   # new tokens per eval style (room to reason)
 
 
 def problem_prompt(question: str) -> str:
@@ -103,7 +115,10 @@ def few_shot_prompts(tokenizer, questions: Sequence[str], *, style: str, shots: 
     """Token ids of `BOS [exemplars] Problem: q Answer:` (+ `SoL PRI` for the latent style).
 
     With `max_len`, the earliest exemplars are dropped until the prompt fits
-    (a model is never asked to work at positions it was not trained on).
+    (a model is never asked to work at positions it was not trained on); a
+    cot prompt whose reasoning exemplars do not all fit shows them in the raw
+    format instead, so it keeps as many as a direct prompt.  Pass shots cut
+    to `common_shot_count` for equal counts across styles.
     """
     if style not in STYLES:
         raise ValueError(f"unknown eval style '{style}' (known: {', '.join(STYLES)})")
@@ -113,9 +128,8 @@ def few_shot_prompts(tokenizer, questions: Sequence[str], *, style: str, shots: 
     prompts = []
     for q in questions:
         tail = encode(tokenizer, problem_prompt(q)) + ([ids.sol, ids.prior] if style == "latent" else [])
-        used = _fit(pieces, len(tail), max_len)
-        if not used and fallback:  # reasoning exemplars too long for the context: show the answer format instead
-            used = _fit(fallback, len(tail), max_len)
+        fits = not max_len or 1 + sum(map(len, pieces)) + len(tail) <= max_len
+        used = _fit(fallback if fallback and not fits else pieces, len(tail), max_len)
         prompts.append([ids.bos] + [t for p in used for t in p] + tail)
     return prompts
 
@@ -126,6 +140,28 @@ def _fit(pieces: list[list[int]], tail_len: int, max_len: int) -> list[list[int]
     while used and max_len and 1 + sum(map(len, used)) + tail_len > max_len:
         used.pop(0)
     return used
+
+
+def common_shot_count(tokenizer, questions: Sequence[str], shots: Sequence[dict], max_pos: int) -> int:
+    """The most exemplars (the first n of `shots`) that every style's prompt fits, for every question.
+
+    Each style keeps room for its answer (`ANSWER_TOKENS`) within `max_pos`
+    positions (0 = no limit).  Computed from the questions, the exemplars and
+    the context alone, so every arm evaluated on the same problems gets the
+    same count.  The cot style is bound by its raw-format fallback, i.e. by
+    the direct style.
+    """
+    if not max_pos or not shots:
+        return len(shots)
+    ids = SpecialIds.of(tokenizer)
+    tails = [len(encode(tokenizer, problem_prompt(q))) for q in questions] or [0]
+    n = len(shots)
+    for style in ("direct", "latent"):
+        lens = [len(_exemplar_ids(tokenizer, ids, ex, style)) for ex in shots]
+        room = max_pos - ANSWER_TOKENS[style] - 1 - max(tails) - (2 if style == "latent" else 0)
+        while n and sum(lens[:n]) > room:
+            n -= 1
+    return n
 
 
 def answers_equal(predicted: str | None, gold: str) -> bool:
@@ -154,25 +190,34 @@ class EvalResult:
     unparseable: float                 # fraction of answers that could not be read
     per_family: dict[str, float]
     records: list[dict]                # one per problem: question, gold, generated text, parsed, correct
+    shots: int = 0                     # exemplars in every prompt
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
-        out = {f"{prefix}accuracy": self.accuracy, f"{prefix}unparseable": self.unparseable}
+        out = {f"{prefix}accuracy": self.accuracy, f"{prefix}unparseable": self.unparseable,
+               f"{prefix}eval_shots": self.shots}
         out.update({f"{prefix}accuracy/{fam}": acc for fam, acc in self.per_family.items()})
         return out
 
 
 def evaluate_problems(model, tokenizer, problems: Sequence, *, latent: bool = False, style: str | None = None,
-                      shots: Sequence[dict] = (), max_new_tokens: int = 96, batch_size: int = 256,
-                      with_records: bool = False) -> EvalResult:
+                      shots: Sequence[dict] = (), max_new_tokens: int | None = None, batch_size: int = 256,
+                      with_records: bool = False, n_shots: int | None = None) -> EvalResult:
     """Greedy answers to `problems` (objects with .question, .answer, .family).
 
     `style` is "direct", "cot" or "latent" (default: "latent" if `latent` else
-    "direct"); `shots` are exemplar dicts from `exemplar_units`.
+    "direct"); `shots` are exemplar dicts from `exemplar_units`, of which the
+    first `n_shots` are shown (default: `common_shot_count` for these
+    problems, the same for every style).  `max_new_tokens` defaults to the
+    style's `ANSWER_TOKENS`.
     """
     style = style or ("latent" if latent else "direct")
     latent = style == "latent"
+    max_new_tokens = ANSWER_TOKENS[style] if max_new_tokens is None else max_new_tokens
     ids = SpecialIds.of(tokenizer)
     max_pos = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    if n_shots is None:
+        n_shots = common_shot_count(tokenizer, [p.question for p in problems], shots, max_pos)
+    shots = list(shots)[:n_shots]
     prompts = few_shot_prompts(tokenizer, [p.question for p in problems], style=style, shots=shots,
                                max_len=max(max_pos - max_new_tokens, 0))
     stops = set(newline_ids(tokenizer)) | {ids.eos}
@@ -201,6 +246,7 @@ def evaluate_problems(model, tokenizer, problems: Sequence, *, latent: bool = Fa
         unparseable=1 - sum(parsed_ok) / n,
         per_family={f: float(np.mean(v)) for f, v in sorted(fam_hits.items())},
         records=records,
+        shots=len(shots),
     )
 
 

@@ -22,8 +22,16 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the platform has one, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:   # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
 def default_workers() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))
+    return max(1, min(available_cores(), 8))
 
 
 def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int, names: Sequence[str] | None = None,

@@ -3,6 +3,11 @@
 Analysis reads only what stages wrote to disk (`run.json` + `metrics.jsonl`
 of each training run); nothing here touches a model.  Runs are selected by
 their stored metadata (stage, arm, seed), never by parsing directory names.
+
+Every evaluation point carries its `split`: `dev` during training (world
+studies), `test` at the end of each run.  Final tables read test points only;
+learning curves and calibration read dev points (test where a run has none,
+as a text corpus's MATH/GSM8K runs, or runs stored before the split existed).
 """
 
 from __future__ import annotations
@@ -42,11 +47,11 @@ def collect_evals(study_dir: str | Path) -> pd.DataFrame:
                 continue
             rows.append({"stage": info.get("stage", ""), "arm": info.get("arm", run.parent.name),
                          "seed": info.get("seed"), "iteration": info.get("iteration"), "k": info.get("k"),
-                         "run_dir": str(run.relative_to(study_dir)),
+                         "run_dir": str(run.relative_to(study_dir)), "split": "test",
                          **{k: v for k, v in rec.items() if k not in ("kind", "time")}})
     df = pd.DataFrame(rows)
     if not df.empty:
-        df = df.sort_values(["stage", "arm", "seed", "step"]).reset_index(drop=True)
+        df = df.sort_values(["stage", "arm", "seed", "step", "split"]).reset_index(drop=True)
         ratios = token_ratios(study_dir)
         df["effective_raw_tokens"] = [t / ratios.get((st, a), 1.0) for st, a, t in
                                       zip(df["stage"], df["arm"], df["tokens"])]
@@ -73,12 +78,51 @@ def by_family(evals: pd.DataFrame) -> pd.DataFrame:
     return long.drop(columns=[]).rename(columns={"family_accuracy": "accuracy"}).dropna(subset=["accuracy"])
 
 
-def final_points(evals: pd.DataFrame) -> pd.DataFrame:
-    """The last evaluation of every run (one row per arm × seed)."""
+def final_points(evals: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """The last evaluation of every run on `split` (one row per arm × seed): test for results, dev for calibration."""
     if evals.empty:
         return evals
-    idx = evals.groupby(["stage", "arm", "seed"])["step"].idxmax()
-    return evals.loc[idx].reset_index(drop=True)
+    on = evals[evals["split"] == split]
+    if on.empty:
+        return on.reset_index(drop=True)
+    idx = on.groupby(["stage", "arm", "seed"])["step"].idxmax()
+    return on.loc[idx].reset_index(drop=True)
+
+
+def curve_points(evals: pd.DataFrame) -> pd.DataFrame:
+    """Every run's evaluations along training: its dev points, or its test points where it has no dev split."""
+    if evals.empty:
+        return evals
+    has_dev = evals.groupby("run_dir")["split"].transform(lambda s: (s == "dev").any())
+    keep = (evals["split"] == "dev") | ~has_dev
+    return evals[keep].reset_index(drop=True)
+
+
+def packing_table(study_dir: str | Path) -> pd.DataFrame:
+    """Per stage and latent arm: the share of thoughts trained apart from their question (epoch 0, mean over seeds).
+
+    `share_apart` as the runs were packed; `share_apart_row_cuts` had the same
+    rows been cut into row-sized pieces (the packing before `cut_at_chunks`).
+    """
+    rows = []
+    for run in training_runs(study_dir):
+        info = read_json(run / "run.json")
+        p = info.get("packing") or {}
+        if "share_apart" in p:
+            rows.append({"stage": info.get("stage", ""), "arm": info.get("arm", run.parent.name),
+                         "seed": info.get("seed"), "thoughts": p["thoughts"],
+                         "share_apart_row_cuts": p.get("share_apart_row_cuts", p["share_apart"]),
+                         "share_apart": p["share_apart"]})
+    cols = ["stage", "arm", "seeds", "thoughts", "share_apart_row_cuts_%", "share_apart_%"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    df = pd.DataFrame(rows).groupby(["stage", "arm"], as_index=False, sort=False).agg(
+        seeds=("seed", "count"), thoughts=("thoughts", "mean"), before=("share_apart_row_cuts", "mean"),
+        after=("share_apart", "mean"))
+    df["share_apart_row_cuts_%"] = (df.pop("before") * 100).round(1)
+    df["share_apart_%"] = (df.pop("after") * 100).round(1)
+    df["thoughts"] = df["thoughts"].round().astype(int)
+    return df[cols]
 
 
 def summary_table(finals: pd.DataFrame) -> pd.DataFrame:
@@ -92,6 +136,8 @@ def summary_table(finals: pd.DataFrame) -> pd.DataFrame:
                "accuracy_%": round(acc, 1), "accuracy_se": round(acc_se, 1)}
         if "unparseable" in g:
             row["unparseable_%"] = round(float(g["unparseable"].mean() * 100), 1)
+        if "eval_shots" in g and g["eval_shots"].notna().any():
+            row["shots"] = int(g["eval_shots"].max())
         if "val_nll" in g:
             nll, nll_se, _ = mean_se(g["val_nll"])
             row["val_nll"] = round(nll, 4)
@@ -291,7 +337,8 @@ def figure_frames(study_dir: str | Path, evals: pd.DataFrame, finals: pd.DataFra
     frames: dict = {}
     if evals.empty:
         return frames
-    synth = evals[(evals["stage"] == SYNTHETIC_STAGE) & ~evals["arm"].str.startswith(SWEEP_PREFIX)]
+    curves = curve_points(evals)
+    synth = curves[(curves["stage"] == SYNTHETIC_STAGE) & ~curves["arm"].str.startswith(SWEEP_PREFIX)]
     frames["accuracy_vs_tokens"] = synth
     frames["accuracy_vs_effective_raw_tokens"] = synth
     frames["accuracy_vs_tokens_by_family"] = by_family(synth)

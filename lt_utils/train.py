@@ -20,6 +20,7 @@ import torch
 
 from .config import require
 from .data import EpochStream, ThoughtDoc, pack_rows, layout_ids, tokenize_docs
+from .evaluate import ANSWER_TOKENS
 from .model import ModelSpec, build_model, load_model
 from .runs import append_jsonl, read_json, read_jsonl, seed_everything, write_json, write_jsonl
 from .tokens import SpecialIds, load_tokenizer
@@ -42,6 +43,7 @@ class TrainSpec:
     grad_clip: float = 1.0
     eval_every: int = 100            # steps between evaluations (and checkpoints)
     attend_across_docs: bool = False  # True = the paper's packing; False = positions reset + per-document attention
+    cut_at_chunks: bool = True       # per-document packing: cut long documents between chunks, question carried along
     compile: bool = False            # torch.compile the model (GPU)
 
     def __post_init__(self):
@@ -84,18 +86,22 @@ class TrainingParams:
     grad_clip: float = 1.0                  # gradient-norm clip
     eval_every: int = 20                    # steps between evaluations
     attend_across_docs: bool = False        # paper packing (True) or per-document attention (False)
-    max_eval_problems: int = 0              # 0 means every held-out problem
+    cut_at_chunks: bool = True              # per-document packing: long documents cut between chunks (see data.py)
+    max_eval_problems: int = 0              # 0 means every held-out (test) problem
+    eval_dev_problems: int = 100            # dev problems evaluated during training (0: all); the end uses test
     eval_shots: int = 0                     # solved exemplars in every evaluation prompt (same for all arms)
     eval_max_new_tokens: int = 0            # MATH/GSM8K: generation cap (0: 512)
     eval_max_prompt_tokens: int = 0         # MATH/GSM8K: drop exemplars to fit (0: no limit)
     eval_samples: int = 1                   # MATH/GSM8K: samples per problem
     eval_temperature: float = 0.0           # MATH/GSM8K: 0 = greedy
-    workers: int = 2                        # parallel training processes
+    workers: int = 0                        # parallel training processes (0: one per available core)
     threads_per_worker: int = 1             # torch threads per process
     launcher: str = ""                      # "" = in-process workers; else a command run per job (see run_jobs)
 
     def check_training_params(self) -> None:
-        require(self.workers >= 1 and self.threads_per_worker >= 1, "workers and threads_per_worker must be ≥ 1")
+        require(self.workers >= 0, f"workers must be ≥ 0 (0: one per core), got {self.workers}")
+        require(self.threads_per_worker >= 1, "threads_per_worker must be ≥ 1")
+        require(self.eval_dev_problems >= 0, f"eval_dev_problems must be ≥ 0, got {self.eval_dev_problems}")
         require(self.eval_shots >= 0, f"eval_shots must be ≥ 0, got {self.eval_shots}")
         require(self.grad_accum >= 1, f"grad_accum must be ≥ 1, got {self.grad_accum}")
         require(self.eval_max_new_tokens >= 0 and self.eval_max_prompt_tokens >= 0,
@@ -104,6 +110,13 @@ class TrainingParams:
                 "eval_samples must be ≥ 1 and eval_temperature ≥ 0")
         require(self.eval_samples == 1 or self.eval_temperature > 0,
                 "eval_samples > 1 needs eval_temperature > 0 (greedy samples are identical)")
+
+    @property
+    def n_workers(self) -> int:
+        """`workers`, with 0 resolved to the cores this process may run on."""
+        from .parallel import available_cores
+
+        return self.workers or available_cores()
 
 
 @dataclass(frozen=True)
@@ -117,7 +130,9 @@ class TrainJob:
     model: ModelSpec
     train: TrainSpec
     seed: int
-    eval_problems_path: str = ""     # jsonl of eval problems (question, answer, family)
+    eval_problems_path: str = ""     # jsonl of test problems (question, answer, family): the final evaluation
+    dev_problems_path: str = ""      # jsonl of dev problems, evaluated during training ("" = test problems then too)
+    max_dev_problems: int = 0        # dev problems evaluated (0 = all)
     valid_path: str = ""             # jsonl of raw validation ThoughtDocs (for NLL)
     latent_eval: bool = False        # prompt with SoL PRI so the model thinks before answering
     eval_style: str = ""             # "direct", "cot" or "latent" ("" = from latent_eval); see evaluate.py
@@ -130,7 +145,7 @@ class TrainJob:
     progress: bool = True
 
 
-EVAL_NEW_TOKENS = {"direct": 64, "cot": 96, "latent": 96}   # answer budget per eval style (room to reason)
+EVAL_NEW_TOKENS = ANSWER_TOKENS   # answer budget per eval style (room to reason)
 
 
 def eval_options(p: TrainingParams) -> dict:
@@ -159,6 +174,23 @@ def task_metrics(model, tokenizer, tasks: dict, latent: bool, limit: int, option
     if main:
         rec["accuracy"], rec["unparseable"] = rec[f"accuracy/{main}"], rec[f"unparseable/{main}"]
     return rec
+
+
+def packing_stats(stream) -> dict:
+    """Thoughts of epoch 0 trained apart from their question (`data.thoughts_apart`), as packed and with row cuts.
+
+    Only for the in-memory stream (per-document packing); the paper's stream
+    packing cuts its windows anywhere, as the paper's code does, and is not
+    measured here.
+    """
+    if not isinstance(stream, EpochStream) or stream.layout in ("raw", "thought_only"):
+        return {}
+    out = {"cut_at_chunks": stream.cut_at_chunks, **stream.thoughts_apart(0)}
+    if stream.cut_at_chunks:   # the same epoch cut into row-sized pieces, for comparison
+        rowcut = EpochStream(stream.docs, stream.layout, stream.ids, seq_len=stream.seq_len,
+                             batch_size=stream.batch_size, seed=stream.seed, attend_across_docs=False)
+        out["share_apart_row_cuts"] = rowcut.thoughts_apart(0)["share_apart"]
+    return out
 
 
 def lr_lambda(spec: TrainSpec):
@@ -268,8 +300,18 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
     else:
         stream = EpochStream(tokenize_docs(tokenizer, load_docs(job.corpus_path)), job.layout, ids,
                              seq_len=job.train.seq_len, batch_size=job.train.batch_size, seed=job.seed,
-                             attend_across_docs=False, rank=acc.process_index, world_size=acc.num_processes)
+                             attend_across_docs=False, cut_at_chunks=job.train.cut_at_chunks,
+                             rank=acc.process_index, world_size=acc.num_processes)
     problems = load_problems(job.eval_problems_path, job.max_eval_problems) if job.eval_problems_path else []
+    dev = load_problems(job.dev_problems_path, job.max_dev_problems) if job.dev_problems_path else []
+    style = job.eval_style or ("latent" if job.latent_eval else "direct")
+    n_shots = len(job.eval_shots)
+    if job.eval_shots and (problems or dev):
+        from .evaluate import common_shot_count
+
+        # one count for dev and test, and (from the same problems and context) for every arm
+        n_shots = common_shot_count(tokenizer, [p.question for p in dev + problems], job.eval_shots,
+                                    job.model.max_seq_len)
     valid_rows = None
     if job.valid_path:
         vdocs = tokenize_docs(tokenizer, load_docs(job.valid_path))
@@ -299,10 +341,10 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
     acc.wait_for_everyone()
     if acc.is_main_process:
         write_json(out / "run.json", {"layout": job.layout, "seed": job.seed, "model": asdict(job.model),
-                                      "eval": {"style": job.eval_style or ("latent" if job.latent_eval else "direct"),
-                                               "shots": len(job.eval_shots),
+                                      "eval": {"style": style, "shots": n_shots,
+                                               "dev_problems": len(dev), "test_problems": len(problems),
                                                **({"tasks": sorted(job.eval_tasks)} if job.eval_tasks else {})},
-                                      "train": asdict(spec), **job.info})
+                                      "train": asdict(spec), "packing": packing_stats(stream), **job.info})
     if spec.compile:
         model = torch.compile(model)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
@@ -330,28 +372,36 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
         copy.load_state_dict(weights)
         return copy.to(acc.device)
 
-    def evaluate_now(m) -> dict:
+    def evaluate_now(m, final: bool) -> list[dict]:
+        """Eval records: on the dev problems during training; at the end on dev and then test.
+
+        Without dev problems (a text corpus: MATH/GSM8K test files only) every
+        evaluation is on the test problems, as the paper's in-loop evaluation.
+        """
         from .evaluate import evaluate_problems, validation_nll
 
-        rec: dict[str, Any] = {}
-        if job.eval_tasks:
-            style = job.eval_style or ("latent" if job.latent_eval else "direct")
-            rec.update(task_metrics(m, tokenizer, job.eval_tasks, style == "latent", job.max_eval_problems,
-                                    job.eval_options))
-        if problems:
-            style = job.eval_style or ("latent" if job.latent_eval else "direct")
-            rec.update(evaluate_problems(m, tokenizer, problems, style=style, shots=job.eval_shots,
-                                         max_new_tokens=EVAL_NEW_TOKENS[style]).metrics())
+        common: dict[str, Any] = {}
         if valid_rows is not None:
-            rec["val_nll"] = validation_nll(m, valid_rows)
+            common["val_nll"] = validation_nll(m, valid_rows)
+        recs = []
+        for split in (["dev"] if dev else []) + (["test"] if final or not dev else []):
+            rec: dict[str, Any] = {"split": split}
+            if job.eval_tasks and split == "test":
+                rec.update(task_metrics(m, tokenizer, job.eval_tasks, style == "latent", job.max_eval_problems,
+                                        job.eval_options))
+            todo = dev if split == "dev" else problems
+            if todo:
+                rec.update(evaluate_problems(m, tokenizer, todo, style=style, shots=job.eval_shots,
+                                             max_new_tokens=EVAL_NEW_TOKENS[style], n_shots=n_shots).metrics())
+            recs.append({**rec, **common})
         model.train()
-        return rec
+        return recs
 
     if step == 0:
         m = eval_model()
         if acc.is_main_process:
-            append_jsonl(out / "metrics.jsonl", {"kind": "eval", "step": 0, "tokens": 0, "raw_tokens": 0,
-                                                 **evaluate_now(m)})
+            for rec in evaluate_now(m, final=False):
+                append_jsonl(out / "metrics.jsonl", {"kind": "eval", "step": 0, "tokens": 0, "raw_tokens": 0, **rec})
         del m
         acc.wait_for_everyone()
     bar = None
@@ -402,8 +452,9 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
         if step % spec.eval_every == 0 or step == spec.steps:
             m = eval_model()
             if acc.is_main_process:
-                rec = {"kind": "eval", "step": step, "tokens": tokens, "raw_tokens": raw_tokens, **evaluate_now(m)}
-                append_jsonl(out / "metrics.jsonl", rec)
+                for rec in evaluate_now(m, final=step == spec.steps):
+                    append_jsonl(out / "metrics.jsonl", {"kind": "eval", "step": step, "tokens": tokens,
+                                                         "raw_tokens": raw_tokens, **rec})
             del m
             acc.wait_for_everyone()
             if step < spec.steps:
@@ -435,7 +486,7 @@ def run_jobs(jobs: list[TrainJob], params: TrainingParams, jobs_dir: Path, desc:
     if not params.launcher:
         from .parallel import run_parallel
 
-        return run_parallel(run_train_job, jobs, workers=params.workers, threads_per_worker=params.threads_per_worker,
+        return run_parallel(run_train_job, jobs, workers=params.n_workers, threads_per_worker=params.threads_per_worker,
                             names=[j.info["name"] for j in jobs], desc=desc)
     import shlex
     import subprocess

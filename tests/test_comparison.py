@@ -118,3 +118,27 @@ def test_every_arm_is_evaluated_few_shot_in_its_own_style(stage):
                       "latent_thoughts": "latent"}
     shots = [j.eval_shots for j in jobs.values()]
     assert len(shots[0]) == 3 and all(s == shots[0] for s in shots)   # the same exemplars for every arm
+
+
+def test_dev_and_test_problems_are_disjoint_and_absent_from_training_text(stage):
+    cfg, run, data = stage
+    test = read_jsonl(data / "eval_problems.jsonl")
+    dev = read_jsonl(data / "dev_problems.jsonl")
+    assert len(test) == 9 and len(dev) == corpus.DataPrepConfig().dev_problems
+    assert not {p["uid"] for p in test} & {p["uid"] for p in dev}
+    assert not {p["question"] for p in test} & {p["question"] for p in dev}
+    training = [d for split in ("comparison", "fresh", "warmstart", "bootstrap", "valid")
+                for d in corpus.load_documents(data, split)]
+    seen_uids = {u.uid for d in training for u in d.units}
+    seen_questions = {u.question for d in training for u in d.units}
+    for p in test + dev:
+        assert p["uid"] not in seen_uids and p["question"] not in seen_questions
+    # the test set is the one a draw of the test problems alone gives
+    from lt_utils import world
+
+    alone = world.generate_problems("eval", 9, families=["addition", "linear", "word"], seed=0)
+    assert [u.uid for u in alone] == [p["uid"] for p in test]
+    # training runs evaluate a dev subset along the way and the test set at the end
+    job = comparison.make_jobs(run, cfg, data, progress=False)[0]
+    assert job.dev_problems_path.endswith("dev_problems.jsonl") and job.max_dev_problems == cfg.eval_dev_problems
+    assert job.eval_problems_path.endswith("eval_problems.jsonl")

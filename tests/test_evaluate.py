@@ -96,3 +96,33 @@ def test_few_shot_evaluation_runs_every_style(tokenizer, tiny_model):
         res = evaluate_problems(tiny_model, tokenizer, problems, style=style, shots=shots, max_new_tokens=8,
                                 with_records=True)
         assert res.records[0]["generated"].startswith("<|START_OF_LATENT|>") == (style == "latent")
+
+
+def test_every_style_gets_the_same_number_of_exemplars_within_the_context(tokenizer, tiny_model):
+    from lt_utils import world
+    from lt_utils.evaluate import ANSWER_TOKENS, STYLES, common_shot_count
+
+    shots = exemplar_units(_world_docs(), 3)
+    problems = world.generate_problems("eval", 12, families=["addition", "linear", "word"], seed=0)
+    questions = [p.question for p in problems]
+    full = {s: max(map(len, few_shot_prompts(tokenizer, questions, style=s, shots=shots))) for s in STYLES}
+    # a context where three direct exemplars fit with their answer budget but three latent ones do not
+    max_pos = full["direct"] + ANSWER_TOKENS["direct"]
+    assert full["latent"] + ANSWER_TOKENS["latent"] > max_pos
+    n = common_shot_count(tokenizer, questions, shots, max_pos)
+    assert 0 < n < 3
+    counts = {}
+    for style in STYLES:
+        prompts = few_shot_prompts(tokenizer, questions, style=style, shots=shots[:n],
+                                   max_len=max_pos - ANSWER_TOKENS[style])
+        assert all(len(p) <= max_pos - ANSWER_TOKENS[style] for p in prompts)
+        counts[style] = {tokenizer.decode(p).count("Problem:") - 1 for p in prompts}
+    assert counts == {s: {n} for s in STYLES}
+    # the count is the most that fits: one more latent exemplar would overflow for some question
+    longer = few_shot_prompts(tokenizer, questions, style="latent", shots=shots[:n + 1])
+    assert max(map(len, longer)) > max_pos - ANSWER_TOKENS["latent"]
+    assert common_shot_count(tokenizer, questions, shots, 0) == 3
+    # evaluation applies the same count in every style
+    used = {s: evaluate_problems(tiny_model, tokenizer, problems[:2], style=s, shots=shots, max_new_tokens=4,
+                                 n_shots=n).shots for s in STYLES}
+    assert used == {s: n for s in STYLES}

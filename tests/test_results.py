@@ -105,3 +105,30 @@ def test_teacher_sweep_pairs_accuracy_with_stored_quality(tmp_path):
     frames = results.figure_frames(tmp_path, results.collect_evals(tmp_path), finals)
     assert "latent_err0.5" not in set(frames["accuracy_vs_tokens"]["arm"])   # sweep arms get their own figure
     assert set(frames["teacher_quality_sweep"][1]["references"]) == {"raw_repeat"}
+
+
+def test_final_tables_read_test_points_and_curves_read_dev_points(tmp_path):
+    d = tmp_path / "02_synthetic_thoughts" / "train" / "latent_thoughts" / "seed0"
+    write_json(d / "run.json", {"arm": "latent_thoughts", "seed": 0, "stage": "02_synthetic_thoughts",
+                                "packing": {"cut_at_chunks": True, "thoughts": 40, "apart": 0, "share_apart": 0.0,
+                                            "share_apart_row_cuts": 0.25}})
+    recs = [{"kind": "eval", "split": "dev", "step": s, "tokens": 100 * s, "accuracy": 0.1 * s, "eval_shots": 2}
+            for s in (0, 1, 2)]
+    recs.append({"kind": "eval", "split": "test", "step": 2, "tokens": 200, "accuracy": 0.5, "eval_shots": 2})
+    write_jsonl(d / "metrics.jsonl", recs)
+    (d / "DONE").write_text("{}")
+    fake_run(tmp_path, "raw_repeat", 0, [0.0, 0.3], [0.0, 0.3])    # stored before the split: read as test
+    evals = results.collect_evals(tmp_path)
+    finals = results.final_points(evals).set_index("arm")
+    assert (finals["split"] == "test").all()
+    assert finals.loc["latent_thoughts", "accuracy"] == 0.5 and finals.loc["raw_repeat", "accuracy"] == 0.3
+    dev = results.final_points(evals, "dev")
+    assert list(dev["arm"]) == ["latent_thoughts"] and dev["accuracy"].iloc[0] == pytest.approx(0.2)
+    curves = results.curve_points(evals)
+    assert set(curves.loc[curves["arm"] == "latent_thoughts", "split"]) == {"dev"}
+    assert len(curves[curves["arm"] == "raw_repeat"]) == 2
+    assert results.summary_table(results.final_points(evals)).set_index("arm").loc["latent_thoughts", "shots"] == 2
+    pack = results.packing_table(tmp_path).set_index("arm")
+    assert list(pack.index) == ["latent_thoughts"]
+    assert pack.loc["latent_thoughts", "share_apart_row_cuts_%"] == 25.0 and pack.loc["latent_thoughts",
+                                                                                     "share_apart_%"] == 0.0
