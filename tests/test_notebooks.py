@@ -55,7 +55,14 @@ def test_smoke_profile_runs_every_notebook(tmp_path):
                          .read_text())
     assert quality["error_rate"] == 0.5 and quality["fraction_correct"] < 1.0
     run_info = json.loads((study / "02_synthetic_thoughts" / "train" / "wrap_cot" / "seed0" / "run.json").read_text())
-    assert run_info["eval"] == {"style": "cot", "shots": 2}
+    assert run_info["eval"]["style"] == "cot" and 1 <= run_info["eval"]["shots"] <= 2
+    assert run_info["eval"]["dev_problems"] == 20 and run_info["eval"]["test_problems"] == 60
+    shots = {json.loads(p.read_text())["eval"]["shots"] for p in study.rglob("train/*/seed*/run.json")}
+    assert shots == {run_info["eval"]["shots"]}          # every arm of both stages sees as many exemplars
+    latent = json.loads((study / "02_synthetic_thoughts" / "train" / "latent_thoughts" / "seed0" / "run.json")
+                        .read_text())
+    assert latent["packing"]["share_apart"] == 0 and latent["packing"]["share_apart_row_cuts"] > 0
+    assert set(res["split"]) == {"dev", "test"}
     em = res[res["stage"] == "03_bootstrap_em"]
     assert {"warmstart", "bolt_iter1", "bolt_iter2", "bolt_iter1_k1", "bolt_iter1_k2", "raw_token_match",
             "raw_flop_match"} == set(em["arm"])
