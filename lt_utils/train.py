@@ -305,13 +305,6 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
     problems = load_problems(job.eval_problems_path, job.max_eval_problems) if job.eval_problems_path else []
     dev = load_problems(job.dev_problems_path, job.max_dev_problems) if job.dev_problems_path else []
     style = job.eval_style or ("latent" if job.latent_eval else "direct")
-    n_shots = len(job.eval_shots)
-    if job.eval_shots and (problems or dev):
-        from .evaluate import common_shot_count
-
-        # one count for dev and test, and (from the same problems and context) for every arm
-        n_shots = common_shot_count(tokenizer, [p.question for p in dev + problems], job.eval_shots,
-                                    job.model.max_seq_len)
     valid_rows = None
     if job.valid_path:
         vdocs = tokenize_docs(tokenizer, load_docs(job.valid_path))
@@ -320,6 +313,13 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
 
     ckpt = _latest_ckpt(out)
     model = load_model(ckpt) if ckpt else build_model(job.model, tokenizer, seed=job.seed)
+    n_shots = len(job.eval_shots)
+    if job.eval_shots and (problems or dev):
+        from .evaluate import common_shot_count
+
+        # one count for dev and test, and (from the same problems and context) for every arm
+        n_shots = common_shot_count(tokenizer, [p.question for p in dev + problems], job.eval_shots,
+                                    int(getattr(model.config, "max_position_embeddings", 0) or 0))
     spec = job.train
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(spec.beta1, spec.beta2),
                                   weight_decay=spec.weight_decay, eps=1e-8)

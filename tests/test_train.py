@@ -136,3 +136,23 @@ def test_two_process_ddp_run_through_torchrun(tmp_path, tokenizer_dir):
     model = load_model(tmp_path / "ddp" / "model")
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     assert not (tmp_path / "ddp" / "ckpt").exists()
+
+
+def test_dev_problems_along_training_and_test_problems_at_the_end(tmp_path, tokenizer_dir):
+    from dataclasses import replace
+
+    job = make_job(tmp_path, tokenizer_dir, "d", steps=10)
+    write_jsonl(tmp_path / "dev.jsonl", [{"question": "5 + 5", "answer": "10", "family": "addition"}] * 2)
+    shots = ({"question": "1 + 1", "answer": "2", "thought": "1+1=2. so 2.", "family": "addition"},) * 2
+    job = replace(job, dev_problems_path=str(tmp_path / "dev.jsonl"), eval_shots=shots)
+    final = run_train_job(job)
+    evals = [(r["step"], r["split"]) for r in read_jsonl(tmp_path / "d" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert evals == [(0, "dev"), (5, "dev"), (10, "dev"), (10, "test")]
+    info = json.loads((tmp_path / "d" / "run.json").read_text())
+    assert info["eval"]["dev_problems"] == 2 and info["eval"]["test_problems"] == 3
+    from lt_utils.evaluate import common_shot_count
+    from lt_utils.tokens import load_tokenizer
+
+    fits = common_shot_count(load_tokenizer(tokenizer_dir), ["5 + 5", "12 + 30"], shots, job.model.max_seq_len)
+    assert final["split"] == "test" and final["eval_shots"] == info["eval"]["shots"] == fits
+    assert info["packing"]["cut_at_chunks"] and info["packing"]["thoughts"] > 0
