@@ -74,6 +74,7 @@ class TrainingParams:
     tie_embeddings: bool = True             # model: tie input/output embeddings
     init_std: float = 0.02                  # model: std of the random init
     init_from: str = ""                     # model: HF checkpoint every run starts from (empty: from scratch)
+    init: str = "scratch"                   # model: "base" continues the study's base model (stage 01), "scratch" not
     batch_size: int = 8                     # rows per micro-batch and process
     grad_accum: int = 1                     # micro-batches per optimizer step (global batch = batch x accum x GPUs)
     seq_len: int = 256                      # tokens per row
@@ -95,6 +96,9 @@ class TrainingParams:
     launcher: str = ""                      # "" = in-process workers; else a command run per job (see run_jobs)
 
     def check_training_params(self) -> None:
+        require(self.init in ("scratch", "base"), f"init must be scratch or base, got '{self.init}'")
+        require(self.init != "base" or not self.init_from,
+                "init: base continues the study's base model; init_from must then be empty")
         require(self.workers >= 1 and self.threads_per_worker >= 1, "workers and threads_per_worker must be ≥ 1")
         require(self.eval_shots >= 0, f"eval_shots must be ≥ 0, got {self.eval_shots}")
         require(self.grad_accum >= 1, f"grad_accum must be ≥ 1, got {self.grad_accum}")
