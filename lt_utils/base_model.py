@@ -241,6 +241,9 @@ def build(run: RunDir, cfg) -> dict | None:
     """
     if not cfg.base_steps:
         return None
+    recorded = run.file(BASE_INFO)
+    if run.already_done and recorded.exists() and (Path(read_json(recorded)["model"]) / "config.json").exists():
+        return read_json(recorded)   # a finished stage is reused as it is (and logs nothing twice)
     tok_dir = run.file("tokenizer")
     base_dir, built = build_base(cfg, tok_dir, progress=True)
     evals = evaluate_base(base_dir, run.path, cfg.base_eval_shots, cfg.base_threads)
