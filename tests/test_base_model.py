@@ -50,6 +50,9 @@ def test_a_second_study_reuses_the_base_and_a_changed_parameter_rebuilds_it(stud
     assert {p: (sha(p), p.stat().st_mtime_ns) for p in files} == files   # nothing retrained or rewritten
     assert [r["built"] for r in read_jsonl(run_a.file("metrics.jsonl")) if r["kind"] == "base"] == [True]
     assert [r["built"] for r in read_jsonl(run_b.file("metrics.jsonl")) if r["kind"] == "base"] == [False]
+    again = RunDir.open(run_a.config, "01_data_prep")   # a finished stage 01, re-run: same record, nothing logged
+    assert again.already_done and base_model.build(again, run_a.config) == info_a
+    assert len([r for r in read_jsonl(run_a.file("metrics.jsonl")) if r["kind"] == "base"]) == 1
     _, info_c = data_prep(root, "c", base_steps=4)
     assert info_c["hash"] != info_a["hash"] and info_c["train"]["step"] == 4
     key = read_json(base_dir / "key.json")
