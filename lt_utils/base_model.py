@@ -34,7 +34,6 @@ from .config import ConfigError, pick, require
 from .model import ModelSpec
 from .runs import MissingInputError, RunDir, environment, read_json, write_json, write_jsonl
 
-INITS = ("scratch", "base")
 BASE_DIR = "base"          # <run_root>/base/<hash>/
 BASE_INFO = "base.json"    # what stage 01 records about its base model
 # Bump when the base corpus's text or the base recipe changes meaning, so stale caches are not reused.
