@@ -33,12 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from .base_model import stage_model_spec
 from .config import pick, require
 from .corpus import (dev_problems_path, eval_exemplars, eval_tasks, is_text, iter_documents, load_documents,
                      raw_record)
 from .data import Chunk, ThoughtDoc, chunk_document, token_ratio, tokenize_docs
 from .estep import EStepConfig, model_fingerprint, run_estep, save_records, select_first_k, summarize
-from .model import ModelSpec, load_model
+from .model import load_model
 from .paths import resolve
 from .runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
 from .teacher import OracleTeacher, ThoughtCache, chunk_units, split_unit_thoughts, write_thoughts
@@ -166,7 +167,7 @@ class Study:
         self.run, self.cfg = run, cfg
         self.data = data_dir_of(cfg)
         self.tok_dir = self.data / "tokenizer"
-        self.model = pick(ModelSpec, cfg, max_seq_len=max(cfg.seq_len, 64))
+        self.model = stage_model_spec(cfg, self.data)   # every run's start: the study's base model with init: base
         self.shots = tuple(eval_exemplars(self.data, cfg.eval_shots))
         self.text = is_text(self.data)
         self.tasks = eval_tasks(self.data)

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .base_model import stage_model_spec
 from .config import pick, require
 from .corpus import (dev_problems_path, eval_exemplars, eval_tasks, is_text, iter_documents, load_documents,
                      raw_record)
 from .data import ThoughtDoc, chunk_document, layout_ids, token_ratio, tokenize_docs
 from .llm_teacher import TEACHERS
-from .model import ModelSpec
 from .runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
 from .teacher import NoisyOracleTeacher, OracleTeacher, ThoughtCache, thought_quality, write_thoughts
 from .tokens import SpecialIds, load_tokenizer
@@ -308,7 +308,7 @@ def arm_token_ratios(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path) 
 
 
 def make_jobs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, progress: bool) -> list[TrainJob]:
-    model = pick(ModelSpec, cfg, max_seq_len=max(cfg.seq_len, 64))
+    model = stage_model_spec(cfg, data_dir)   # the study's base model with init: base
     train = pick(TrainSpec, cfg)
     shots = tuple(eval_exemplars(data_dir, cfg.eval_shots))
     tasks = eval_tasks(data_dir)

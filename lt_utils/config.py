@@ -23,7 +23,7 @@ T = TypeVar("T")
 # Fields that say *where* or *how fast* a stage runs, not *what* it computes:
 # changing them must not invalidate a finished run.
 NON_RESULT_FIELDS = frozenset({"overwrite", "run_root", "workers", "threads_per_worker", "figures_dir", "progress",
-                               "launcher", "estep_shards"})
+                               "launcher", "estep_shards", "base_threads"})
 # Fields added after runs of the CPU study were made: hashed only when set to something other than their
 # default, so a run made before a field existed keeps its identity.
 HASHED_WHEN_SET = frozenset({
@@ -31,6 +31,10 @@ HASHED_WHEN_SET = frozenset({
     "bootstrap_tokens", "tokenizer_from", "math_eval_path", "gsm8k_eval_path",
     "teacher_options", "grad_accum", "eval_max_new_tokens", "eval_max_prompt_tokens", "eval_samples",
     "eval_temperature", "warmstart_thoughts_stage", "estep_backend", "vllm_engine_args", "max_prefix_tokens",
+    "init", "base_steps", "base_docs", "base_families", "base_difficulty", "base_worked_share", "base_n_layer",
+    "base_n_embd", "base_n_head", "base_n_kv_head", "base_intermediate_size", "base_tie_embeddings", "base_init_std",
+    "base_batch_size", "base_seq_len", "base_lr", "base_min_lr_ratio", "base_warmup_steps", "base_weight_decay",
+    "base_eval_shots",
 })
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import world
+from .base_model import BaseParams
 from .config import require
 from .runs import RunDir, read_json, read_jsonl, write_json, write_jsonl
 from .tokens import encode, load_tokenizer, train_tokenizer
@@ -37,7 +38,7 @@ TEXT_SPLITS = {"comparison": "warmstart", "fresh": "train", "bootstrap": "bootst
 
 
 @dataclass(frozen=True)
-class DataPrepConfig:
+class DataPrepConfig(BaseParams):
     study: str = "smoke"                   # runs/<study>/... groups every stage of one study
     run_root: str = "runs"                 # where run directories live (relative to the project root)
     seed: int = 0                          # world generation seed
@@ -68,6 +69,9 @@ class DataPrepConfig:
 
     def __post_init__(self):
         require(self.source in SOURCES, f"source must be one of {', '.join(SOURCES)}, got '{self.source}'")
+        self.check_base_params()   # the base model's parameters (base_model.BaseParams)
+        require(self.source == "world" or not self.base_steps,
+                "base_steps: a base model is built from the world; with source: text, runs start from init_from")
         if self.source == "text":
             require(bool(self.text_source),
                     "text_source: a local file, directory or glob is required with source: text")

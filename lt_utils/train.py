@@ -76,6 +76,7 @@ class TrainingParams:
     tie_embeddings: bool = True             # model: tie input/output embeddings
     init_std: float = 0.02                  # model: std of the random init
     init_from: str = ""                     # model: HF checkpoint every run starts from (empty: from scratch)
+    init: str = "scratch"                   # model: "base" continues the study's base model (stage 01), "scratch" not
     batch_size: int = 8                     # rows per micro-batch and process
     grad_accum: int = 1                     # micro-batches per optimizer step (global batch = batch x accum x GPUs)
     seq_len: int = 256                      # tokens per row
@@ -99,6 +100,9 @@ class TrainingParams:
     launcher: str = ""                      # "" = in-process workers; else a command run per job (see run_jobs)
 
     def check_training_params(self) -> None:
+        require(self.init in ("scratch", "base"), f"init must be scratch or base, got '{self.init}'")
+        require(self.init != "base" or not self.init_from,
+                "init: base continues the study's base model; init_from must then be empty")
         require(self.workers >= 0, f"workers must be ≥ 0 (0: one per core), got {self.workers}")
         require(self.threads_per_worker >= 1, "threads_per_worker must be ≥ 1")
         require(self.eval_dev_problems >= 0, f"eval_dev_problems must be ≥ 0, got {self.eval_dev_problems}")

@@ -47,6 +47,12 @@ def test_smoke_profile_runs_every_notebook(tmp_path):
         assert (d / "executed.ipynb").exists() and (d / "config.yaml").exists() and (d / "env.json").exists()
         manifest = json.loads((d / "manifest.json").read_text())["artifacts"]
         assert all((d / a).exists() for a in manifest)
+    # every training run of stages 02 and 03 continued the study's base model (init: base in params/smoke)
+    base = json.loads((study / "01_data_prep" / "base.json").read_text())
+    assert (tmp_path / "base" / base["hash"] / "DONE").exists()
+    run_jsons = sorted(study.glob("0[23]_*/train/*/seed*/run.json"))
+    assert len(run_jsons) >= 13
+    assert all(json.loads(r.read_text())["model"]["init_from"] == base["model"] for r in run_jsons)
     res = pd.read_csv(study / "04_analysis" / "results.csv")
     synth = res[res["stage"] == "02_synthetic_thoughts"]
     assert set(synth["arm"]) == {"raw_repeat", "raw_fresh", "wrap_orig", "wrap_cot", "latent_thoughts",

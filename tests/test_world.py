@@ -12,7 +12,7 @@ import pytest
 from lt_utils import world as W
 
 ALL = list(W.FAMILIES)
-TRAIN_SPLITS = ("comparison", "fresh", "warmstart", "bootstrap")
+TRAIN_SPLITS = ("comparison", "fresh", "warmstart", "bootstrap", "base")
 ANSWER_RE = re.compile(r"-?\d+")
 THOUGHT_CHARS = set("0123456789+-*/= .,;:()") | set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -47,7 +47,7 @@ def test_registry_and_defaults():
     for name, fam in W.FAMILIES.items():
         assert fam.name == name
         assert W.DEFAULT_DIFFICULTY[name] in fam.difficulties
-    assert W.SPLITS == ("comparison", "fresh", "warmstart", "bootstrap", "valid", "eval")
+    assert W.SPLITS == ("comparison", "fresh", "warmstart", "bootstrap", "valid", "eval", "base")
 
 
 def test_unknown_names_raise_one_line_errors():
@@ -120,7 +120,7 @@ def test_split_pool_sizes_partition_small_spaces():
 # --------------------------------------------------------------------------- #
 # splits and determinism
 # --------------------------------------------------------------------------- #
-PINNED_SPLITS = {"0000000000000000": "warmstart", "ffffffffffffffff": "fresh", "0123456789abcdef": "fresh"}
+PINNED_SPLITS = {"0000000000000000": "base", "ffffffffffffffff": "fresh", "0123456789abcdef": "fresh"}
 
 
 def test_split_of_is_stable_and_fractions_match():
@@ -132,8 +132,8 @@ def test_split_of_is_stable_and_fractions_match():
     counts = {s: 0 for s in W.SPLITS}
     for u in uids:
         counts[W.split_of(u)] += 1
-    expected = {"eval": 0.05, "valid": 0.05, "comparison": 0.225, "fresh": 0.225, "warmstart": 0.225,
-                "bootstrap": 0.225}
+    expected = {"eval": 0.05, "valid": 0.05, "comparison": 0.225, "fresh": 0.225, "warmstart": 0.1125,
+                "base": 0.1125, "bootstrap": 0.225}
     assert W.SPLIT_FRACTIONS == pytest.approx(expected)
     for s, frac in expected.items():
         assert counts[s] / len(uids) == pytest.approx(frac, abs=0.012)

@@ -4,10 +4,13 @@ Splits
 ------
 Every instance has a stable ``uid`` (sha1 of family + operands).  A second
 sha1 of the uid places it in one of :data:`SPLITS`: eval 5%, valid 5%,
-comparison/fresh/warmstart/bootstrap 22.5% each.  Generation draws random
-instances and keeps those of the requested split, so splits are disjoint by
-instance.  Families whose instance space at the requested difficulty is small
-(<= 60,000) are enumerated once and sampled exactly from their split's pool.
+comparison/fresh/bootstrap 22.5% each, warmstart and base 11.25% each (the
+base split, the corpus of the shared base model, is the upper half of what was
+once a 22.5% warmstart bucket, so every other split kept its instances).
+Generation draws random instances and keeps those of the requested split, so
+splits are disjoint by instance.  Families whose instance space at the
+requested difficulty is small (<= 60,000) are enumerated once and sampled
+exactly from their split's pool.
 
 At default difficulty three families have fewer than 300 evaluation
 problems (exact pool sizes from :func:`split_pool_size`): ``multiplication``
@@ -31,7 +34,7 @@ from .core import Document, Unit
 from .family import Family, _ri
 from .registry import FAMILIES, _family
 
-SPLITS = ("comparison", "fresh", "warmstart", "bootstrap", "valid", "eval")
+SPLITS = ("comparison", "fresh", "warmstart", "bootstrap", "valid", "eval", "base")
 
 # Buckets of the split hash, in basis points (cumulative upper bounds).
 _SPLIT_BOUNDS = (
@@ -39,7 +42,8 @@ _SPLIT_BOUNDS = (
     ("valid", 1000),
     ("comparison", 3250),
     ("fresh", 5500),
-    ("warmstart", 7750),
+    ("warmstart", 6625),
+    ("base", 7750),
     ("bootstrap", 10000),
 )
 SPLIT_FRACTIONS = {
