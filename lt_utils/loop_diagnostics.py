@@ -11,7 +11,8 @@ With a verifier, an E-step's thought quality factors into two numbers:
   same K).
 
 Their product G = ρ·λ is the loop gain: selected correctness of iteration i ÷
-that of iteration i−1, so iterations improve only while G ≥ 1.  Beside them:
+that of iteration i−1, so iterations improve only while G ≥ 1 (computed as
+that quotient, so it exists even when no single sample verifies).  Beside them:
 how often a selected thought states the right final answer with a wrong step,
 how many of the K samples are distinct, and how well log w ranks verified
 above unverified candidates (AUC, pooled and within a chunk).
@@ -116,7 +117,7 @@ def estep_diagnostics(records: Sequence[Mapping], checks: Sequence[Sequence[Chec
         "rho": rho,
         "lift": lift,
         "lift_best_of_k": ratio(best, single),
-        "gain": None if rho is None or lift is None else rho * lift,
+        "gain": ratio(sel_correct, trained_on_correct),   # = ρλ, and defined when one sample never verifies
         "selected_right_answer_wrong_step": _mean(v.right_answer and v.wrong_step for v in selected),
         "selected_right_answer_unverified": _mean(v.right_answer and not v.correct for v in selected),
         "distinct_per_chunk": _mean(distinct_per_chunk(records)),
