@@ -326,7 +326,7 @@ class Study:
 
             records, prior = self.with_generator(gen, work)
         save_records(out, records)
-        summary = self.summarize_estep(iteration, records, prior_pos, prior)
+        summary = self.summarize_estep(iteration, records, prior_pos, prior, seed=ecfg.seed)
         summary["k"] = k
         ks = sorted({self.cfg.k, *self.cfg.k_ablation}) if iteration == 1 else [self.cfg.k]
         summary["selected_correct_by_k"] = {}
@@ -364,8 +364,14 @@ class Study:
                                 engine_args=self.cfg.vllm_engine_args,
                                 threads=self.cfg.workers * self.cfg.threads_per_worker, progress=progress)
 
-    def summarize_estep(self, iteration: int, records: list[dict], prior_pos: list[int], prior: list[dict]) -> dict:
-        """`estep.summarize` plus, with a verifier, the loop diagnostics (prior samples saved beside the records)."""
+    def summarize_estep(self, iteration: int, records: list[dict], prior_pos: list[int], prior: list[dict],
+                        seed: int = 0) -> dict:
+        """`estep.summarize` plus, with a verifier, the loop diagnostics (prior samples saved beside the records).
+
+        The loop diagnostics follow the loop itself: when the E-step drew more
+        candidates than `k` (for the K ablation), they use the first `k` and the
+        thought selected among them, which is what the next M-step trains on.
+        """
         if self.text:
             return summarize(records)
         chunks = {r["position"]: c for r, c in zip(records, self.boot_chunks)}
@@ -379,15 +385,20 @@ class Study:
         write_jsonl(self.run.file(f"iter{iteration}/prior_samples.jsonl"),
                     [{"position": pos, **p, "correct": chunk_check(self.boot_chunks[pos], p["text"]).correct}
                      for pos, p in zip(prior_pos, prior)])
-        diag = estep_diagnostics(records, checks, trained_on_correct=self.trained_on_correct(iteration),
-                                 prior_checks=prior_checks)
+        k = self.cfg.k
+        loop_records = [r if len(r["candidates"]) <= k else
+                        {**r, "candidates": r["candidates"][:k], "selected": select_first_k(r, k, seed)}
+                        for r in records]
+        diag = estep_diagnostics(loop_records, [cs[:k] for cs in checks],
+                                 trained_on_correct=self.trained_on_correct(iteration), prior_checks=prior_checks)
         summary.update({f"loop_{k}": v for k, v in diag.items()})
         return summary
 
     def trained_on_correct(self, iteration: int) -> float | None:
         """Correctness of the thoughts the iteration's generator was trained on (warmstart: the teacher's)."""
-        if iteration > 1:
-            return read_json(self.run.file(f"iter{iteration - 1}/estep_summary.json")).get("frac_selected_correct")
+        if iteration > 1:  # the thoughts selected with the loop's K (iteration 1 may have drawn more for the ablation)
+            prev = read_json(self.run.file(f"iter{iteration - 1}/estep_summary.json"))
+            return prev.get("selected_correct_by_k", {}).get(str(self.cfg.k), prev.get("frac_selected_correct"))
         path = self.run.file("corpora/warmstart_thoughts.jsonl")
         if not path.exists():
             return None

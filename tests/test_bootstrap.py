@@ -120,3 +120,26 @@ def test_estep_summary_carries_the_loop_diagnostics(study):
 
     saved = read_jsonl(study.run.file("iter1/prior_samples.jsonl"))
     assert [r["correct"] for r in saved] == [False, True]
+
+
+def test_loop_diagnostics_follow_the_loops_k_when_the_estep_drew_more(study):
+    """With K = 4 in the loop and 8 drawn for the ablation, ρ, λ and G describe the first 4 and their selection."""
+    study.warmstart_corpus()
+    oracle = _oracle(study)
+    records = []
+    for pos, (c, t) in enumerate(zip(study.boot_chunks, oracle)):
+        # candidates 0-3 are broken copies, 4-7 the oracle's: only an 8-candidate view sees correct thoughts
+        cands = [{"text": _break_first_step(t) if j < 4 else t, "tokens": [j], "n_tokens": 1, "log_q": -1.0,
+                  "log_p": -1.0, "log_w": 0.0, "terminated": True} for j in range(8)]
+        records.append({"position": pos, "doc_id": c.doc_id, "index": c.index, "candidates": cands, "selected": 7,
+                        "weights": [1 / 8] * 8, "ess": 8.0, "n_unterminated": 0, "no_terminated": False,
+                        "n_suffix_tokens": 3, "elbo": {"1": 0.0}})
+    s = study.summarize_estep(1, records, [], [], seed=5)
+    assert s["frac_selected_correct"] == 1.0 and s["frac_candidates_correct"] == 0.5   # the whole E-step
+    assert s["loop_selected_correct"] == 0.0 and s["loop_posterior_sample_correct"] == 0.0   # the loop's K = 4
+    assert s["loop_distinct_per_chunk"] == 4.0 and s["loop_gain"] == 0.0
+    s["selected_correct_by_k"] = {"4": 0.25}
+    from lt_utils.runs import write_json
+
+    write_json(study.run.file("iter1/estep_summary.json"), s)
+    assert study.trained_on_correct(2) == 0.25
