@@ -72,7 +72,7 @@ class BootstrapConfig(TrainingParams):
     warmstart_steps: int = 40               # optimizer steps of the warmstart
     steps: int = 40                         # optimizer steps of every M-step and of the FLOP-match baseline
     max_prefix_tokens: int = 0              # E-step: keep the last n prefix tokens (paper: 1024; 0 = all)
-    estep_temperature: float = 1.0          # E-step proposal temperature (paper: 1; < 1 is a tempered-proposal ablation)
+    estep_temperature: float = 1.0          # E-step proposal temperature (paper: 1; < 1: tempered-proposal ablation)
     ban_special_in_thought: bool = False    # E-step: mask special tokens (all but the closing EoL) inside a thought
     prior_sample_chunks: int = 64           # chunks that also get a thought sampled from the prior (diagnostic)
     estep_backend: str = "transformers"     # E-step sampler: transformers (in process) or vllm
