@@ -333,6 +333,9 @@ def figure_frames(study_dir: str | Path, evals: pd.DataFrame, finals: pd.DataFra
                if (lvl := reference_level(em_finals, a)) is not None}
     frames["em_accuracy_vs_iteration"] = (em_accuracy(finals, EM_STAGE), {"references": em_refs})
     frames["em_thought_quality_and_elbo"] = em_estep_and_elbo(study_dir, EM_STAGE)
+    loop = loop_diagnostics(study_dir, EM_STAGE)
+    if len(loop) and loop[["rho", "lift", "gain"]].notna().any().any():
+        frames["em_loop_gain"] = loop
     k_df = k_ablation(study_dir, finals, EM_STAGE)
     if k_df["k"].nunique() >= 2:
         frames["em_k_ablation"] = k_df
