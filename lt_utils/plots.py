@@ -578,7 +578,7 @@ def fig_em_loop_gain(df: pd.DataFrame) -> Figure:
             ax.set_yscale("log")
             ax.legend(loc="best")
         else:
-            ax.text(0.5, 0.5, "no thought verifies: ratios undefined", ha="center", va="center",
+            ax.text(0.5, 0.5, "nothing to draw: no ratio above 0\n(no thought verifies)", ha="center", va="center",
                     transform=ax.transAxes, color="0.35")
         ax.set_xticks(sorted(df["iteration"].dropna().astype(int).unique()))
         ax.set_xlabel("E-step of iteration")
