@@ -15,7 +15,10 @@ Following Ruan et al. (2025, §5 of our method notes):
   the largest K's candidates, so the comparison is paired.
 
 Every selected thought is scored by the world's verifier (a text corpus has
-none), and the validation ELBO of each iteration's generator is tracked.
+none), with the loop diagnostics of `lt_utils.loop_diagnostics` (retention ρ,
+lift λ, loop gain G = ρλ, prior vs posterior samples, AUC of log w), and the
+validation ELBO of each iteration's generator is tracked beside the direct
+log p(x) of the same chunks.
 
 At paper scale the E-step runs on vLLM (`estep_backend: vllm`) or as
 `estep_shards` independent jobs (a Slurm array, `lt_utils.estep_jobs`): the
@@ -38,7 +41,9 @@ from .config import pick, require
 from .corpus import (dev_problems_path, eval_exemplars, eval_tasks, is_text, iter_documents, load_documents,
                      raw_record)
 from .data import Chunk, ThoughtDoc, chunk_document, token_ratio, tokenize_docs
-from .estep import EStepConfig, model_fingerprint, run_estep, save_records, select_first_k, summarize
+from .estep import (EStepConfig, direct_log_px, model_fingerprint, run_estep, sample_prior, save_records,
+                    select_first_k, summarize)
+from .loop_diagnostics import Check, estep_diagnostics
 from .model import load_model
 from .paths import resolve
 from .runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
@@ -69,6 +74,9 @@ class BootstrapConfig(TrainingParams):
     warmstart_steps: int = 40               # optimizer steps of the warmstart
     steps: int = 40                         # optimizer steps of every M-step and of the FLOP-match baseline
     max_prefix_tokens: int = 0              # E-step: keep the last n prefix tokens (paper: 1024; 0 = all)
+    estep_temperature: float = 1.0          # E-step proposal temperature (paper: 1; < 1: tempered-proposal ablation)
+    ban_special_in_thought: bool = False    # E-step: mask special tokens (all but the closing EoL) inside a thought
+    prior_sample_chunks: int = 64           # chunks that also get a thought sampled from the prior (diagnostic)
     estep_backend: str = "transformers"     # E-step sampler: transformers (in process) or vllm
     vllm_engine_args: dict[str, Any] = field(default_factory=dict)   # vllm.LLM keywords (dtype, max_model_len, ...)
     estep_shards: int = 0                   # > 0: run each E-step as this many independent jobs (Slurm array)
@@ -86,6 +94,8 @@ class BootstrapConfig(TrainingParams):
                 f"estep_backend must be transformers or vllm, got '{self.estep_backend}'")
         require(self.estep_shards >= 0 and self.max_prefix_tokens >= 0,
                 "estep_shards and max_prefix_tokens must be ≥ 0")
+        require(self.estep_temperature > 0, f"estep_temperature must be > 0, got {self.estep_temperature}")
+        require(self.prior_sample_chunks >= 0, "prior_sample_chunks must be ≥ 0")
         self.check_training_params()
         bad = [b for b in self.baselines if b not in ("raw_token_match", "raw_flop_match")]
         require(not bad, f"baselines: unknown baseline '{bad[0] if bad else ''}' (known: raw_token_match, raw_flop_match)")
@@ -118,10 +128,10 @@ def _write_corpus(path: Path, docs, heads, chunks, spans, thoughts) -> Path:
     return path
 
 
-def sample_and_score(gen: Path, tok_dir: Path, chunks: list[Chunk], ecfg: EStepConfig, cache: Path, *,
-                     backend: str = "transformers", engine_args: dict | None = None, threads: int = 1,
-                     progress: bool = True) -> list[dict]:
-    """`run_estep` with generator `gen`: a transformers model in this process (GPU if any), or a vLLM engine.
+def with_generator(gen: Path, tok_dir: Path, fn, *, backend: str = "transformers", engine_args: dict | None = None,
+                   threads: int = 1):
+    """``fn(model, tokenizer, engine)`` with generator `gen` loaded once: a transformers model in this process
+    (GPU if any; engine None) or a vLLM engine (model None).
 
     The engine is released before returning, so a training run launched next
     finds the GPU memory free.
@@ -134,8 +144,7 @@ def sample_and_score(gen: Path, tok_dir: Path, chunks: list[Chunk], ecfg: EStepC
 
         engine = VLLMBackend(gen, **(engine_args or {}))
         try:
-            return run_estep(None, tok, chunks, ecfg, backend=engine, cache_path=cache,
-                             model_key=model_fingerprint(gen), progress=progress)
+            return fn(None, tok, engine)
         finally:
             del engine
             gc.collect()
@@ -147,17 +156,42 @@ def sample_and_score(gen: Path, tok_dir: Path, chunks: list[Chunk], ecfg: EStepC
 
     torch.set_num_threads(max(1, threads))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return run_estep(load_model(gen, device=device), tok, chunks, ecfg, cache_path=cache,
-                     model_key=model_fingerprint(gen), progress=progress)
+    return fn(load_model(gen, device=device), tok, None)
 
 
-def chunk_is_correct(chunk: Chunk, thought: str) -> bool:
-    """Every problem the chunk answers has a thought the world's verifier accepts."""
+def sample_and_score(gen: Path, tok_dir: Path, chunks: list[Chunk], ecfg: EStepConfig, cache: Path, *,
+                     backend: str = "transformers", engine_args: dict | None = None, threads: int = 1,
+                     progress: bool = True) -> list[dict]:
+    """`run_estep` with generator `gen` (see :func:`with_generator`)."""
+    key = model_fingerprint(gen)
+    return with_generator(gen, tok_dir, lambda m, tok, be: run_estep(m, tok, chunks, ecfg, backend=be, cache_path=cache,
+                                                                     model_key=key, progress=progress),
+                          backend=backend, engine_args=engine_args, threads=threads)
+
+
+def chunk_check(chunk: Chunk, thought: str) -> Check:
+    """The verifier's verdict on a chunk thought: every problem correct, every final answer right, any false step."""
     from . import world
 
     units = chunk_units(chunk)
     pieces = split_unit_thoughts(thought, len(units))
-    return len(pieces) == len(units) and all(world.verify(u.question, p).correct for u, p in zip(units, pieces))
+    verdicts = [world.verify(u.question, p) for u, p in zip(units, pieces)]
+    complete = len(pieces) == len(units)
+    return Check(correct=complete and all(v.correct for v in verdicts),
+                 right_answer=complete and all(v.final_answer == str(u.answer) for u, v in zip(units, verdicts)),
+                 wrong_step=any(v.n_wrong_steps > 0 for v in verdicts))
+
+
+def chunk_is_correct(chunk: Chunk, thought: str) -> bool:
+    """Every problem the chunk answers has a thought the world's verifier accepts."""
+    return chunk_check(chunk, thought).correct
+
+
+def spread_positions(n: int, m: int) -> list[int]:
+    """`m` positions spread evenly over range(n) (all of them when m ≥ n)."""
+    if m <= 0 or n <= 0:
+        return []
+    return sorted({int(x) for x in np.linspace(0, n - 1, min(m, n)).round()})
 
 
 class Study:
@@ -278,17 +312,24 @@ class Study:
             return read_json(summary_path)
         gen = self.model_dir("warmstart" if iteration == 1 else f"iter{iteration - 1}")
         k = self.cfg.k_max if iteration == 1 else self.cfg.k
-        ecfg = EStepConfig(k=k, max_thought_tokens=self.cfg.max_thought_tokens, seed=1000 * iteration,
-                           batch_chunks=self.cfg.estep_batch_chunks, max_prefix_tokens=self.cfg.max_prefix_tokens)
+        ecfg = self.estep_config(k=k, seed=1000 * iteration)
+        # prior thoughts for a spread of chunks: only a verifier can tell how good they are
+        prior_pos = [] if self.text else spread_positions(len(self.boot_chunks), self.cfg.prior_sample_chunks)
+        prior_chunks = [self.boot_chunks[i] for i in prior_pos]
         if self.cfg.estep_shards:
             records = self.sharded_e_step(iteration, gen, ecfg)
+            prior = self.with_generator(gen, lambda m, tok, be: sample_prior(m, tok, prior_chunks, ecfg, backend=be)
+                                        ) if prior_chunks else []
         else:
-            records = self.sample_and_score(gen, self.boot_chunks, ecfg,
-                                             self.run.file(f"iter{iteration}/candidates.sqlite"))
+            key, cache = model_fingerprint(gen), self.run.file(f"iter{iteration}/candidates.sqlite")
+
+            def work(m, tok, be):
+                recs = run_estep(m, tok, self.boot_chunks, ecfg, backend=be, cache_path=cache, model_key=key)
+                return recs, sample_prior(m, tok, prior_chunks, ecfg, backend=be)
+
+            records, prior = self.with_generator(gen, work)
         save_records(out, records)
-        by_pos = {r["position"]: c for r, c in zip(records, self.boot_chunks)}
-        verify = None if self.text else (lambda r, t: chunk_is_correct(by_pos[r["position"]], t))
-        summary = summarize(records, verify_fn=verify)
+        summary = self.summarize_estep(iteration, records, prior_pos, prior, seed=ecfg.seed)
         summary["k"] = k
         ks = sorted({self.cfg.k, *self.cfg.k_ablation}) if iteration == 1 else [self.cfg.k]
         summary["selected_correct_by_k"] = {}
@@ -303,16 +344,74 @@ class Study:
         write_json(summary_path, summary)
         self.run.add_artifact(f"iter{iteration}/estep.jsonl", "every chunk's K candidates with log q, log p, log w")
         self.run.add_artifact(f"iter{iteration}/corpus.jsonl", "bootstrap corpus with the selected thoughts")
-        self.run.add_artifact(f"iter{iteration}/estep_summary.json", "weights, ESS and verifier scores")
+        self.run.add_artifact(f"iter{iteration}/estep_summary.json", "weights, ESS, verifier scores, loop diagnostics")
         self.run.log(kind="estep", iteration=iteration, **{k2: v for k2, v in summary.items()
                                                            if isinstance(v, (int, float))})
         return summary
+
+    def estep_config(self, **kw) -> EStepConfig:
+        """The stage's proposal settings (cap, temperature, bans, prefix) with `kw` (k, seed, ...) on top."""
+        base = dict(max_thought_tokens=self.cfg.max_thought_tokens, batch_chunks=self.cfg.estep_batch_chunks,
+                    max_prefix_tokens=self.cfg.max_prefix_tokens, temperature=self.cfg.estep_temperature,
+                    ban_special_in_thought=self.cfg.ban_special_in_thought)
+        return EStepConfig(**{**base, **kw})
+
+    def with_generator(self, gen: Path, fn):
+        return with_generator(gen, self.tok_dir, fn, backend=self.cfg.estep_backend,
+                              engine_args=self.cfg.vllm_engine_args,
+                              threads=self.cfg.workers * self.cfg.threads_per_worker)
 
     def sample_and_score(self, gen: Path, chunks: list[Chunk], ecfg: EStepConfig, cache: Path,
                          progress: bool = True) -> list[dict]:
         return sample_and_score(gen, self.tok_dir, chunks, ecfg, cache, backend=self.cfg.estep_backend,
                                 engine_args=self.cfg.vllm_engine_args,
                                 threads=self.cfg.n_workers * self.cfg.threads_per_worker, progress=progress)
+
+    def summarize_estep(self, iteration: int, records: list[dict], prior_pos: list[int], prior: list[dict],
+                        seed: int = 0) -> dict:
+        """`estep.summarize` plus, with a verifier, the loop diagnostics (prior samples saved beside the records).
+
+        The loop diagnostics follow the loop itself: when the E-step drew more
+        candidates than `k` (for the K ablation), they use the first `k` and the
+        thought selected among them, which is what the next M-step trains on.
+        """
+        if self.text:
+            return summarize(records)
+        chunks = {r["position"]: c for r, c in zip(records, self.boot_chunks)}
+        checks = [[chunk_check(chunks[r["position"]], c["text"]) for c in r["candidates"]] for r in records]
+        verdict = {(r["position"], c["text"]): v.correct for r, cs in zip(records, checks)
+                   for c, v in zip(r["candidates"], cs)}
+        summary = summarize(records, verify_fn=lambda r, t: verdict[(r["position"], t)])
+        row = {r["position"]: i for i, r in enumerate(records)}
+        prior_checks = {row[pos]: chunk_check(self.boot_chunks[pos], p["text"])
+                        for pos, p in zip(prior_pos, prior) if pos in row}
+        write_jsonl(self.run.file(f"iter{iteration}/prior_samples.jsonl"),
+                    [{"position": pos, **p, "correct": chunk_check(self.boot_chunks[pos], p["text"]).correct}
+                     for pos, p in zip(prior_pos, prior)])
+        k = self.cfg.k
+        loop_records = [r if len(r["candidates"]) <= k else
+                        {**r, "candidates": r["candidates"][:k], "selected": select_first_k(r, k, seed)}
+                        for r in records]
+        diag = estep_diagnostics(loop_records, [cs[:k] for cs in checks],
+                                 trained_on_correct=self.trained_on_correct(iteration), prior_checks=prior_checks)
+        summary.update({f"loop_{k}": v for k, v in diag.items()})
+        return summary
+
+    def trained_on_correct(self, iteration: int) -> float | None:
+        """Correctness of the thoughts the iteration's generator was trained on (warmstart: the teacher's)."""
+        if iteration > 1:  # the thoughts selected with the loop's K (iteration 1 may have drawn more for the ablation)
+            prev = read_json(self.run.file(f"iter{iteration - 1}/estep_summary.json"))
+            return prev.get("selected_correct_by_k", {}).get(str(self.cfg.k), prev.get("frac_selected_correct"))
+        path = self.run.file("corpora/warmstart_thoughts.jsonl")
+        if not path.exists():
+            return None
+        ok = []
+        for rec in read_jsonl(path):
+            d = ThoughtDoc.from_dict(rec)
+            for i, (suffix, thought) in enumerate(zip(d.suffixes, d.thoughts or [])):
+                prefix = d.head + "".join(d.suffixes[:i])
+                ok.append(chunk_is_correct(Chunk(d.doc_id, i, prefix, suffix), thought or ""))
+        return float(np.mean(ok)) if ok else None
 
     def sharded_e_step(self, iteration: int, gen: Path, ecfg: EStepConfig) -> list[dict]:
         """The E-step as `estep_shards` independent jobs: prepare them, or merge them once all have run."""
@@ -410,10 +509,11 @@ class Study:
         valid = load_documents(self.data, "valid")
         _, chunks, _ = _chunks(self.cfg, valid, self.cfg.prefix_chunks)
         gen = self.model_dir(name)
-        records = self.sample_and_score(gen, chunks, EStepConfig(k=self.cfg.elbo_k, seed=7,
-                                                                 max_thought_tokens=self.cfg.max_thought_tokens,
-                                                                 max_prefix_tokens=self.cfg.max_prefix_tokens),
-                                        self.run.file(f"elbo/{name}.sqlite"), progress=False)
+        ecfg = self.estep_config(k=self.cfg.elbo_k, seed=7)
+        key, cache = model_fingerprint(gen), self.run.file(f"elbo/{name}.sqlite")
+        records, direct = self.with_generator(gen, lambda m, tok, be: (
+            run_estep(m, tok, chunks, ecfg, backend=be, cache_path=cache, model_key=key, progress=False),
+            direct_log_px(m, tok, chunks, ecfg, backend=be)))
         n_tok = sum(r["n_suffix_tokens"] for r in records)
         bounds = [r["elbo"][str(self.cfg.elbo_k)] if str(self.cfg.elbo_k) in r["elbo"]
                   else r["elbo"][max(r["elbo"], key=int)] for r in records]
@@ -423,9 +523,11 @@ class Study:
         value = sum(bounds) / max(n_tok, 1)
         finite = [(b, r["n_suffix_tokens"]) for b, r in zip(bounds, records) if math.isfinite(b)]
         finite_value = sum(b for b, _ in finite) / max(sum(n for _, n in finite), 1) if finite else -math.inf
+        # log p(x | prefix) with no thought at all, so a rising ELBO can be told from a better text model
         write_json(path, {"model": str(gen), "elbo_k": self.cfg.elbo_k, "elbo_per_token": value,
                           "elbo_finite_per_token": finite_value, "chunks": len(bounds),
-                          "chunks_without_finite_bound": len(bounds) - len(finite)})
+                          "chunks_without_finite_bound": len(bounds) - len(finite),
+                          "direct_log_px_per_token": sum(direct) / max(n_tok, 1)})
         self.run.add_artifact(f"elbo/{name}.json", f"validation ELBO of the {name} generator")
-        self.run.log(kind="elbo", model=name, elbo_per_token=value)
+        self.run.log(kind="elbo", model=name, elbo_per_token=value, direct_log_px_per_token=sum(direct) / max(n_tok, 1))
         return value

@@ -12,7 +12,12 @@ For every chunk x of a fixed corpus, with the current model:
    model's own posterior) with no top-k/top-p truncation, stopping at EoL or
    at ``max_thought_tokens``.  log q(z|x) is the sum of the sampled tokens'
    log-probs *including* the EoL that stopped it; z is the sampled tokens
-   without that EoL.
+   without that EoL.  log q is always the density of the distribution actually
+   sampled: at temperature T it is log softmax(logits / T), and with
+   ``ban_special_in_thought`` the special tokens other than EoL are set to
+   −inf and the rest renormalised.  Self-normalised importance weights are
+   valid for any proposal whose density is known, so a tempered or banned
+   proposal (an ablation beyond the paper) still targets p(z | x, prefix).
 2. **Joint score.**  log p(SoL, PRI, z, EoL, x | prefix) by teacher forcing;
    the prefix is context only, the delimiters are scored.
 3. **Weights.**  log w = log p − log q (no length normalisation).  One
@@ -44,8 +49,10 @@ teacher-forced passes over prefix + thought + suffix (one forward each,
 batched ``score_batch_size`` rows at a time).  At paper scale (K = 4) that is
 about 4× the selected thought tokens generated and 4× (thought + context)
 tokens scored per iteration.  Rows are grouped as ``batch_chunks`` chunks × K
-copies of each prompt; prompts are not deduplicated into a shared prefix KV
-cache (see the note in :func:`_sample_group`).
+copies of each prompt; each prompt is encoded once and its KV cache copied
+to its K rows, and each ``BOS prefix`` is encoded once for its K joint
+scores (`lt_utils.sample`; the rows and random stream are those of the
+unshared computation).
 
 Determinism, cache, resume, shards
 ----------------------------------
@@ -100,6 +107,7 @@ class EStepConfig:
     batch_chunks: int = 64        # chunks per sampling call (rows = batch_chunks × k)
     score_batch_size: int = 64    # rows per teacher-forced scoring forward
     max_prefix_tokens: int = 0    # keep only the last n prefix tokens (0 = all)
+    ban_special_in_thought: bool = False  # no special token but the closing EoL inside a sampled thought
 
     def __post_init__(self):
         if self.k < 1:
@@ -169,6 +177,19 @@ def joint_ids(ids: SpecialIds, prefix: Sequence[int], thought: Sequence[int], su
               ) -> tuple[list[int], list[int]]:
     """(context, continuation) for log p(z, x | prefix): ``BOS prefix`` | ``SoL PRI z EoL x``."""
     return [ids.bos, *prefix], [ids.sol, ids.prior, *thought, ids.eol, *suffix]
+
+
+def prior_prompt_ids(ids: SpecialIds, prefix: Sequence[int]) -> list[int]:
+    """``BOS prefix SoL PRI``: a thought drawn from the prior, before the chunk is seen."""
+    return [ids.bos, *prefix, ids.sol, ids.prior]
+
+
+def thought_banned_ids(tokenizer, ids: SpecialIds | None = None) -> list[int]:
+    """Every special token id except EoL (which closes a thought): what `ban_special_in_thought` masks."""
+    ids = ids or SpecialIds.of(tokenizer)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special |= {ids.bos, ids.eos, ids.pad, ids.sol, ids.prior, ids.posterior}
+    return sorted(special - {ids.eol})
 
 
 def posterior_prompt(tokenizer, chunk: Chunk, *, max_prefix_tokens: int = 0) -> list[int]:
@@ -332,19 +353,19 @@ class _Prepared:
 
 
 def _sample_group(model, items: list[tuple[_Prepared, int]], cfg: EStepConfig, ids: SpecialIds,
-                  backend=None) -> list[dict]:
+                  backend=None, banned: Sequence[int] = ()) -> list[dict]:
     """Sample the (chunk, candidate index) rows `items` in one call, seeded by their identities.
 
     Each prompt appears once per candidate row, in one padded batch, so the
-    proposal is exactly that of `lt_utils.sample`.  Sharing the prompt's KV
-    cache across the K rows (and the prefix across the K joint scores) would
-    save work: `make bench` prints what the scoring pass and the duplicated
-    prompts cost next to bare sampling.
+    proposal is exactly that of `lt_utils.sample` (which encodes a repeated
+    prompt once and copies its KV cache to the rows; `make bench` prints the
+    E-step's speed next to bare sampling).
     """
     seed = stable_seed("sample", int(cfg.seed), [[p.chunk.doc_id, p.chunk.index, j] for p, j in items])
     sampler = backend.sample if backend is not None else (lambda prompts, **kw: sample(model, prompts, **kw))
     outs = sampler([p.prompt for p, _ in items], max_new_tokens=cfg.max_thought_tokens, stop_ids=[ids.eol],
-                   temperature=cfg.temperature, pad_id=ids.pad, seed=seed, batch_size=max(1, len(items)))
+                   temperature=cfg.temperature, banned_ids=list(banned), pad_id=ids.pad, seed=seed,
+                   batch_size=max(1, len(items)))
     rows = []
     for s in outs:
         toks = list(s.tokens[:-1]) if s.finished else list(s.tokens)  # z without the EoL that stopped it
@@ -413,6 +434,9 @@ def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, ca
                 "stop": ids.eol, "seed": int(cfg.seed), "layout": "posterior-v1"}
     if backend is not None:
         settings["backend"] = backend.name
+    banned = thought_banned_ids(tokenizer, ids) if cfg.ban_special_in_thought else []
+    if banned:  # another proposal: never reuse unbanned samples (and keep the keys of unbanned runs as they were)
+        settings["banned"] = banned
     base = json.dumps(settings, sort_keys=True)
     cache = CandidateCache(cache_path)
     records: list[dict] = []
@@ -437,7 +461,7 @@ def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, ca
             # 1. proposal: sample the rows not saved yet, as one group, and save them at once
             todo = [(p, j) for p in prepared for j in range(cfg.k) if p.keys[j] not in found]
             if todo:
-                new = dict(zip((p.keys[j] for p, j in todo), _sample_group(model, todo, cfg, ids, backend)))
+                new = dict(zip((p.keys[j] for p, j in todo), _sample_group(model, todo, cfg, ids, backend, banned)))
                 cache.put_samples(new)
                 for k, v in new.items():
                     found.setdefault(k, {**v, "log_p": None})
@@ -460,6 +484,46 @@ def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, ca
     finally:
         cache.close()
     return records
+
+
+def sample_prior(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, backend=None) -> list[dict]:
+    """One thought per chunk from the prior ``BOS prefix SoL PRI`` (the chunk unseen), with the E-step's settings.
+
+    A reference for the posterior: how good are thoughts written without
+    looking at x?  Returns per chunk {tokens, text, log_q, terminated}.
+    """
+    if not chunks:
+        return []
+    ids = SpecialIds.of(tokenizer)
+    prompts = [prior_prompt_ids(ids, chunk_pieces(tokenizer, c, cfg.max_prefix_tokens)[0]) for c in chunks]
+    banned = thought_banned_ids(tokenizer, ids) if cfg.ban_special_in_thought else []
+    sampler = backend.sample if backend is not None else (lambda p, **kw: sample(model, p, **kw))
+    seed = stable_seed("prior", int(cfg.seed), [[c.doc_id, c.index] for c in chunks])
+    outs = sampler(prompts, max_new_tokens=cfg.max_thought_tokens, stop_ids=[ids.eol], temperature=cfg.temperature,
+                   banned_ids=banned, pad_id=ids.pad, seed=seed, batch_size=max(1, cfg.batch_chunks * cfg.k))
+    rows = []
+    for s_ in outs:
+        toks = list(s_.tokens[:-1]) if s_.finished else list(s_.tokens)
+        rows.append({"tokens": toks, "log_q": float(sum(s_.logprobs)), "terminated": bool(s_.finished),
+                     "text": tokenizer.decode(toks, skip_special_tokens=False, clean_up_tokenization_spaces=False)})
+    return rows
+
+
+def direct_log_px(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, backend=None) -> list[float]:
+    """log p(x | BOS prefix SoL EoL) per chunk: the chunk's likelihood with no thought, beside its ELBO.
+
+    The empty ``SoL EoL`` is how training lays out a chunk whose thought comes
+    after it, so this is the model's own likelihood of the raw text; the
+    marker tokens are context, not scored.
+    """
+    if not chunks:
+        return []
+    ids = SpecialIds.of(tokenizer)
+    pieces = [chunk_pieces(tokenizer, c, cfg.max_prefix_tokens) for c in chunks]
+    scorer = backend.score if backend is not None else (lambda a, b, **kw: score(model, a, b, **kw))
+    lps = scorer([[ids.bos, *pre, ids.sol, ids.eol] for pre, _ in pieces], [suf for _, suf in pieces],
+                 pad_id=ids.pad, batch_size=cfg.score_batch_size)
+    return [float(sum(lp)) for lp in lps]
 
 
 # --------------------------------------------------------------------------- after the E-step

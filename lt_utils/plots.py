@@ -35,6 +35,7 @@ __all__ = [
     "fig_em_estep",
     "fig_em_iterations",
     "fig_em_k",
+    "fig_em_loop_gain",
     "fig_teacher_quality",
     "register",
     "render_all",
@@ -545,4 +546,42 @@ def fig_em_k(df: pd.DataFrame) -> Figure:
             ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
             ax.set_ylim(0, 1)
         fig.suptitle("More inference compute in the E-step")
+    return fig
+
+
+@register("em_loop_gain")
+def fig_em_loop_gain(df: pd.DataFrame) -> Figure:
+    """Retention ρ, lift λ (and its best-of-K ceiling) and loop gain G = ρλ per E-step, on a log axis around 1.
+
+    `df` is `results.loop_diagnostics`: one row per E-step with ``rho``,
+    ``lift``, ``lift_best_of_k`` and ``gain`` (missing where a denominator is 0).
+    """
+    _require(df, ["iteration", "rho", "lift", "gain"], "em_loop_gain")
+    color = arm_style("bolt")["color"]
+    with style():
+        fig = _new_figure((5.4, 3.6))
+        ax = fig.subplots()
+        ax.axhline(1.0, color="0.5", linewidth=0.8, linestyle=":")
+        drawn = False
+        for col, label, ls, mk, c in (("gain", "loop gain G = ρλ", "-", "P", color),
+                                      ("rho", "retention ρ (one sample ÷ trained on)", "--", "o", "0.3"),
+                                      ("lift", "lift λ (selected ÷ one sample)", "-.", "^", "0.45"),
+                                      ("lift_best_of_k", "best-of-K ceiling of λ", ":", "v", "0.6")):
+            if col not in df:
+                continue
+            d = df[["iteration", col]].apply(pd.to_numeric, errors="coerce").dropna()
+            d = d[d[col] > 0]   # a log axis: zeros (nothing verifies) are left out
+            if len(d):
+                ax.plot(d["iteration"], d[col], marker=mk, linestyle=ls, color=c, label=label)
+                drawn = True
+        if drawn:
+            ax.set_yscale("log")
+            ax.legend(loc="best")
+        else:
+            ax.text(0.5, 0.5, "nothing to draw: no ratio above 0\n(no thought verifies)", ha="center", va="center",
+                    transform=ax.transAxes, color="0.35")
+        ax.set_xticks(sorted(df["iteration"].dropna().astype(int).unique()))
+        ax.set_xlabel("E-step of iteration")
+        ax.set_ylabel("Ratio of verified fractions")
+        ax.set_title("Does the loop improve itself? (G ≥ 1)")
     return fig

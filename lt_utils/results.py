@@ -289,8 +289,36 @@ def em_elbo(study_dir: str | Path, stage: str = "03_bootstrap_em") -> pd.DataFra
         it = 0 if name == "warmstart" else int(name.removeprefix("iter"))
         rows.append({"iteration": it, "generator": name, "elbo_per_token": d["elbo_per_token"],
                      "elbo_finite_chunks_per_token": d.get("elbo_finite_per_token"),
-                     "chunks": d.get("chunks"), "chunks_without_finite_bound": d.get("chunks_without_finite_bound")})
+                     "chunks": d.get("chunks"), "chunks_without_finite_bound": d.get("chunks_without_finite_bound"),
+                     "direct_log_px_per_token": d.get("direct_log_px_per_token")})
     return pd.DataFrame(rows).sort_values("iteration") if rows else pd.DataFrame(rows)
+
+
+LOOP_COLUMNS = {"trained_on_correct": "trained_on", "posterior_sample_correct": "posterior_sample",
+                "selected_correct": "selected", "best_of_k_correct": "best_of_k", "rho": "rho", "lift": "lift",
+                "lift_best_of_k": "lift_best_of_k", "gain": "gain", "prior_sample_correct": "prior_sample",
+                "posterior_sample_correct_same_chunks": "posterior_same_chunks",
+                "selected_right_answer_wrong_step": "right_answer_wrong_step",
+                "distinct_per_chunk": "distinct_of_k", "auc_log_w": "auc_log_w",
+                "auc_log_w_within_chunk": "auc_log_w_within_chunk"}
+
+
+def loop_diagnostics(study_dir: str | Path, stage: str = "03_bootstrap_em") -> pd.DataFrame:
+    """One row per E-step: retention ρ, lift λ, loop gain G = ρλ and the other loop diagnostics
+    (`lt_utils.loop_diagnostics`), with the validation ELBO and direct log p(x) of the E-step's generator."""
+    elbo = {int(r["iteration"]): r for _, r in em_elbo(study_dir, stage).iterrows()}
+    rows = []
+    for path in sorted((Path(study_dir) / stage).glob("iter*/estep_summary.json")):
+        s = read_json(path)
+        it = int(path.parent.name.removeprefix("iter"))
+        row = {"iteration": it, "k": s.get("k")}
+        row.update({short: s.get(f"loop_{key}") for key, short in LOOP_COLUMNS.items()})
+        gen = elbo.get(it - 1, {})  # the generator of E-step i is the model of iteration i-1 (0 = warmstart)
+        row["generator_elbo"] = gen.get("elbo_per_token")
+        row["generator_direct_log_px"] = gen.get("direct_log_px_per_token")
+        rows.append(row)
+    cols = ["iteration", "k", *LOOP_COLUMNS.values(), "generator_elbo", "generator_direct_log_px"]
+    return pd.DataFrame(rows, columns=cols).sort_values("iteration").reset_index(drop=True)
 
 
 def k_ablation(study_dir: str | Path, finals: pd.DataFrame, stage: str = "03_bootstrap_em") -> pd.DataFrame:
@@ -352,6 +380,9 @@ def figure_frames(study_dir: str | Path, evals: pd.DataFrame, finals: pd.DataFra
                if (lvl := reference_level(em_finals, a)) is not None}
     frames["em_accuracy_vs_iteration"] = (em_accuracy(finals, EM_STAGE), {"references": em_refs})
     frames["em_thought_quality_and_elbo"] = em_estep_and_elbo(study_dir, EM_STAGE)
+    loop = loop_diagnostics(study_dir, EM_STAGE)
+    if len(loop) and loop[["rho", "lift", "gain"]].notna().any().any():
+        frames["em_loop_gain"] = loop
     k_df = k_ablation(study_dir, finals, EM_STAGE)
     if k_df["k"].nunique() >= 2:
         frames["em_k_ablation"] = k_df

@@ -78,5 +78,6 @@ def test_sampler_passes_the_kv_cache_under_the_installed_name(tiny_model, tokeni
     assert name in ("cache", "past_key_values")
     prompt = tokenizer("Problem: 12 + 30 Answer:", add_special_tokens=False)["input_ids"]
     s = sample_mod.sample(tiny_model, [prompt], max_new_tokens=6, seed=1)[0]
-    tf = sample_mod.score(tiny_model, [prompt], [s.tokens])[0]
+    tf = sample_mod.score(tiny_model, [prompt], [s.tokens], share=False)[0]   # no cache in this path
     assert s.logprobs == pytest.approx(tf, abs=1e-4)
+    assert sample_mod.score(tiny_model, [prompt], [s.tokens], share=True)[0] == pytest.approx(tf, abs=1e-4)

@@ -69,3 +69,77 @@ def test_warmstart_documents_come_from_a_split_disjoint_from_the_bootstrap_corpu
     docs = read_jsonl(st.warmstart_corpus())
     assert len(docs) == 1 and docs[0]["doc_id"].startswith("fresh")
     assert all(t for t in docs[0]["thoughts"])        # oracle thoughts for every chunk
+
+
+def _oracle(study):
+    return write_thoughts(OracleTeacher(), study.boot_chunks, ThoughtCache(study.run.file("oracle.sqlite")),
+                          progress=False)
+
+
+def _break_first_step(thought: str) -> str:
+    """The first claimed result off by one; the final answer untouched."""
+    import re
+
+    return re.sub(r"=(\d+)", lambda m: f"={int(m.group(1)) + 1}", thought, count=1)
+
+
+def test_chunk_check_tells_a_wrong_step_behind_a_right_answer(study):
+    chunk, thought = study.boot_chunks[0], _oracle(study)[0]
+    assert bootstrap.chunk_check(chunk, thought) == bootstrap.Check(True, True, False)
+    assert bootstrap.chunk_check(chunk, _break_first_step(thought)) == bootstrap.Check(False, True, True)
+    assert bootstrap.chunk_check(chunk, "so 1.") == bootstrap.Check(False, False, False)
+    assert bootstrap.spread_positions(10, 3) == [0, 4, 9]   # linspace 0, 4.5, 9 rounds half to even
+    assert bootstrap.spread_positions(3, 8) == [0, 1, 2] and bootstrap.spread_positions(5, 0) == []
+
+
+def test_estep_summary_carries_the_loop_diagnostics(study):
+    """Candidates: the oracle's thought (selected) and a broken copy; the oracle warmstart scores 1.0."""
+    study.warmstart_corpus()
+    assert study.trained_on_correct(1) == 1.0
+    oracle = _oracle(study)
+    records = []
+    for pos, (c, t) in enumerate(zip(study.boot_chunks, oracle)):
+        cands = [{"text": t, "tokens": [1], "n_tokens": 1, "log_q": -1.0, "log_p": -1.0, "log_w": 0.0,
+                  "terminated": True},
+                 {"text": _break_first_step(t), "tokens": [2], "n_tokens": 1, "log_q": -1.0, "log_p": -6.0,
+                  "log_w": -5.0, "terminated": True}]
+        records.append({"position": pos, "doc_id": c.doc_id, "index": c.index, "candidates": cands, "selected": 0,
+                        "weights": [1.0, 0.0], "ess": 1.0, "n_unterminated": 0, "no_terminated": False,
+                        "n_suffix_tokens": 3, "elbo": {"1": 0.0, "2": 0.0}})
+    prior_pos = [0, len(records) - 1]
+    prior = [{"text": _break_first_step(oracle[0]), "tokens": [3], "log_q": -2.0, "terminated": True},
+             {"text": oracle[-1], "tokens": [4], "log_q": -2.0, "terminated": True}]
+    s = study.summarize_estep(1, records, prior_pos, prior)
+    assert s["frac_selected_correct"] == 1.0 and s["loop_selected_correct"] == 1.0
+    assert s["loop_posterior_sample_correct"] == 0.5 and s["loop_trained_on_correct"] == 1.0
+    assert s["loop_rho"] == 0.5 and s["loop_lift"] == 2.0 and s["loop_gain"] == 1.0
+    assert s["loop_auc_log_w"] == 1.0 and s["loop_distinct_per_chunk"] == 2.0
+    assert s["loop_prior_sample_correct"] == 0.5 and s["loop_posterior_sample_correct_same_chunks"] == 0.5
+    assert s["loop_selected_right_answer_wrong_step"] == 0.0
+    from lt_utils.runs import read_jsonl
+
+    saved = read_jsonl(study.run.file("iter1/prior_samples.jsonl"))
+    assert [r["correct"] for r in saved] == [False, True]
+
+
+def test_loop_diagnostics_follow_the_loops_k_when_the_estep_drew_more(study):
+    """With K = 4 in the loop and 8 drawn for the ablation, ρ, λ and G describe the first 4 and their selection."""
+    study.warmstart_corpus()
+    oracle = _oracle(study)
+    records = []
+    for pos, (c, t) in enumerate(zip(study.boot_chunks, oracle)):
+        # candidates 0-3 are broken copies, 4-7 the oracle's: only an 8-candidate view sees correct thoughts
+        cands = [{"text": _break_first_step(t) if j < 4 else t, "tokens": [j], "n_tokens": 1, "log_q": -1.0,
+                  "log_p": -1.0, "log_w": 0.0, "terminated": True} for j in range(8)]
+        records.append({"position": pos, "doc_id": c.doc_id, "index": c.index, "candidates": cands, "selected": 7,
+                        "weights": [1 / 8] * 8, "ess": 8.0, "n_unterminated": 0, "no_terminated": False,
+                        "n_suffix_tokens": 3, "elbo": {"1": 0.0}})
+    s = study.summarize_estep(1, records, [], [], seed=5)
+    assert s["frac_selected_correct"] == 1.0 and s["frac_candidates_correct"] == 0.5   # the whole E-step
+    assert s["loop_selected_correct"] == 0.0 and s["loop_posterior_sample_correct"] == 0.0   # the loop's K = 4
+    assert s["loop_distinct_per_chunk"] == 4.0 and s["loop_gain"] == 0.0
+    s["selected_correct_by_k"] = {"4": 0.25}
+    from lt_utils.runs import write_json
+
+    write_json(study.run.file("iter1/estep_summary.json"), s)
+    assert study.trained_on_correct(2) == 0.25

@@ -11,9 +11,9 @@ from scipy import stats
 
 from lt_utils import estep
 from lt_utils.data import Chunk, chunk_document
-from lt_utils.estep import (EStepConfig, iwae_bounds, joint_continuation, merge_shards, model_fingerprint,
-                            posterior_prompt, resample_index, run_estep, save_records, select_first_k,
-                            selected_thoughts, shard_positions, summarize)
+from lt_utils.estep import (EStepConfig, direct_log_px, iwae_bounds, joint_continuation, merge_shards,
+                            model_fingerprint, posterior_prompt, resample_index, run_estep, sample_prior, save_records,
+                            select_first_k, selected_thoughts, shard_positions, summarize, thought_banned_ids)
 from lt_utils.sample import score
 from lt_utils.tokens import SpecialIds, encode
 
@@ -224,10 +224,101 @@ def test_log_q_and_log_p_match_teacher_forced_rescoring(biased_model, tokenizer,
             want_q.append(cand["log_q"])
             a, b = joint_continuation(tokenizer, c, cand["tokens"])
             jc.append(a), jx.append(b), want_p.append(cand["log_p"])
-    got_q = [sum(x) for x in score(biased_model, ctxs, conts, pad_id=ids.pad, batch_size=1)]
-    got_p = [sum(x) for x in score(biased_model, jc, jx, pad_id=ids.pad, batch_size=1)]
-    assert got_q == pytest.approx(want_q, abs=1e-3)
-    assert got_p == pytest.approx(want_p, abs=1e-3)
+    # rescored one sequence at a time, with no shared prompt or prefix cache
+    got_q = [sum(x) for x in score(biased_model, ctxs, conts, pad_id=ids.pad, batch_size=1, share=False)]
+    got_p = [sum(x) for x in score(biased_model, jc, jx, pad_id=ids.pad, batch_size=1, share=False)]
+    assert got_q == pytest.approx(want_q, abs=1e-4)
+    assert got_p == pytest.approx(want_p, abs=1e-4)
+
+
+def test_kv_sharing_changes_nothing_but_float_rounding(biased_model, tokenizer, docs, monkeypatch):
+    """The E-step with shared prompt/prefix caches against the same E-step encoding every row in full."""
+    chunks = make_chunks(docs, 8)
+    shared = run_estep(biased_model, tokenizer, chunks, CFG, model_key="m", progress=False)
+    real_sample, real_score = estep.sample, estep.score
+    monkeypatch.setattr(estep, "sample", lambda *a, **kw: real_sample(*a, **kw, share=False))
+    monkeypatch.setattr(estep, "score", lambda *a, **kw: real_score(*a, **kw, share=False))
+    plain = run_estep(biased_model, tokenizer, chunks, CFG, model_key="m", progress=False)
+    for a, b in zip(shared, plain):
+        assert a["selected"] == b["selected"]
+        for x, y in zip(a["candidates"], b["candidates"]):
+            assert x["tokens"] == y["tokens"] and x["terminated"] == y["terminated"]
+            assert x["log_q"] == pytest.approx(y["log_q"], abs=1e-4)
+            assert x["log_p"] == pytest.approx(y["log_p"], abs=1e-4)
+
+
+# --------------------------------------------------------------------------- proposals other than q at T = 1
+def _specials_likely(tokenizer):
+    """A bigram table in which the special tokens (EoL aside) carry much of the mass."""
+    ids = SpecialIds.of(tokenizer)
+    table = bigram_table(tokenizer, eol_logit=0.0)
+    table[:, [ids.bos, ids.eos, ids.pad, ids.sol, ids.prior, ids.posterior]] = 1.0
+    return table
+
+
+def test_banned_specials_never_appear_and_log_q_is_renormalised(tokenizer, docs, tmp_path):
+    ids = SpecialIds.of(tokenizer)
+    table = _specials_likely(tokenizer)
+    banned = thought_banned_ids(tokenizer)
+    assert ids.eol not in banned and {ids.sol, ids.prior, ids.posterior, ids.bos} <= set(banned)
+    chunks = make_chunks(docs, 4)
+    cfg = EStepConfig(k=4, max_thought_tokens=6, batch_chunks=2, seed=5)
+    free = run_estep(Bigram(table), tokenizer, chunks, cfg, model_key="t", progress=False)
+    assert any(t in banned for r in free for c in r["candidates"] for t in c["tokens"])   # the ban has work to do
+    ban_cfg = EStepConfig(k=4, max_thought_tokens=6, batch_chunks=2, seed=5, ban_special_in_thought=True)
+    db = tmp_path / "c.db"
+    run_estep(Bigram(table), tokenizer, chunks, cfg, model_key="t", cache_path=db, progress=False)
+    recs = run_estep(Bigram(table), tokenizer, chunks, ban_cfg, model_key="t", cache_path=db, progress=False)
+    assert len(estep.CandidateCache(db)) == 2 * 4 * 4   # the banned proposal reuses none of the free samples
+    masked = table.clone()
+    masked[:, banned] = float("-inf")
+    for r, c in zip(recs, chunks):
+        prompt = posterior_prompt(tokenizer, c)
+        ctx, _ = joint_continuation(tokenizer, c, [])
+        for cand in r["candidates"]:
+            z = cand["tokens"]
+            assert not set(z) & set(banned)
+            end = [ids.eol] if cand["terminated"] else []
+            assert cand["log_q"] == pytest.approx(hand_logprob(masked, prompt[-1], z + end), abs=1e-4)
+            # log p stays the model's own, unmasked
+            lp = hand_logprob(table, ctx[-1], [ids.sol, ids.prior, *z, ids.eol, *encode(tokenizer, c.suffix)])
+            assert cand["log_p"] == pytest.approx(lp, abs=1e-4)
+
+
+def test_tempered_proposal_records_the_tempered_log_q_and_the_untempered_log_p(tokenizer, docs):
+    ids = SpecialIds.of(tokenizer)
+    table = bigram_table(tokenizer, eol_logit=0.5)
+    chunks = make_chunks(docs, 4)
+    t = 0.6
+    cfg = EStepConfig(k=4, max_thought_tokens=6, batch_chunks=2, seed=5, temperature=t)
+    recs = run_estep(Bigram(table), tokenizer, chunks, cfg, model_key="t", progress=False)
+    for r, c in zip(recs, chunks):
+        prompt = posterior_prompt(tokenizer, c)
+        ctx, _ = joint_continuation(tokenizer, c, [])
+        for cand in r["candidates"]:
+            z = cand["tokens"] + ([ids.eol] if cand["terminated"] else [])
+            assert cand["log_q"] == pytest.approx(hand_logprob(table / t, prompt[-1], z), abs=1e-4)
+            assert cand["log_q"] != pytest.approx(hand_logprob(table, prompt[-1], z), abs=1e-3)
+            lp = hand_logprob(table, ctx[-1], [ids.sol, ids.prior, *cand["tokens"], ids.eol,
+                                               *encode(tokenizer, c.suffix)])
+            assert cand["log_p"] == pytest.approx(lp, abs=1e-4)
+            assert cand["log_w"] == pytest.approx(cand["log_p"] - cand["log_q"], abs=2e-4)
+
+
+def test_prior_samples_and_direct_likelihood_by_hand(tokenizer, docs):
+    ids = SpecialIds.of(tokenizer)
+    table = bigram_table(tokenizer, eol_logit=0.5)
+    chunks = make_chunks(docs, 5)
+    cfg = EStepConfig(k=2, max_thought_tokens=6, batch_chunks=2, seed=9)
+    prior = sample_prior(Bigram(table), tokenizer, chunks, cfg)
+    assert len(prior) == 5 and sample_prior(Bigram(table), tokenizer, [], cfg) == []
+    for p in prior:   # the prior prompt ends in PRI: its first token is drawn from that row of the table
+        z = p["tokens"] + ([ids.eol] if p["terminated"] else [])
+        assert p["log_q"] == pytest.approx(hand_logprob(table, ids.prior, z), abs=1e-4)
+        assert p["text"] == tokenizer.decode(p["tokens"], skip_special_tokens=False)
+    direct = direct_log_px(Bigram(table), tokenizer, chunks, cfg)
+    for d, c in zip(direct, chunks):   # x scored after the empty SoL EoL: its first token follows EoL
+        assert d == pytest.approx(hand_logprob(table, ids.eol, encode(tokenizer, c.suffix)), abs=1e-4)
 
 
 def counting_sampler(monkeypatch, fail_on_call: int | None = None):

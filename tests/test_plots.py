@@ -44,6 +44,10 @@ def _sample_frame(name):
                             [dict(iteration=i, selected_correct=0.5 + 0.1 * i, first_correct=0.4 + 0.1 * i,
                                   any_correct=0.7 + 0.05 * i, elbo=-1.2 + 0.1 * i, elbo_failures=0)
                              for i in (1, 2, 3)])
+    if name == "em_loop_gain":
+        return pd.DataFrame([dict(iteration=1, rho=0.22, lift=1.56, lift_best_of_k=1.9, gain=0.34),
+                             dict(iteration=2, rho=0.28, lift=1.68, lift_best_of_k=1.8, gain=0.48),
+                             dict(iteration=3, rho=0.0, lift=None, lift_best_of_k=None, gain=0.0)])
     if name == "em_k_ablation":
         return pd.DataFrame([dict(k=k, seed=s, accuracy=0.3 + 0.05 * k + 0.01 * s, thought_quality=0.5 + 0.05 * k)
                              for k in (1, 2, 4, 8) for s in seeds])
@@ -221,3 +225,12 @@ def test_sweep_arms_get_paler_latent_colours():
     lo, hi = plots.arm_style("latent_err0.3"), plots.arm_style("latent_err0.7")
     assert lo["label"] == "Latent, teacher errs 30%" and hi["label"] == "Latent, teacher errs 70%"
     assert len({base, lo["color"], hi["color"]}) == 3
+
+
+def test_loop_gain_figure_draws_each_ratio_on_a_log_axis():
+    fig = plots.fig_em_loop_gain(_sample_frame("em_loop_gain"))
+    ax = fig.axes[0]
+    lines = _lines_by_label(ax)
+    assert ax.get_yscale() == "log"
+    assert list(lines["loop gain G = ρλ"].get_ydata()) == [0.34, 0.48]   # the zero at iteration 3 cannot be drawn
+    assert list(lines["lift λ (selected ÷ one sample)"].get_xdata()) == [1, 2]

@@ -79,3 +79,67 @@ def test_banned_tokens_never_appear(tokenizer, tiny_model):
 def test_zero_temperature_sampling_is_refused(tokenizer, tiny_model):
     with pytest.raises(ValueError, match="temperature"):
         sample(tiny_model, [[0]], max_new_tokens=1, temperature=0.0)
+
+
+def test_shared_prompts_give_the_unshared_samples_and_log_probs(tokenizer, tiny_model):
+    """K copies of each prompt: one prefill and a copied KV cache, the same rows and random stream as K prefills."""
+    prompts, ids = prompts_for(tokenizer)
+    rows = [p for p in prompts for _ in range(4)]
+    kw = dict(max_new_tokens=20, stop_ids=[ids.eol], seed=3, pad_id=ids.pad)
+    shared = sample(tiny_model, rows, share=True, **kw)
+    plain = sample(tiny_model, rows, share=False, **kw)
+    assert [s.tokens for s in shared] == [s.tokens for s in plain]
+    for a, b in zip(shared, plain):
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-5
+    assert len({tuple(s.tokens) for s in shared}) > len(prompts)   # copies of a prompt do draw different thoughts
+
+
+def test_shared_context_scoring_equals_full_sequences(tokenizer, tiny_model):
+    prompts, ids = prompts_for(tokenizer)
+    ctxs = [p for p in prompts for _ in range(3)]
+    conts = [[5, 6, 7][:j + 1] + [ids.eol] for _ in prompts for j in range(3)]
+    conts[1] = []   # an empty continuation scores nothing
+    shared = score(tiny_model, ctxs, conts, pad_id=ids.pad, batch_size=4, share=True)
+    plain = score(tiny_model, ctxs, conts, pad_id=ids.pad, batch_size=2, share=False)
+    assert [len(x) for x in shared] == [len(c) for c in conts]
+    for a, b in zip(shared, plain):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+def _rescored(model, prompts, samples, ids, *, temperature=1.0, banned=()):
+    """Teacher-forced log-probs of the samples under softmax((logits with `banned` at −inf) / temperature)."""
+    out = []
+    for p, s in zip(prompts, samples):
+        seq = torch.tensor([p + s.tokens])
+        with torch.no_grad():
+            logits = model(input_ids=seq).logits[0, len(p) - 1:-1].float()
+        logits[:, list(banned)] = float("-inf")
+        logp = torch.log_softmax(logits / temperature, dim=-1)
+        out.append(logp.gather(-1, torch.tensor(s.tokens)[:, None]).squeeze(-1).tolist())
+    return out
+
+
+def test_tempered_log_q_is_the_tempered_density(tokenizer, tiny_model):
+    """At T ≠ 1 the recorded log-probs are log softmax(logits / T): the proposal's own density, not the model's."""
+    prompts, ids = prompts_for(tokenizer)
+    for t in (0.5, 1.7):
+        out = sample(tiny_model, prompts, max_new_tokens=12, seed=2, temperature=t, pad_id=ids.pad)
+        tempered = _rescored(tiny_model, prompts, out, ids, temperature=t)
+        model_lp = score(tiny_model, prompts, [s.tokens for s in out], pad_id=ids.pad, share=False)
+        for s, want, raw in zip(out, tempered, model_lp):
+            assert s.logprobs == pytest.approx(want, abs=1e-4)
+            assert abs(s.logprob - sum(raw)) > 1e-2   # and differ from the untempered model's
+
+
+def test_banned_tokens_renormalise_the_recorded_log_probs(tokenizer, tiny_model):
+    ids = SpecialIds.of(tokenizer)
+    with torch.no_grad():
+        tiny_model.lm_head.weight.mul_(1e-2)  # a flat model: the banned mass is large enough to matter
+    prompts = [[ids.bos, ids.sol, ids.prior]] * 6
+    banned = list(range(0, 120))
+    out = sample(tiny_model, prompts, max_new_tokens=8, seed=1, banned_ids=banned, pad_id=ids.pad)
+    want = _rescored(tiny_model, prompts, out, ids, banned=banned)
+    unbanned = _rescored(tiny_model, prompts, out, ids)
+    for s, w, u in zip(out, want, unbanned):
+        assert s.logprobs == pytest.approx(w, abs=1e-4)
+        assert all(a > b for a, b in zip(s.logprobs, u))   # renormalised over fewer tokens: every log-prob rises
