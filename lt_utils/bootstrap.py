@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import pick, require
+from .config import pick, require, require_min, require_study_name
 from .corpus import eval_exemplars, eval_tasks, is_text, iter_documents, load_documents, raw_record
 from .data import Chunk, ThoughtDoc, chunk_document, token_ratio, tokenize_docs
 from .estep import EStepConfig, model_fingerprint, run_estep, save_records, select_first_k, summarize
@@ -84,6 +84,10 @@ class BootstrapConfig(TrainingParams):
                 f"estep_backend must be transformers or vllm, got '{self.estep_backend}'")
         require(self.estep_shards >= 0 and self.max_prefix_tokens >= 0,
                 "estep_shards and max_prefix_tokens must be ≥ 0")
+        require_min(self, 1, "max_thought_tokens", "estep_batch_chunks", "elbo_k", "chunk_mean_units",
+                    "chunk_max_units", "warmstart_steps", "steps")
+        require_min(self, 0, "seeds", "prefix_chunks")
+        require_study_name(self.study)
         self.check_training_params()
         bad = [b for b in self.baselines if b not in ("raw_token_match", "raw_flop_match")]
         require(not bad, f"baselines: unknown baseline '{bad[0] if bad else ''}' (known: raw_token_match, raw_flop_match)")

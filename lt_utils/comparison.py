@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import pick, require
+from .config import pick, require, require_min, require_study_name
 from .corpus import eval_exemplars, eval_tasks, is_text, iter_documents, load_documents, raw_record
 from .data import ThoughtDoc, chunk_document, layout_ids, token_ratio, tokenize_docs
 from .llm_teacher import TEACHERS
@@ -110,7 +110,9 @@ class SyntheticThoughtsConfig(TrainingParams):
         require(0 <= self.teacher_error_rate <= 1 and 0 <= self.teacher_drop_rate <= 1,
                 "teacher_error_rate and teacher_drop_rate must be in [0, 1]")
         require(all(0 < r <= 1 for r in self.teacher_sweep), "teacher_sweep rates must be in (0, 1]")
-        require(self.wrap_orig_repeats >= 1 and self.wrap_cot_repeats >= 1, "wrap repeats must be ≥ 1")
+        require_min(self, 1, "wrap_orig_repeats", "wrap_cot_repeats", "chunk_max_units", "steps")
+        require_min(self, 0, "seeds", "prefix_chunks", "rewrite_seed")
+        require_study_name(self.study)
         self.check_training_params()
 
 

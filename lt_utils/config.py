@@ -165,3 +165,18 @@ def require(condition: bool, message: str) -> None:
     """Raise a one-line ConfigError from a dataclass's __post_init__."""
     if not condition:
         raise ConfigError(message)
+
+
+def require_min(cfg: Any, minimum: float, *names: str, strict: bool = False) -> None:
+    """Each named field (or every element of a list field) is ≥ `minimum` (> with `strict`); one line naming it."""
+    for name in names:
+        value = getattr(cfg, name)
+        for x in value if isinstance(value, (list, tuple)) else (value,):
+            if x < minimum or (strict and x == minimum):
+                raise ConfigError(f"{name} must be {'>' if strict else '≥'} {minimum:g}, got {value!r}")
+
+
+def require_study_name(study: str) -> None:
+    """A study name is one directory name under run_root: not empty, no path separator."""
+    require(bool(study) and "/" not in study and study not in (".", ".."),
+            f"study must be a directory name (not empty, no '/'), got {study!r}")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import world
-from .config import require
+from .config import require, require_min, require_study_name
 from .runs import RunDir, read_json, read_jsonl, write_json, write_jsonl
 from .tokens import encode, load_tokenizer, train_tokenizer
 
@@ -66,6 +66,19 @@ class DataPrepConfig:
 
     def __post_init__(self):
         require(self.source in SOURCES, f"source must be one of {', '.join(SOURCES)}, got '{self.source}'")
+        require_study_name(self.study)
+        require_min(self, 0, "seed", "fresh_docs", "warmstart_docs", "bootstrap_docs", "comparison_tokens",
+                    "fresh_tokens", "bootstrap_tokens")
+        bad = [k for k in self.split_specs if k not in ("val", "train", "warmstart", "bootstrap")]
+        require(not bad, f"split_specs: unknown split '{bad[0] if bad else ''}' (known: val, train, warmstart, "
+                         f"bootstrap)")
+        from .text_corpus import parse_slice
+
+        for name, spec in self.split_specs.items():
+            try:
+                parse_slice(spec)
+            except ValueError as e:
+                require(False, f"split_specs.{name}: {e}")
         if self.source == "text":
             require(bool(self.text_source),
                     "text_source: a local file, directory or glob is required with source: text")
@@ -74,16 +87,6 @@ class DataPrepConfig:
             require(self.fresh_tokens >= 0 and self.bootstrap_tokens >= 0, "token budgets must be ≥ 0")
             require(self.valid_docs > 0 and self.eval_problems >= 0,
                     "valid_docs must be > 0 and eval_problems ≥ 0 (0 means every problem)")
-            bad = [k for k in self.split_specs if k not in ("val", "train", "warmstart", "bootstrap")]
-            require(not bad, f"split_specs: unknown split '{bad[0] if bad else ''}' (known: val, train, warmstart, "
-                             f"bootstrap)")
-            from .text_corpus import parse_slice
-
-            for name, spec in self.split_specs.items():
-                try:
-                    parse_slice(spec)
-                except ValueError as e:
-                    require(False, f"split_specs.{name}: {e}")
             return
         unknown = [f for f in self.families if f not in world.FAMILIES]
         require(not unknown, f"families: unknown family '{unknown[0] if unknown else ''}' "
@@ -91,8 +94,10 @@ class DataPrepConfig:
         require(len(self.families) > 0, "families must name at least one family")
         bad = [k for k in self.difficulty if k not in world.FAMILIES]
         require(not bad, f"difficulty: unknown family '{bad[0] if bad else ''}'")
-        require(1 <= self.units_per_doc_min <= self.units_per_doc_max,
-                "units_per_doc_min must be ≥ 1 and ≤ units_per_doc_max")
+        require_min(self, 1, "units_per_doc_min")
+        require(self.units_per_doc_max >= self.units_per_doc_min,
+                f"units_per_doc_max must be ≥ units_per_doc_min ({self.units_per_doc_min}), "
+                f"got {self.units_per_doc_max}")
         require(self.comparison_docs > 0 and self.valid_docs > 0 and self.eval_problems > 0,
                 "comparison_docs, valid_docs and eval_problems must be > 0")
         require(self.vocab_size >= 270, "vocab_size must be ≥ 270 (256 bytes + special tokens + a few merges)")

@@ -26,6 +26,11 @@ class AnalysisConfig:
                                                                       "raw_fresh"])  # every baseline of the headline
     overwrite: bool = False         # always recomputed from stored results; kept for symmetry
 
+    def __post_init__(self):
+        from .config import require_study_name
+
+        require_study_name(self.study)
+
 
 def training_runs(study_dir: str | Path) -> list[Path]:
     """Directories of finished training runs anywhere under a study."""

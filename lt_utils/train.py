@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .config import require
+from .config import require, require_min
 from .data import EpochStream, ThoughtDoc, pack_rows, layout_ids, tokenize_docs
 from .model import ModelSpec, build_model, load_model
 from .runs import append_jsonl, read_json, read_jsonl, seed_everything, write_json, write_jsonl
@@ -95,6 +95,16 @@ class TrainingParams:
     launcher: str = ""                      # "" = in-process workers; else a command run per job (see run_jobs)
 
     def check_training_params(self) -> None:
+        require_min(self, 1, "n_layer", "n_embd", "n_head", "n_kv_head", "intermediate_size", "batch_size",
+                    "grad_accum", "seq_len", "eval_every", "eval_samples", "workers", "threads_per_worker")
+        require_min(self, 0, "init_std", "lr", strict=True)
+        require_min(self, 0, "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip", "max_eval_problems",
+                    "eval_shots", "eval_max_new_tokens", "eval_max_prompt_tokens", "eval_temperature")
+        require(self.lr < 1, f"lr must be < 1, got {self.lr}")
+        require(self.min_lr_ratio <= 1, f"min_lr_ratio must be ≤ 1, got {self.min_lr_ratio}")
+        require(self.n_embd % self.n_head == 0, f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        require(self.n_head % self.n_kv_head == 0,
+                f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head})")
         require(self.workers >= 1 and self.threads_per_worker >= 1, "workers and threads_per_worker must be ≥ 1")
         require(self.eval_shots >= 0, f"eval_shots must be ≥ 0, got {self.eval_shots}")
         require(self.grad_accum >= 1, f"grad_accum must be ≥ 1, got {self.grad_accum}")
