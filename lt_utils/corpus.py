@@ -24,6 +24,7 @@ from pathlib import Path
 
 from . import world
 from .config import require, require_min, require_study_name
+from .rejects import Rejects
 from .runs import RunDir, read_json, read_jsonl, write_json, write_jsonl
 from .tokens import encode, load_tokenizer, train_tokenizer
 
@@ -196,11 +197,15 @@ def _write_stream(path: Path, records, tokenizer, budget: int, desc: str) -> dic
     return count
 
 
-def _text_split(cfg: DataPrepConfig, name: str):
-    """Records of the paper's slice `name` (with the config's overrides), streamed from the source files."""
+def _text_split(cfg: DataPrepConfig, name: str, rejects=None):
+    """Records of the paper's slice `name` (with the config's overrides), streamed from the source files.
+
+    Unusable records met on the way are counted in `rejects` (a `rejects.Rejects`) and skipped.
+    """
     from .text_corpus import iter_records, paper_split
 
-    records = iter_records(cfg.text_source, text_field=cfg.text_field, id_field=cfg.id_field or None)
+    records = iter_records(cfg.text_source, text_field=cfg.text_field, id_field=cfg.id_field or None,
+                           rejects=rejects)
     return paper_split(records, name, cfg.split_specs)
 
 
@@ -229,19 +234,24 @@ def build_text_corpus(run: RunDir, cfg: DataPrepConfig) -> dict:
     for split, paper_name in TEXT_SPLITS.items():
         path = run.file(f"docs/{split}.jsonl")
         if split not in stats or not path.exists():
+            rejects = Rejects()
             if split == "valid":
-                records = itertools.islice(_text_split(cfg, paper_name), cfg.valid_docs)
+                records = itertools.islice(_text_split(cfg, paper_name, rejects), cfg.valid_docs)
                 stats[split] = _write_stream(path, records, tok, 0, f"{split} docs")
             else:
-                records = _text_split(cfg, paper_name) if budgets[split] else iter(())
+                records = _text_split(cfg, paper_name, rejects) if budgets[split] else iter(())
                 stats[split] = _write_stream(path, records, tok, budgets[split], f"{split} tokens")
+            stats[split]["rejected"] = rejects.as_dict()   # records read for this split but unusable, by reason
+            run.log(kind="rejected", source=split, **rejects.as_dict())
             write_json(stats_path, stats)
         run.add_artifact(f"docs/{split}.jsonl", f"{stats[split]['docs']} documents of the {split} split "
                                                 f"(paper slice '{paper_name}')")
     for task, src in (("math", cfg.math_eval_path), ("gsm8k", cfg.gsm8k_eval_path)):
         if src:
-            n = copy_eval_problems(src, task, run.file(f"eval/{task}.jsonl"), cfg.eval_problems)
-            stats[f"eval_{task}"] = {"docs": n}
+            rejects = Rejects()
+            n = copy_eval_problems(src, task, run.file(f"eval/{task}.jsonl"), cfg.eval_problems, rejects)
+            stats[f"eval_{task}"] = {"docs": n, "rejected": rejects.as_dict()}
+            run.log(kind="rejected", source=f"eval_{task}", **rejects.as_dict())
             run.add_artifact(f"eval/{task}.jsonl", f"{n} {task} test problems")
     write_json(run.file("source.json"), {"source": "text", "text_source": cfg.text_source,
                                          "tokenizer_from": cfg.tokenizer_from, "splits": TEXT_SPLITS})
@@ -250,11 +260,17 @@ def build_text_corpus(run: RunDir, cfg: DataPrepConfig) -> dict:
     return stats
 
 
-def copy_eval_problems(src: str | Path, task: str, dest: Path, limit: int = 0) -> int:
-    """Validate a local MATH / GSM8K file (math_eval.load_problems) and store its first `limit` problems (0: all)."""
+def copy_eval_problems(src: str | Path, task: str, dest: Path, limit: int = 0, rejects=None) -> int:
+    """Validate a local MATH / GSM8K file (math_eval.load_problems) and store its first `limit` problems (0: all).
+
+    With `rejects`, problems without a usable answer are counted there and skipped; a file with none left is an error.
+    """
     from .math_eval import load_problems
 
-    problems = load_problems(src, task, limit=limit or None)
+    problems = load_problems(src, task, limit=limit or None, rejects=rejects)
+    if not problems:
+        raise ValueError(f"{src}: no usable {task} problem"
+                         + (f" (rejected: {rejects.as_dict()['by_reason']})" if rejects is not None else ""))
     if task == "math":
         recs = [{"problem": p.question, "solution": p.solution, "level": p.level, "type": p.type} for p in problems]
     else:
