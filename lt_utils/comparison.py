@@ -185,7 +185,12 @@ def thought_docs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, spli
         quality = teacher_quality_file(split, error_rate)
         # a text corpus has no verifier: only lengths are recorded
         verified = {} if is_text(data_dir) else thought_quality(all_chunks, thoughts)
+        # an LLM teacher's replies this run: cut off, empty, refused (not text, over-long) -- never silent
+        replies = teacher.tally() if hasattr(teacher, "tally") else {}
+        if replies:
+            run.log(kind="teacher_replies", split=tag, **replies)
         write_json(run.file(quality), {**verified, "teacher": teacher.name, "chunks": len(all_chunks),
+                                       **({"replies": replies} if replies else {}),
                                        "mean_thought_chars": sum(map(len, thoughts)) / max(len(thoughts), 1),
                                        "error_rate": cfg.teacher_error_rate if error_rate is None else error_rate,
                                        "drop_rate": cfg.teacher_drop_rate})
