@@ -23,7 +23,7 @@ T = TypeVar("T")
 # Fields that say *where* or *how fast* a stage runs, not *what* it computes:
 # changing them must not invalidate a finished run.
 NON_RESULT_FIELDS = frozenset({"overwrite", "run_root", "workers", "threads_per_worker", "figures_dir", "progress",
-                               "launcher", "estep_shards"})
+                               "launcher", "estep_shards", "keep_checkpoints"})
 # Fields added after runs of the CPU study were made: hashed only when set to something other than their
 # default, so a run made before a field existed keeps its identity.
 HASHED_WHEN_SET = frozenset({

@@ -25,6 +25,11 @@ from .runs import append_jsonl, read_json, read_jsonl, seed_everything, write_js
 from .tokens import SpecialIds, load_tokenizer
 
 
+# What a run keeps on disk: "last" = the one checkpoint resume needs (removed once the final model is written);
+# "all" = also a copy of every evaluation step's checkpoint in checkpoints/step<N>/.
+KEEP_CHECKPOINTS = ("last", "all")
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """Optimisation settings of one run (names match the notebooks' parameters)."""
@@ -43,6 +48,7 @@ class TrainSpec:
     eval_every: int = 100            # steps between evaluations (and checkpoints)
     attend_across_docs: bool = False  # True = the paper's packing; False = positions reset + per-document attention
     compile: bool = False            # torch.compile the model (GPU)
+    keep_checkpoints: str = "last"   # "last": only what resume needs, then the final model; "all": every eval step's
 
     def __post_init__(self):
         require(self.steps > 0, f"steps must be > 0, got {self.steps}")
@@ -51,6 +57,8 @@ class TrainSpec:
         require(0 < self.lr < 1, f"lr must be in (0, 1), got {self.lr}")
         require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]")
         require(self.eval_every > 0, "eval_every must be > 0")
+        require(self.keep_checkpoints in KEEP_CHECKPOINTS,
+                f"keep_checkpoints must be one of {', '.join(KEEP_CHECKPOINTS)}, got '{self.keep_checkpoints}'")
 
     @property
     def tokens_per_step(self) -> int:
@@ -93,6 +101,7 @@ class TrainingParams:
     workers: int = 2                        # parallel training processes
     threads_per_worker: int = 1             # torch threads per process
     launcher: str = ""                      # "" = in-process workers; else a command run per job (see run_jobs)
+    keep_checkpoints: str = "last"          # "last": the checkpoint resume needs, removed with the final model; "all"
 
     def check_training_params(self) -> None:
         require_min(self, 1, "n_layer", "n_embd", "n_head", "n_kv_head", "intermediate_size", "batch_size",
@@ -106,6 +115,8 @@ class TrainingParams:
         require(self.n_head % self.n_kv_head == 0,
                 f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head})")
         require(self.workers >= 1 and self.threads_per_worker >= 1, "workers and threads_per_worker must be ≥ 1")
+        require(self.keep_checkpoints in KEEP_CHECKPOINTS,
+                f"keep_checkpoints must be one of {', '.join(KEEP_CHECKPOINTS)}, got '{self.keep_checkpoints}'")
         require(self.eval_shots >= 0, f"eval_shots must be ≥ 0, got {self.eval_shots}")
         require(self.grad_accum >= 1, f"grad_accum must be ≥ 1, got {self.grad_accum}")
         require(self.eval_max_new_tokens >= 0 and self.eval_max_prompt_tokens >= 0,
@@ -419,6 +430,8 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
             if step < spec.steps:
                 _save_ckpt(acc, out, model, optimizer, scheduler,
                            {"step": step, "tokens": tokens, "raw_tokens": raw_tokens})
+                if spec.keep_checkpoints == "all" and acc.is_main_process:
+                    shutil.copytree(out / "ckpt", out / "checkpoints" / f"step{step}", dirs_exist_ok=True)
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - t0

@@ -166,7 +166,7 @@ OUT_OF_RANGE = {
     "batch_size": 0, "grad_accum": 0, "seq_len": 0, "lr": 1.5, "min_lr_ratio": 1.5, "warmup_steps": -1,
     "weight_decay": -0.1, "grad_clip": -1.0, "eval_every": 0, "max_eval_problems": -1, "eval_shots": -1,
     "eval_max_new_tokens": -1, "eval_max_prompt_tokens": -1, "eval_samples": 0, "eval_temperature": -1.0,
-    "workers": 0, "threads_per_worker": 0,
+    "workers": 0, "threads_per_worker": 0, "keep_checkpoints": "some",
     # stage 02
     "arms": ["no_such_arm"], "seeds": [-1], "teacher": "gpt", "teacher_options": {"model": "x"},
     "chunk_mean_units": 0.5, "chunk_max_units": 0, "prefix_chunks": -1, "teacher_error_rate": 1.5,
