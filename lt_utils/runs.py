@@ -181,12 +181,12 @@ def file_record(path: str | Path) -> dict[str, Any]:
     return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(path)}
 
 
-def rebuild_command(run_dir: str | Path) -> str:
-    """The command that remakes a stage's run directory (its study name is the profile when one exists)."""
+def rebuild_command(run_dir: str | Path, overwrite: bool = True) -> str:
+    """The command that (re)makes a stage's run directory (its study name is the profile when one exists)."""
     run_dir = Path(run_dir)
     study = run_dir.parent.name
     profile = study if (PROJECT_ROOT / "params" / study).is_dir() else "<profile>"
-    return f"python -m lt_utils.pipeline --profile {profile} --only {run_dir.name} --overwrite"
+    return f"python -m lt_utils.pipeline --profile {profile} --only {run_dir.name}" + (" --overwrite" * overwrite)
 
 
 def verify_artifacts(run_dir: str | Path, *, full: bool = False) -> int:
@@ -258,7 +258,7 @@ def require_done(path: str | Path, what: str = "input run") -> Path:
     """The path of a finished run directory whose artifacts match its manifest, or a one-line error naming it."""
     p = resolve(path)
     if not p.is_dir():
-        raise MissingInputError(f"{what} not found: {p} (run the earlier stage first: {rebuild_command(p)})")
+        raise MissingInputError(f"{what} not found: {p} (run the earlier stage first: {rebuild_command(p, False)})")
     if not is_done(p):
         raise MissingInputError(f"{what} is unfinished (no DONE marker): {p} (re-run the earlier stage: "
                                 f"{rebuild_command(p)})")
