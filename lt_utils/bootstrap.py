@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .base_model import stage_model_spec
-from .config import pick, require
+from .config import pick, require, require_min, require_study_name
 from .corpus import (dev_problems_path, eval_exemplars, eval_tasks, is_text, iter_documents, load_documents,
                      raw_record)
 from .data import Chunk, ThoughtDoc, chunk_document, token_ratio, tokenize_docs
@@ -96,6 +96,10 @@ class BootstrapConfig(TrainingParams):
                 "estep_shards and max_prefix_tokens must be ≥ 0")
         require(self.estep_temperature > 0, f"estep_temperature must be > 0, got {self.estep_temperature}")
         require(self.prior_sample_chunks >= 0, "prior_sample_chunks must be ≥ 0")
+        require_min(self, 1, "max_thought_tokens", "estep_batch_chunks", "elbo_k", "chunk_mean_units",
+                    "chunk_max_units", "warmstart_steps", "steps")
+        require_min(self, 0, "seeds", "prefix_chunks")
+        require_study_name(self.study)
         self.check_training_params()
         bad = [b for b in self.baselines if b not in ("raw_token_match", "raw_flop_match")]
         require(not bad, f"baselines: unknown baseline '{bad[0] if bad else ''}' (known: raw_token_match, raw_flop_match)")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .base_model import stage_model_spec
-from .config import pick, require
+from .config import pick, require, require_min, require_study_name
 from .corpus import (dev_problems_path, eval_exemplars, eval_tasks, is_text, iter_documents, load_documents,
                      raw_record)
 from .data import ThoughtDoc, chunk_document, layout_ids, token_ratio, tokenize_docs
@@ -111,7 +111,9 @@ class SyntheticThoughtsConfig(TrainingParams):
         require(0 <= self.teacher_error_rate <= 1 and 0 <= self.teacher_drop_rate <= 1,
                 "teacher_error_rate and teacher_drop_rate must be in [0, 1]")
         require(all(0 < r <= 1 for r in self.teacher_sweep), "teacher_sweep rates must be in (0, 1]")
-        require(self.wrap_orig_repeats >= 1 and self.wrap_cot_repeats >= 1, "wrap repeats must be ≥ 1")
+        require_min(self, 1, "wrap_orig_repeats", "wrap_cot_repeats", "chunk_max_units", "steps")
+        require_min(self, 0, "seeds", "prefix_chunks", "rewrite_seed")
+        require_study_name(self.study)
         self.check_training_params()
 
 
@@ -184,7 +186,12 @@ def thought_docs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, spli
         quality = teacher_quality_file(split, error_rate)
         # a text corpus has no verifier: only lengths are recorded
         verified = {} if is_text(data_dir) else thought_quality(all_chunks, thoughts)
+        # an LLM teacher's replies this run: cut off, empty, refused (not text, over-long) -- never silent
+        replies = teacher.tally() if hasattr(teacher, "tally") else {}
+        if replies:
+            run.log(kind="teacher_replies", split=tag, **replies)
         write_json(run.file(quality), {**verified, "teacher": teacher.name, "chunks": len(all_chunks),
+                                       **({"replies": replies} if replies else {}),
                                        "mean_thought_chars": sum(map(len, thoughts)) / max(len(thoughts), 1),
                                        "error_rate": cfg.teacher_error_rate if error_rate is None else error_rate,
                                        "drop_rate": cfg.teacher_drop_rate})

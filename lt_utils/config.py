@@ -23,7 +23,8 @@ T = TypeVar("T")
 # Fields that say *where* or *how fast* a stage runs, not *what* it computes:
 # changing them must not invalidate a finished run.
 NON_RESULT_FIELDS = frozenset({"overwrite", "run_root", "workers", "threads_per_worker", "figures_dir", "progress",
-                               "launcher", "estep_shards", "base_threads"})
+                               "launcher", "estep_shards", "base_threads",
+                               "keep_checkpoints"})
 # Fields added after runs of the CPU study were made: hashed only when set to something other than their
 # default, so a run made before a field existed keeps its identity.
 HASHED_WHEN_SET = frozenset({
@@ -169,3 +170,18 @@ def require(condition: bool, message: str) -> None:
     """Raise a one-line ConfigError from a dataclass's __post_init__."""
     if not condition:
         raise ConfigError(message)
+
+
+def require_min(cfg: Any, minimum: float, *names: str, strict: bool = False) -> None:
+    """Each named field (or every element of a list field) is ≥ `minimum` (> with `strict`); one line naming it."""
+    for name in names:
+        value = getattr(cfg, name)
+        for x in value if isinstance(value, (list, tuple)) else (value,):
+            if x < minimum or (strict and x == minimum):
+                raise ConfigError(f"{name} must be {'>' if strict else '≥'} {minimum:g}, got {value!r}")
+
+
+def require_study_name(study: str) -> None:
+    """A study name is one directory name under run_root: not empty, no path separator."""
+    require(bool(study) and "/" not in study and study not in (".", ".."),
+            f"study must be a directory name (not empty, no '/'), got {study!r}")

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from . import world
 from .base_model import BaseParams
-from .config import require
+from .config import require, require_min, require_study_name
+from .rejects import Rejects
 from .runs import RunDir, read_json, read_jsonl, write_json, write_jsonl
 from .tokens import encode, load_tokenizer, train_tokenizer
 
@@ -72,6 +73,19 @@ class DataPrepConfig(BaseParams):
         self.check_base_params()   # the base model's parameters (base_model.BaseParams)
         require(self.source == "world" or not self.base_steps,
                 "base_steps: a base model is built from the world; with source: text, runs start from init_from")
+        require_study_name(self.study)
+        require_min(self, 0, "seed", "fresh_docs", "warmstart_docs", "bootstrap_docs", "comparison_tokens",
+                    "fresh_tokens", "bootstrap_tokens")
+        bad = [k for k in self.split_specs if k not in ("val", "train", "warmstart", "bootstrap")]
+        require(not bad, f"split_specs: unknown split '{bad[0] if bad else ''}' (known: val, train, warmstart, "
+                         f"bootstrap)")
+        from .text_corpus import parse_slice
+
+        for name, spec in self.split_specs.items():
+            try:
+                parse_slice(spec)
+            except ValueError as e:
+                require(False, f"split_specs.{name}: {e}")
         if self.source == "text":
             require(bool(self.text_source),
                     "text_source: a local file, directory or glob is required with source: text")
@@ -80,16 +94,6 @@ class DataPrepConfig(BaseParams):
             require(self.fresh_tokens >= 0 and self.bootstrap_tokens >= 0, "token budgets must be ≥ 0")
             require(self.valid_docs > 0 and self.eval_problems >= 0,
                     "valid_docs must be > 0 and eval_problems ≥ 0 (0 means every problem)")
-            bad = [k for k in self.split_specs if k not in ("val", "train", "warmstart", "bootstrap")]
-            require(not bad, f"split_specs: unknown split '{bad[0] if bad else ''}' (known: val, train, warmstart, "
-                             f"bootstrap)")
-            from .text_corpus import parse_slice
-
-            for name, spec in self.split_specs.items():
-                try:
-                    parse_slice(spec)
-                except ValueError as e:
-                    require(False, f"split_specs.{name}: {e}")
             return
         unknown = [f for f in self.families if f not in world.FAMILIES]
         require(not unknown, f"families: unknown family '{unknown[0] if unknown else ''}' "
@@ -97,8 +101,10 @@ class DataPrepConfig(BaseParams):
         require(len(self.families) > 0, "families must name at least one family")
         bad = [k for k in self.difficulty if k not in world.FAMILIES]
         require(not bad, f"difficulty: unknown family '{bad[0] if bad else ''}'")
-        require(1 <= self.units_per_doc_min <= self.units_per_doc_max,
-                "units_per_doc_min must be ≥ 1 and ≤ units_per_doc_max")
+        require_min(self, 1, "units_per_doc_min")
+        require(self.units_per_doc_max >= self.units_per_doc_min,
+                f"units_per_doc_max must be ≥ units_per_doc_min ({self.units_per_doc_min}), "
+                f"got {self.units_per_doc_max}")
         require(self.comparison_docs > 0 and self.valid_docs > 0 and self.eval_problems > 0,
                 "comparison_docs, valid_docs and eval_problems must be > 0")
         require(self.dev_problems >= 0, f"dev_problems must be ≥ 0, got {self.dev_problems}")
@@ -203,11 +209,15 @@ def _write_stream(path: Path, records, tokenizer, budget: int, desc: str) -> dic
     return count
 
 
-def _text_split(cfg: DataPrepConfig, name: str):
-    """Records of the paper's slice `name` (with the config's overrides), streamed from the source files."""
+def _text_split(cfg: DataPrepConfig, name: str, rejects=None):
+    """Records of the paper's slice `name` (with the config's overrides), streamed from the source files.
+
+    Unusable records met on the way are counted in `rejects` (a `rejects.Rejects`) and skipped.
+    """
     from .text_corpus import iter_records, paper_split
 
-    records = iter_records(cfg.text_source, text_field=cfg.text_field, id_field=cfg.id_field or None)
+    records = iter_records(cfg.text_source, text_field=cfg.text_field, id_field=cfg.id_field or None,
+                           rejects=rejects)
     return paper_split(records, name, cfg.split_specs)
 
 
@@ -236,19 +246,24 @@ def build_text_corpus(run: RunDir, cfg: DataPrepConfig) -> dict:
     for split, paper_name in TEXT_SPLITS.items():
         path = run.file(f"docs/{split}.jsonl")
         if split not in stats or not path.exists():
+            rejects = Rejects()
             if split == "valid":
-                records = itertools.islice(_text_split(cfg, paper_name), cfg.valid_docs)
+                records = itertools.islice(_text_split(cfg, paper_name, rejects), cfg.valid_docs)
                 stats[split] = _write_stream(path, records, tok, 0, f"{split} docs")
             else:
-                records = _text_split(cfg, paper_name) if budgets[split] else iter(())
+                records = _text_split(cfg, paper_name, rejects) if budgets[split] else iter(())
                 stats[split] = _write_stream(path, records, tok, budgets[split], f"{split} tokens")
+            stats[split]["rejected"] = rejects.as_dict()   # records read for this split but unusable, by reason
+            run.log(kind="rejected", source=split, **rejects.as_dict())
             write_json(stats_path, stats)
         run.add_artifact(f"docs/{split}.jsonl", f"{stats[split]['docs']} documents of the {split} split "
                                                 f"(paper slice '{paper_name}')")
     for task, src in (("math", cfg.math_eval_path), ("gsm8k", cfg.gsm8k_eval_path)):
         if src:
-            n = copy_eval_problems(src, task, run.file(f"eval/{task}.jsonl"), cfg.eval_problems)
-            stats[f"eval_{task}"] = {"docs": n}
+            rejects = Rejects()
+            n = copy_eval_problems(src, task, run.file(f"eval/{task}.jsonl"), cfg.eval_problems, rejects)
+            stats[f"eval_{task}"] = {"docs": n, "rejected": rejects.as_dict()}
+            run.log(kind="rejected", source=f"eval_{task}", **rejects.as_dict())
             run.add_artifact(f"eval/{task}.jsonl", f"{n} {task} test problems")
     write_json(run.file("source.json"), {"source": "text", "text_source": cfg.text_source,
                                          "tokenizer_from": cfg.tokenizer_from, "splits": TEXT_SPLITS})
@@ -257,11 +272,17 @@ def build_text_corpus(run: RunDir, cfg: DataPrepConfig) -> dict:
     return stats
 
 
-def copy_eval_problems(src: str | Path, task: str, dest: Path, limit: int = 0) -> int:
-    """Validate a local MATH / GSM8K file (math_eval.load_problems) and store its first `limit` problems (0: all)."""
+def copy_eval_problems(src: str | Path, task: str, dest: Path, limit: int = 0, rejects=None) -> int:
+    """Validate a local MATH / GSM8K file (math_eval.load_problems) and store its first `limit` problems (0: all).
+
+    With `rejects`, problems without a usable answer are counted there and skipped; a file with none left is an error.
+    """
     from .math_eval import load_problems
 
-    problems = load_problems(src, task, limit=limit or None)
+    problems = load_problems(src, task, limit=limit or None, rejects=rejects)
+    if not problems:
+        raise ValueError(f"{src}: no usable {task} problem"
+                         + (f" (rejected: {rejects.as_dict()['by_reason']})" if rejects is not None else ""))
     if task == "math":
         recs = [{"problem": p.question, "solution": p.solution, "level": p.level, "type": p.type} for p in problems]
     else:

@@ -84,7 +84,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -95,6 +94,7 @@ import torch
 from .data import Chunk
 from .runs import read_jsonl, write_jsonl
 from .sample import sample, score
+from .sqlite_store import open_cache
 from .tokens import SpecialIds, encode
 
 
@@ -284,18 +284,13 @@ class CandidateCache:
 
     Rows are written when a group is sampled and updated when it is scored;
     each write is committed, so a killed run loses at most the group in flight.
-    ``path=None`` keeps the store in memory (same code path, nothing persisted).
+    ``path=None`` keeps the store in memory (same code path, nothing persisted).  A file is opened
+    through `sqlite_store.open_cache` (WAL journal; a damaged file is moved aside and rebuilt).
     """
 
     def __init__(self, path: str | Path | None):
-        if path is None:
-            self.db = sqlite3.connect(":memory:")
-        else:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(str(path))
-        self.db.execute("CREATE TABLE IF NOT EXISTS candidates (key TEXT PRIMARY KEY, tokens TEXT NOT NULL, "
-                        "log_q REAL NOT NULL, terminated INTEGER NOT NULL, log_p REAL)")
-        self.db.commit()
+        self.db = open_cache(path, "CREATE TABLE IF NOT EXISTS candidates (key TEXT PRIMARY KEY, tokens TEXT NOT NULL, "
+                                   "log_q REAL NOT NULL, terminated INTEGER NOT NULL, log_p REAL)")
 
     def get_many(self, keys: Sequence[str]) -> dict[str, dict]:
         out: dict[str, dict] = {}

@@ -174,7 +174,8 @@ class ChatAPITeacher:
                  temperature: float = 0.7, max_tokens: int = 6000, max_retries: int = 5, backoff_s: float = 1.0,
                  max_backoff_s: float = 60.0, concurrency: int = 8, timeout_s: float = 60.0, prompt: str = "latent",
                  price_per_1k_input: float = 0.0, price_per_1k_output: float = 0.0,
-                 extra_body: dict[str, Any] | None = None, seed: int = 0, endpoint: str | None = None):
+                 extra_body: dict[str, Any] | None = None, seed: int = 0, endpoint: str | None = None,
+                 max_reply_chars: int = 0):
         _check_kind(prompt)
         if concurrency < 1 or max_retries < 0 or backoff_s < 0 or timeout_s <= 0:
             raise ValueError("need concurrency >= 1, max_retries >= 0, backoff_s >= 0, timeout_s > 0")
@@ -194,10 +195,14 @@ class ChatAPITeacher:
         self.price_per_1k_input = float(price_per_1k_input)
         self.price_per_1k_output = float(price_per_1k_output)
         self.extra_body = dict(extra_body or {})
+        # a reply longer than this is a runaway, not a thought (0: 16 characters per token of max_tokens)
+        self.max_reply_chars = int(max_reply_chars) or 16 * self.max_tokens
         self.name = f"api:{model}"
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+        # truncated: replies cut off at max_tokens (kept, counted); rejected_*: replies refused and asked again
         self._tally = {"requests": 0, "retries": 0, "failures": 0, "succeeded": 0, "truncated": 0,
+                       "rejected_empty": 0, "rejected_not_text": 0, "rejected_over_long": 0,
                        "prompt_tokens": 0, "completion_tokens": 0}
         is_local = urllib.parse.urlsplit(base_url).hostname in _LOCAL_HOSTS
         # a loopback server must never be reached through an HTTP proxy from the environment
@@ -334,13 +339,22 @@ class ChatAPITeacher:
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise _Retryable("malformed reply: missing 'choices'")
         message = choices[0].get("message")
-        content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(content, str):
+        if not isinstance(message, dict) or "content" not in message:
             raise _Retryable("malformed reply: missing 'choices[0].message.content'")
+        content = message["content"]
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         self._count(prompt_tokens=_int(usage.get("prompt_tokens")),
-                    completion_tokens=_int(usage.get("completion_tokens")),
-                    truncated=int(choices[0].get("finish_reason") == "length"))
+                    completion_tokens=_int(usage.get("completion_tokens")))
+        if not isinstance(content, str):
+            self._count(rejected_not_text=1)
+            raise _Retryable(f"malformed reply: content is {type(content).__name__}, not text")
+        if not content.strip():
+            self._count(rejected_empty=1)
+            raise _Retryable("malformed reply: empty content")
+        if len(content) > self.max_reply_chars:
+            self._count(rejected_over_long=1)
+            raise _Retryable(f"malformed reply: {len(content)} characters, more than {self.max_reply_chars}")
+        self._count(truncated=int(choices[0].get("finish_reason") == "length"))
         return content.strip()
 
 
@@ -435,6 +449,8 @@ class LocalModelTeacher:
         self.model = model
         self.tokenizer = tokenizer
         self._fingerprint = fingerprint
+        # replies written; of them cut off at max_new_tokens, and empty after decoding (both kept, counted)
+        self._tally = {"replies": 0, "truncated": 0, "empty": 0}
         self.name = f"local:{getattr(model.config, 'name_or_path', '') or type(model).__name__}"
 
     @property
@@ -503,7 +519,14 @@ class LocalModelTeacher:
         for s in outs:
             ids = s.tokens[:-1] if s.finished else s.tokens
             texts.append(tok.decode(ids, skip_special_tokens=True).strip())
+            self._tally["replies"] += 1
+            self._tally["truncated"] += int(not s.finished)
+            self._tally["empty"] += int(not texts[-1])
         return texts
+
+    def tally(self) -> dict:
+        """Replies written so far, with how many were cut off at max_new_tokens or came out empty."""
+        return dict(self._tally)
 
 
 # --------------------------------------------------------------------------- factory

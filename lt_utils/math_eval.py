@@ -116,39 +116,60 @@ def _gsm8k_gold(answer: str) -> str | None:
     return gold
 
 
-def load_problems(path: str | Path, task: str, *, limit: int | None = None) -> list[Problem]:
-    """Problems from a local jsonl file in the hub schema of `task` ("math" or "gsm8k")."""
+def load_problems(path: str | Path, task: str, *, limit: int | None = None, rejects=None) -> list[Problem]:
+    """Problems from a local jsonl file in the hub schema of `task` ("math" or "gsm8k").
+
+    A bad line (not UTF-8, not JSON, a field missing, no final answer) raises a
+    one-line error naming file and line; with `rejects` (a `rejects.Rejects`)
+    it is counted there by reason and skipped instead.
+    """
     _check_task(task)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{task} problems not found: {path}")
     fields = ("problem", "solution") if task == "math" else ("question", "answer")
     out: list[Problem] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+
+    def bad(reason: str, where: str, message: str) -> None:
+        if rejects is None:
+            raise ValueError(f"{where}: {message}")
+        rejects.add(reason, where)
+
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad("non_utf8", where, f"not UTF-8 ({e.reason} at byte {e.start})")
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+                bad("invalid_json", where, f"not valid JSON ({e.msg})")
+                continue
             if not isinstance(rec, dict):
-                raise ValueError(f"{where}: expected a JSON object per line, got {type(rec).__name__}")
+                bad("not_an_object", where, f"expected a JSON object per line, got {type(rec).__name__}")
+                continue
             missing = [f for f in fields if not isinstance(rec.get(f), str)]
             if missing:
-                raise ValueError(f"{where}: {task} record lacks string field {missing[0]!r} "
-                                 f"(has {sorted(rec)}); expected fields {list(fields)}")
+                bad("missing_field", where, f"{task} record lacks string field {missing[0]!r} "
+                                            f"(has {sorted(rec)}); expected fields {list(fields)}")
+                continue
             if task == "math":
                 gold = last_boxed(rec["solution"])
                 if gold is None:
-                    raise ValueError(f"{where}: field 'solution' has no \\boxed{{...}} answer")
+                    bad("no_answer", where, "field 'solution' has no \\boxed{...} answer")
+                    continue
                 out.append(Problem(rec["problem"], gold, rec["solution"],
                                    str(rec.get("type", rec.get("subject", ""))), str(rec.get("level", ""))))
             else:
                 gold = _gsm8k_gold(rec["answer"])
                 if gold is None:
-                    raise ValueError(f"{where}: field 'answer' lacks a '#### <number>' final answer")
+                    bad("no_answer", where, "field 'answer' lacks a '#### <number>' final answer")
+                    continue
                 out.append(Problem(rec["question"], gold, rec["answer"]))
             if limit is not None and len(out) >= limit:
                 break

@@ -22,7 +22,7 @@ import yaml
 
 from . import config as config_lib
 from .paths import NOTEBOOKS_DIR, PARAMS_DIR, resolve
-from .runs import read_json, write_json
+from .runs import disk_bytes, read_json, stage_footprint, write_json
 
 STAGES = ("01_data_prep", "02_synthetic_thoughts", "03_bootstrap_em", "04_analysis")
 
@@ -91,7 +91,9 @@ def run_profile(profile: str, only: list[str] | None = None, overrides: dict | N
         times[s] = run_stage(profile, s, overrides)
         print(f"[{profile}] {s} done in {times[s]:.0f} s", flush=True)
         history = read_json(log) if log.exists() else {}
-        history[s] = {"seconds": round(times[s], 1), "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        history[s] = {"seconds": round(times[s], 1), "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                      **stage_footprint(log.parent / s)}
+        history["study_disk_bytes"] = disk_bytes(log.parent)
         write_json(log, history)
     return times
 

@@ -69,6 +69,12 @@ STYLE: dict[str, object] = {
     "savefig.dpi": 200,
 }
 
+# Fixed file metadata: no creation date, no library version.
+FILE_METADATA: dict[str, dict] = {
+    "pdf": {"CreationDate": None, "Creator": "lt_utils.plots", "Producer": "matplotlib"},
+    "png": {"Software": "lt_utils.plots (matplotlib)"},
+}
+
 # Okabe–Ito palette (colour-blind safe); yellow darkened to read on white.
 # Baselines are dashed so the proposed methods stand out even in greyscale.
 ARM_STYLE: dict[str, dict] = {
@@ -149,8 +155,8 @@ def save_figure(fig: Figure, name: str, out_dir: str | os.PathLike) -> list[Path
                 try:
                     fig.savefig(
                         tmp, format=ext, dpi=200, bbox_inches="tight", pad_inches=0.05,
-                        # no timestamp, so unchanged figures give unchanged files
-                        metadata={"CreationDate": None} if ext == "pdf" else None,
+                        # no timestamp or version, so the same data always gives the same bytes
+                        metadata=FILE_METADATA[ext],
                     )
                     os.replace(tmp, target)
                 except BaseException:

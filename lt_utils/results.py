@@ -31,6 +31,11 @@ class AnalysisConfig:
                                                                       "raw_fresh"])  # every baseline of the headline
     overwrite: bool = False         # always recomputed from stored results; kept for symmetry
 
+    def __post_init__(self):
+        from .config import require_study_name
+
+        require_study_name(self.study)
+
 
 def training_runs(study_dir: str | Path) -> list[Path]:
     """Directories of finished training runs anywhere under a study."""
@@ -214,26 +219,43 @@ def answer_breakdown(finals: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- teacher-quality sweep
-def teacher_sweep(study_dir: str | Path, finals: pd.DataFrame,
-                  stage: str = "02_synthetic_thoughts") -> pd.DataFrame:
+def teacher_quality(study_dir: str | Path, finals: pd.DataFrame,
+                    stage: str = "02_synthetic_thoughts") -> pd.DataFrame:
+    """Verified thought quality of every teacher setting the sweep's runs used: error_rate, thought_quality."""
+    from .comparison import sweep_error_rate, teacher_quality_file
+
+    stage_dir = Path(study_dir) / stage
+    arms = finals.loc[finals["stage"] == stage, "arm"] if len(finals) else []
+    rates = sorted({0.0 if a == "latent_thoughts" else sweep_error_rate(a) for a in arms} - {None})
+    rows = []
+    for err in rates:
+        qpath = stage_dir / teacher_quality_file("comparison", err or None)
+        rows.append({"error_rate": err, "thought_quality": read_json(qpath).get("fraction_correct", float("nan"))
+                     if qpath.exists() else float("nan")})
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS["teacher_quality"])
+
+
+def teacher_sweep(study_dir: str | Path | None, finals: pd.DataFrame, stage: str = "02_synthetic_thoughts",
+                  quality: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per latent-arm run of the teacher sweep: teacher error rate, verified thought quality, accuracy.
 
     The oracle arm (`latent_thoughts`) is the error-rate-0 point; thought
     quality is the fraction of units whose teacher thought the world's
-    verifier accepts, as stored by stage 02.
+    verifier accepts, as stored by stage 02 (or given as `quality`, the
+    `teacher_quality` table).
     """
-    from .comparison import sweep_error_rate, teacher_quality_file
+    from .comparison import sweep_error_rate
 
-    stage_dir = Path(study_dir) / stage
+    if quality is None:
+        quality = teacher_quality(study_dir, finals, stage)
+    by_rate = dict(zip(quality["error_rate"], quality["thought_quality"]))
     rows = []
-    for _, r in finals[finals["stage"] == stage].iterrows():
+    for _, r in finals[finals["stage"] == stage].iterrows() if len(finals) else []:
         err = 0.0 if r["arm"] == "latent_thoughts" else sweep_error_rate(r["arm"])
         if err is None:
             continue
-        qpath = stage_dir / teacher_quality_file("comparison", err or None)
-        quality = read_json(qpath).get("fraction_correct", float("nan")) if qpath.exists() else float("nan")
-        rows.append({"arm": r["arm"], "error_rate": err, "thought_quality": quality, "seed": r["seed"],
-                     "accuracy": r["accuracy"]})
+        rows.append({"arm": r["arm"], "error_rate": err, "thought_quality": by_rate.get(err, float("nan")),
+                     "seed": r["seed"], "accuracy": r["accuracy"]})
     return pd.DataFrame(rows, columns=["arm", "error_rate", "thought_quality", "seed", "accuracy"])
 
 
@@ -277,7 +299,7 @@ def estep_summaries(study_dir: str | Path, stage: str = "03_bootstrap_em") -> pd
                      "mean_log_w_incorrect": s.get("mean_log_w_incorrect"),
                      "mean_ess": s.get("mean_ess"), "frac_unterminated": s.get("frac_unterminated"),
                      "mean_thought_tokens": s.get("mean_thought_tokens")})
-    return pd.DataFrame(rows).sort_values("iteration") if rows else pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS["estep_summaries"]).sort_values("iteration", ignore_index=True)
 
 
 def em_elbo(study_dir: str | Path, stage: str = "03_bootstrap_em") -> pd.DataFrame:
@@ -291,7 +313,7 @@ def em_elbo(study_dir: str | Path, stage: str = "03_bootstrap_em") -> pd.DataFra
                      "elbo_finite_chunks_per_token": d.get("elbo_finite_per_token"),
                      "chunks": d.get("chunks"), "chunks_without_finite_bound": d.get("chunks_without_finite_bound"),
                      "direct_log_px_per_token": d.get("direct_log_px_per_token")})
-    return pd.DataFrame(rows).sort_values("iteration") if rows else pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS["em_elbo"]).sort_values("iteration", ignore_index=True)
 
 
 LOOP_COLUMNS = {"trained_on_correct": "trained_on", "posterior_sample_correct": "posterior_sample",
@@ -303,10 +325,12 @@ LOOP_COLUMNS = {"trained_on_correct": "trained_on", "posterior_sample_correct": 
                 "auc_log_w_within_chunk": "auc_log_w_within_chunk"}
 
 
-def loop_diagnostics(study_dir: str | Path, stage: str = "03_bootstrap_em") -> pd.DataFrame:
+def loop_diagnostics(study_dir: str | Path, stage: str = "03_bootstrap_em",
+                     elbo: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per E-step: retention ρ, lift λ, loop gain G = ρλ and the other loop diagnostics
     (`lt_utils.loop_diagnostics`), with the validation ELBO and direct log p(x) of the E-step's generator."""
-    elbo = {int(r["iteration"]): r for _, r in em_elbo(study_dir, stage).iterrows()}
+    elbo = em_elbo(study_dir, stage) if elbo is None else elbo
+    elbo = {int(r["iteration"]): r for _, r in elbo.iterrows()}
     rows = []
     for path in sorted((Path(study_dir) / stage).glob("iter*/estep_summary.json")):
         s = read_json(path)
@@ -317,15 +341,24 @@ def loop_diagnostics(study_dir: str | Path, stage: str = "03_bootstrap_em") -> p
         row["generator_elbo"] = gen.get("elbo_per_token")
         row["generator_direct_log_px"] = gen.get("direct_log_px_per_token")
         rows.append(row)
-    cols = ["iteration", "k", *LOOP_COLUMNS.values(), "generator_elbo", "generator_direct_log_px"]
-    return pd.DataFrame(rows, columns=cols).sort_values("iteration").reset_index(drop=True)
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS["loop_diagnostics"]).sort_values("iteration", ignore_index=True)
 
 
-def k_ablation(study_dir: str | Path, finals: pd.DataFrame, stage: str = "03_bootstrap_em") -> pd.DataFrame:
-    """Iteration-1 accuracy per K (one row per seed) with the verified quality of the thoughts selected with K."""
+def k_quality(study_dir: str | Path, stage: str = "03_bootstrap_em") -> pd.DataFrame:
+    """Verified quality of the thoughts iteration 1's E-step selected with each K: k, thought_quality."""
     path = Path(study_dir) / stage / "iter1" / "estep_summary.json"
     quality = read_json(path).get("selected_correct_by_k", {}) if path.exists() else {}
-    f = finals[finals["stage"] == stage]
+    rows = sorted((int(k), q) for k, q in quality.items())
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS["k_quality"])
+
+
+def k_ablation(study_dir: str | Path | None, finals: pd.DataFrame, stage: str = "03_bootstrap_em",
+               quality: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Iteration-1 accuracy per K (one row per seed) with the verified quality of the thoughts selected with K."""
+    if quality is None:
+        quality = k_quality(study_dir, stage)
+    by_k = {int(k): q for k, q in zip(quality["k"], quality["thought_quality"])}
+    f = finals[finals["stage"] == stage] if len(finals) else finals
     rows = []
     for _, r in f.iterrows():
         if r["arm"] == "bolt_iter1" or r["arm"].startswith("bolt_iter1_k"):
@@ -333,17 +366,20 @@ def k_ablation(study_dir: str | Path, finals: pd.DataFrame, stage: str = "03_boo
             if r["arm"].startswith("bolt_iter1_k"):
                 k = int(r["arm"].removeprefix("bolt_iter1_k"))
             rows.append({"k": k, "seed": r["seed"], "accuracy": r["accuracy"],
-                         "thought_quality": quality.get(str(k), float("nan"))})
+                         "thought_quality": by_k.get(k, float("nan"))})
     return pd.DataFrame(rows, columns=["k", "seed", "accuracy", "thought_quality"]).sort_values(["k", "seed"])
 
 
-def em_estep_and_elbo(study_dir: str | Path, stage: str = "03_bootstrap_em") -> pd.DataFrame:
+def em_estep_and_elbo(study_dir: str | Path | None, stage: str = "03_bootstrap_em", *,
+                      estep: pd.DataFrame | None = None, elbo: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per iteration: the E-step's verified thought quality and its generator's validation ELBO, side by side.
 
     Row `iteration = i` holds the quality of the thoughts inferred in iteration
     i's E-step and the ELBO of the model trained in iteration i (0 = warmstart).
+    The two tables are read from the study unless given.
     """
-    q, e = estep_summaries(study_dir, stage), em_elbo(study_dir, stage)
+    q = estep_summaries(study_dir, stage) if estep is None else estep
+    e = em_elbo(study_dir, stage) if elbo is None else elbo
     cols = ["selected_correct", "first_correct", "any_correct", "k", "mean_ess", "frac_unterminated"]
     q = q[["iteration", *cols]] if len(q) else pd.DataFrame(columns=["iteration", *cols])
     if len(e):
@@ -358,13 +394,111 @@ def em_estep_and_elbo(study_dir: str | Path, stage: str = "03_bootstrap_em") -> 
 SYNTHETIC_STAGE, EM_STAGE = "02_synthetic_thoughts", "03_bootstrap_em"
 
 
-def figure_frames(study_dir: str | Path, evals: pd.DataFrame, finals: pd.DataFrame) -> dict:
-    """Every registered figure's input, built from stored results only (see `plots.render_all`)."""
+# ----------------------------------------------------------------------------- figure data
+# The tables every figure is drawn from.  Stage 04 writes them beside the figures (`<figures>/data/`), so
+# `python -m lt_utils.figures` redraws the committed figures in a fresh clone without rerunning the study.
+TABLE_COLUMNS: dict[str, list[str]] = {
+    "estep_summaries": ["iteration", "k", "selected_correct", "first_correct", "any_correct", "candidates_correct",
+                        "mean_log_w_correct", "mean_log_w_incorrect", "mean_ess", "frac_unterminated",
+                        "mean_thought_tokens"],
+    "em_elbo": ["iteration", "generator", "elbo_per_token", "elbo_finite_chunks_per_token", "chunks",
+                "chunks_without_finite_bound", "direct_log_px_per_token"],
+    "teacher_quality": ["error_rate", "thought_quality"],
+    "k_quality": ["k", "thought_quality"],
+}
+TABLE_COLUMNS["loop_diagnostics"] = ["iteration", "k", *LOOP_COLUMNS.values(), "generator_elbo",
+                                     "generator_direct_log_px"]
+FIGURE_TABLES = ("evals", "estep_summaries", "em_elbo", "loop_diagnostics", "teacher_quality", "k_quality")
+EVAL_KEY_COLUMNS = ["stage", "arm", "seed", "step", "iteration", "k", "run_dir", "tokens", "raw_tokens",
+                    "effective_raw_tokens"]
+
+
+def study_tables(study_dir: str | Path, evals: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """Every table the figures read, from a study's stored results (the finished stages are verified first)."""
+    study_dir = Path(study_dir)
+    verify_stages(study_dir)
+    evals = collect_evals(study_dir) if evals is None else evals
+    finals = final_points(evals)
+    elbo = em_elbo(study_dir, EM_STAGE)
+    return {"evals": evals, "estep_summaries": estep_summaries(study_dir, EM_STAGE), "em_elbo": elbo,
+            "loop_diagnostics": loop_diagnostics(study_dir, EM_STAGE, elbo),
+            "teacher_quality": teacher_quality(study_dir, finals),
+            "k_quality": k_quality(study_dir, EM_STAGE)}
+
+
+def verify_stages(study_dir: str | Path) -> list[Path]:
+    """Check every finished stage of a study against its manifest (one-line error on a damaged artifact)."""
+    from .runs import is_done, verify_artifacts
+
+    done = [p for p in sorted(Path(study_dir).iterdir()) if p.is_dir() and is_done(p)] \
+        if Path(study_dir).is_dir() else []
+    for p in done:
+        verify_artifacts(p)
+    return done
+
+
+def require_evals(evals: pd.DataFrame, study_dir: str | Path) -> pd.DataFrame:
+    """`evals`, or a one-line error naming the study directory and the command that fills it."""
+    from .runs import MissingInputError
+
+    if evals.empty:
+        study = Path(study_dir).name
+        raise MissingInputError(f"no finished training run under {study_dir} (run the study first: "
+                                f"python -m lt_utils.pipeline --profile {study})")
+    return evals
+
+
+def _stable(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Rows and columns in a fixed order, so the same results always give the same file."""
+    if name == "evals":
+        lead = [c for c in EVAL_KEY_COLUMNS if c in df.columns]
+        df = df[lead + sorted(c for c in df.columns if c not in lead)]
+        keys = [c for c in ("stage", "arm", "seed", "step", "run_dir") if c in df.columns]
+    else:
+        df = df[TABLE_COLUMNS[name]]
+        keys = list(df.columns[:1])
+    return df.sort_values(keys, kind="mergesort", ignore_index=True) if keys and len(df) else df
+
+
+def write_figure_data(tables: dict[str, pd.DataFrame], data_dir: str | Path) -> list[Path]:
+    """Write each table as `<data_dir>/<name>.csv` (floats exactly, sorted rows and columns)."""
+    from .runs import write_text
+
+    paths = []
+    for name in FIGURE_TABLES:
+        paths.append(write_text(Path(data_dir) / f"{name}.csv",
+                                _stable(tables[name], name).to_csv(index=False, lineterminator="\n")))
+    return paths
+
+
+def read_figure_data(data_dir: str | Path, maker: str = "") -> dict[str, pd.DataFrame]:
+    """The tables `write_figure_data` wrote, or a one-line error naming the missing file and `maker`, its command."""
+    from .runs import MissingInputError
+
+    data_dir = Path(data_dir)
+    maker = maker or ("python -m lt_utils.pipeline --profile <profile> --only 04_analysis, after that profile's "
+                      "study has run")
+    tables = {}
+    for name in FIGURE_TABLES:
+        path = data_dir / f"{name}.csv"
+        if not path.is_file():
+            raise MissingInputError(f"{path} not found (written by the analysis stage: {maker})")
+        tables[name] = pd.read_csv(path)   # floats were written by repr: read back exactly
+    return tables
+
+
+def figure_frames(study_dir: str | Path | None, evals: pd.DataFrame | None = None,
+                  finals: pd.DataFrame | None = None, *, tables: dict[str, pd.DataFrame] | None = None) -> dict:
+    """Every registered figure's input (see `plots.render_all`), from stored results or from figure data tables."""
     from .comparison import SWEEP_PREFIX
 
+    if tables is None:
+        tables = study_tables(study_dir, evals)
+    evals = tables["evals"]
     frames: dict = {}
     if evals.empty:
         return frames
+    finals = final_points(evals)
     curves = curve_points(evals)
     synth = curves[(curves["stage"] == SYNTHETIC_STAGE) & ~curves["arm"].str.startswith(SWEEP_PREFIX)]
     frames["accuracy_vs_tokens"] = synth
@@ -372,18 +506,19 @@ def figure_frames(study_dir: str | Path, evals: pd.DataFrame, finals: pd.DataFra
     frames["accuracy_vs_tokens_by_family"] = by_family(synth)
     refs = {a: lvl for a in ("raw_repeat", "raw_fresh") if (lvl := reference_level(
         finals[finals["stage"] == SYNTHETIC_STAGE], a)) is not None}
-    sweep = teacher_sweep(study_dir, finals, SYNTHETIC_STAGE)
+    sweep = teacher_sweep(None, finals, SYNTHETIC_STAGE, quality=tables["teacher_quality"])
     if sweep["error_rate"].nunique() >= 2:
         frames["teacher_quality_sweep"] = (sweep, {"references": refs})
     em_finals = finals[finals["stage"] == EM_STAGE]
     em_refs = {a: lvl for a in ("raw_token_match", "raw_flop_match")
                if (lvl := reference_level(em_finals, a)) is not None}
     frames["em_accuracy_vs_iteration"] = (em_accuracy(finals, EM_STAGE), {"references": em_refs})
-    frames["em_thought_quality_and_elbo"] = em_estep_and_elbo(study_dir, EM_STAGE)
-    loop = loop_diagnostics(study_dir, EM_STAGE)
+    frames["em_thought_quality_and_elbo"] = em_estep_and_elbo(None, EM_STAGE, estep=tables["estep_summaries"],
+                                                              elbo=tables["em_elbo"])
+    loop = tables["loop_diagnostics"]
     if len(loop) and loop[["rho", "lift", "gain"]].notna().any().any():
         frames["em_loop_gain"] = loop
-    k_df = k_ablation(study_dir, finals, EM_STAGE)
+    k_df = k_ablation(None, finals, EM_STAGE, quality=tables["k_quality"])
     if k_df["k"].nunique() >= 2:
         frames["em_k_ablation"] = k_df
     return frames

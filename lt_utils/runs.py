@@ -2,22 +2,27 @@
 
 A stage writes `runs/<study>/<stage>/` holding its resolved parameters
 (`config.yaml`), the environment (`env.json`), an append-only
-`metrics.jsonl`, a `manifest.json` of the artifacts it produced and a `DONE`
-marker.  The next stage reads only that directory.  Every artifact is written
-to a temporary file and renamed into place, so a file that exists is complete.
+`metrics.jsonl`, a `manifest.json` of the artifacts it produced (with the size
+and sha256 of each) and a `DONE` marker.  The next stage reads only that
+directory, after `require_done` has checked it against its manifest.  Every
+artifact is written to a temporary file and renamed into place, so a file that
+exists is complete.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import random
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +37,10 @@ from .paths import PROJECT_ROOT, resolve
 
 class MissingInputError(FileNotFoundError):
     """An input run directory is absent or unfinished (message is one line)."""
+
+
+class DamagedArtifactError(MissingInputError):
+    """A finished stage's artifact no longer matches its manifest (message is one line)."""
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -69,11 +78,15 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict]:
-    """Records of a jsonl file, read one line at a time."""
+    """Records of a jsonl file, read one line at a time; a broken line is a one-line error naming file and line."""
     with open(path) as fh:
-        for line in fh:
+        for lineno, line in enumerate(fh, 1):
             if line.strip():
-                yield json.loads(line)
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DamagedArtifactError(f"{path}:{lineno}: not a JSON record ({exc.msg}); "
+                                               "the file is truncated or damaged") from None
 
 
 def read_json(path: str | Path) -> Any:
@@ -153,18 +166,103 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+# --------------------------------------------------------------------------- integrity
+def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_record(path: str | Path) -> dict[str, Any]:
+    """Size, modification time and sha256 of one artifact, as its manifest keeps them."""
+    st = Path(path).stat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(path)}
+
+
+def rebuild_command(run_dir: str | Path, overwrite: bool = True) -> str:
+    """The command that (re)makes a stage's run directory (its study name is the profile when one exists)."""
+    run_dir = Path(run_dir)
+    study = run_dir.parent.name
+    profile = study if (PROJECT_ROOT / "params" / study).is_dir() else "<profile>"
+    return f"python -m lt_utils.pipeline --profile {profile} --only {run_dir.name}" + (" --overwrite" * overwrite)
+
+
+def verify_artifacts(run_dir: str | Path, *, full: bool = False) -> int:
+    """Check every artifact of a finished run against the size and sha256 its manifest records.
+
+    Fast path: a file whose size and mtime equal the record is trusted without
+    hashing, so a stage pays for a sha256 only of files that were touched or
+    copied since they were written (`full=True` hashes every file).  A missing,
+    resized or changed file raises a one-line DamagedArtifactError naming it and
+    the command that rebuilds it.  Returns the number of files hashed.
+    """
+    run_dir = Path(run_dir)
+    manifest = run_dir / "manifest.json"
+    try:
+        files = read_json(manifest).get("files", {}) if manifest.exists() else {}
+    except json.JSONDecodeError:
+        raise DamagedArtifactError(f"{manifest} is not valid JSON; rebuild: {rebuild_command(run_dir)}") from None
+    hashed = 0
+    for name, rec in sorted(files.items()):
+        path = run_dir / name
+        if not path.is_file():
+            problem = "is missing"
+        elif (size := path.stat().st_size) != rec["bytes"]:
+            problem = f"has {size} bytes, its manifest records {rec['bytes']} (truncated or rewritten)"
+        elif not full and path.stat().st_mtime_ns == rec.get("mtime_ns"):
+            continue
+        else:
+            hashed += 1
+            if sha256_file(path) == rec["sha256"]:
+                continue
+            problem = "does not match the sha256 its manifest records"
+        raise DamagedArtifactError(f"{path} {problem}; rebuild: {rebuild_command(run_dir)}")
+    return hashed
+
+
+# --------------------------------------------------------------------------- footprint
+def peak_rss_mb() -> dict[str, float]:
+    """Peak resident memory of this process and of its finished child processes (workers), in MiB."""
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20   # ru_maxrss: KiB on Linux, bytes on macOS
+    return {"process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, 1),
+            "workers": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale, 1)}
+
+
+def disk_bytes(path: str | Path) -> int:
+    """Bytes of every file under `path` (links not followed)."""
+    total = 0
+    for root, _, names in os.walk(path):
+        for n in names:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(root, n)).st_size
+    return total
+
+
+def stage_footprint(run_dir: str | Path) -> dict[str, Any]:
+    """Peak memory and disk bytes a finished stage recorded in its DONE marker (empty if none)."""
+    done = Path(run_dir) / "DONE"
+    if not done.exists():
+        return {}
+    d = read_json(done)
+    return {k: d[k] for k in ("peak_rss_mb", "disk_bytes") if k in d}
+
+
 # --------------------------------------------------------------------------- run directory
 def is_done(path: str | Path) -> bool:
     return (Path(path) / "DONE").exists()
 
 
 def require_done(path: str | Path, what: str = "input run") -> Path:
-    """The path of a finished run directory, or a one-line error naming it."""
+    """The path of a finished run directory whose artifacts match its manifest, or a one-line error naming it."""
     p = resolve(path)
     if not p.is_dir():
-        raise MissingInputError(f"{what} not found: {p} (run the earlier stage first)")
+        raise MissingInputError(f"{what} not found: {p} (run the earlier stage first: {rebuild_command(p, False)})")
     if not is_done(p):
-        raise MissingInputError(f"{what} is unfinished (no DONE marker): {p} (re-run the earlier stage)")
+        raise MissingInputError(f"{what} is unfinished (no DONE marker): {p} (re-run the earlier stage: "
+                                f"{rebuild_command(p)})")
+    verify_artifacts(p)
     return p
 
 
@@ -177,6 +275,7 @@ class RunDir:
     config_hash: str
     already_done: bool = False
     artifacts: dict[str, str] = field(default_factory=dict)
+    files: dict[str, dict] = field(default_factory=dict)   # size / mtime / sha256 of each artifact at finish
 
     @classmethod
     def open(cls, cfg: Any, stage: str, *, study: str | None = None, run_root: str | Path | None = None,
@@ -213,7 +312,8 @@ class RunDir:
             write_json(path / "env.json", environment())
         manifest = path / "manifest.json"
         if manifest.exists():
-            run.artifacts = read_json(manifest).get("artifacts", {})
+            m = read_json(manifest)
+            run.artifacts, run.files = m.get("artifacts", {}), m.get("files", {})
         return run
 
     def file(self, name: str) -> Path:
@@ -226,15 +326,32 @@ class RunDir:
     def add_artifact(self, name: str, description: str) -> Path:
         """Register a file (relative to the run dir) in the manifest; returns its path."""
         self.artifacts[name] = description
-        write_json(self.path / "manifest.json", {"stage": self.path.name, "artifacts": self.artifacts})
+        self._write_manifest()
         return self.path / name
 
+    def _write_manifest(self) -> None:
+        write_json(self.path / "manifest.json", {"stage": self.path.name, "artifacts": self.artifacts,
+                                                 "files": self.files})
+
     def finish(self, **summary: Any) -> None:
-        """Write the manifest and the DONE marker (the last thing a stage does)."""
-        missing = [a for a in self.artifacts if not (self.path / a).exists()]
+        """Record size and sha256 of every artifact, then write the DONE marker (the last thing a stage does).
+
+        A file already recorded with the same size and mtime is not hashed again,
+        so re-finishing a reopened run costs nothing.  DONE and metrics.jsonl also
+        get the stage's footprint: peak memory of this process and its workers,
+        and the bytes its run directory holds.
+        """
+        missing = [a for a in self.artifacts if not (self.path / a).is_file()]
         if missing:
             raise MissingInputError(f"{self.path}: manifest lists missing artifact '{missing[0]}'")
-        write_json(self.path / "manifest.json", {"stage": self.path.name, "artifacts": self.artifacts})
+        for name in sorted(self.artifacts):
+            st, rec = (self.path / name).stat(), self.files.get(name, {})
+            if rec.get("bytes") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
+                self.files[name] = file_record(self.path / name)
+        self.files = {n: r for n, r in self.files.items() if n in self.artifacts}
+        self._write_manifest()
+        footprint = {"peak_rss_mb": peak_rss_mb(), "disk_bytes": disk_bytes(self.path)}
+        self.log(kind="footprint", **footprint)
         write_json(self.path / "DONE", {"config_hash": self.config_hash, "time_utc": time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **summary})
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **footprint, **summary})
         self.already_done = True

@@ -20,13 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sqlite3
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
 
 from .data import Chunk
+from .sqlite_store import open_cache
 
 _UNIT = re.compile(r"Problem: (?P<q>.*?) Answer: (?P<a>-?\d+)\.")
 
@@ -213,14 +213,15 @@ def _digest(obj) -> str:
 
 
 class ThoughtCache:
-    """SQLite map from (teacher key, chunk text) to a thought; committed as results arrive."""
+    """SQLite map from (teacher key, chunk text) to a thought; committed as results arrive.
+
+    Opened through `sqlite_store.open_cache`: WAL journal, and a damaged file is moved aside and rebuilt.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path)
-        self.db.execute("CREATE TABLE IF NOT EXISTS thoughts (key TEXT PRIMARY KEY, thought TEXT NOT NULL)")
-        self.db.commit()
+        self.db = open_cache(self.path, "CREATE TABLE IF NOT EXISTS thoughts (key TEXT PRIMARY KEY, "
+                                        "thought TEXT NOT NULL)")
         self.hits = 0
         self.misses = 0
 

@@ -26,6 +26,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from .data import Chunk, ThoughtDoc, chunk_sizes, text_seed
+from .rejects import Rejects
 from .tokens import encode
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -104,26 +105,45 @@ def shard(records: Iterable, shard_index: int = 0, num_shards: int = 1) -> Itera
     return (r for i, r in enumerate(records) if i % num_shards == shard_index)
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line or row number from 1, record) of one file, read lazily."""
+# A document longer than this is rejected as runaway (a concatenated dump, a binary blob read as text):
+# FineMath-4+ documents are a few thousand characters, and one such record would stall chunking.
+MAX_DOC_CHARS = 2_000_000
+
+
+def _reject(rejects: Rejects | None, reason: str, where: str, message: str) -> None:
+    """Count a bad record in `rejects`, or raise `message` when the caller keeps no count."""
+    if rejects is None:
+        raise ValueError(f"{where}: {message}")
+    rejects.add(reason, where)
+
+
+def _rows(path: Path, rejects: Rejects | None = None) -> Iterator[tuple[int, dict]]:
+    """(line or row number from 1, record) of one file, read lazily; unreadable lines go to `rejects`."""
     if _kind(path) == ".parquet":
         import pyarrow.parquet as pq
 
         batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
         yield from enumerate((row for b in batches for row in b.to_pylist()), 1)
         return
-    with (gzip.open if _kind(path) == ".jsonl.gz" else open)(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with (gzip.open if _kind(path) == ".jsonl.gz" else open)(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                _reject(rejects, "non_utf8", f"{path}:{n}", f"not UTF-8 ({e.reason} at byte {e.start})")
+                continue
             if line.strip():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                    _reject(rejects, "invalid_json", f"{path}:{n}", f"not valid JSON ({e.msg})")
+                    continue
                 yield n, row
 
 
 def iter_records(paths: str | Path | Sequence[str | Path], *, text_field: str = "text", id_field: str | None = None,
-                 shard_index: int = 0, num_shards: int = 1, slice_spec: str | None = None) -> Iterator[Record]:
+                 shard_index: int = 0, num_shards: int = 1, slice_spec: str | None = None,
+                 rejects: Rejects | None = None, max_chars: int = MAX_DOC_CHARS) -> Iterator[Record]:
     """Stream `Record`s from local files in order, then slice (global index), then shard.
 
     doc_id is the `id_field` value when the record has one, else
@@ -131,6 +151,11 @@ def iter_records(paths: str | Path | Sequence[str | Path], *, text_field: str = 
     not depend on slicing or sharding.  Blank jsonl lines are skipped and not
     counted as records.  Files are checked before anything is read, so a
     missing pyarrow or a bad spec fails at once, not hours into a run.
+
+    A bad record -- not UTF-8, not JSON, not an object, without `text_field`,
+    text that is not a string, blank, or longer than `max_chars` -- raises a
+    one-line error naming file and line; with `rejects` it is counted there
+    by reason instead, skipped, and takes no index.
     """
     items = [paths] if isinstance(paths, (str, Path)) else list(paths)
     files = [f for p in items for f in resolve_source(p)]
@@ -149,9 +174,24 @@ def iter_records(paths: str | Path | Sequence[str | Path], *, text_field: str = 
         i = 0
         for f in files:
             stem = f.name[: -len(_kind(f))]
-            for n, row in _rows(f):
+            for n, row in _rows(f, rejects):
+                where = f"{f}:{n}"
+                if not isinstance(row, dict):
+                    _reject(rejects, "not_an_object", where, f"expected a JSON object, got {type(row).__name__}")
+                    continue
                 if text_field not in row:
-                    raise ValueError(f"{f}:{n}: record has no {text_field!r} field")
+                    _reject(rejects, "missing_field", where, f"record has no {text_field!r} field")
+                    continue
+                text = row[text_field]
+                if not isinstance(text, str):
+                    _reject(rejects, "not_text", where, f"field {text_field!r} is {type(text).__name__}, not text")
+                    continue
+                if not text.strip():
+                    _reject(rejects, "empty", where, f"field {text_field!r} is empty")
+                    continue
+                if len(text) > max_chars:
+                    _reject(rejects, "too_long", where, f"{len(text)} characters (more than {max_chars})")
+                    continue
                 rid = row.get(id_field) if id_field else None
                 yield Record(str(rid) if rid is not None else f"{stem}:{n}", row[text_field], i, row)
                 i += 1

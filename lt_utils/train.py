@@ -18,12 +18,17 @@ from typing import Any
 
 import torch
 
-from .config import require
+from .config import require, require_min
 from .data import EpochStream, ThoughtDoc, pack_rows, layout_ids, tokenize_docs
 from .evaluate import ANSWER_TOKENS
 from .model import ModelSpec, build_model, load_model
 from .runs import append_jsonl, read_json, read_jsonl, seed_everything, write_json, write_jsonl
 from .tokens import SpecialIds, load_tokenizer
+
+
+# What a run keeps on disk: "last" = the one checkpoint resume needs (removed once the final model is written);
+# "all" = also a copy of every evaluation step's checkpoint in checkpoints/step<N>/.
+KEEP_CHECKPOINTS = ("last", "all")
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class TrainSpec:
     attend_across_docs: bool = False  # True = the paper's packing; False = positions reset + per-document attention
     cut_at_chunks: bool = True       # per-document packing: cut long documents between chunks, question carried along
     compile: bool = False            # torch.compile the model (GPU)
+    keep_checkpoints: str = "last"   # "last": only what resume needs, then the final model; "all": every eval step's
 
     def __post_init__(self):
         require(self.steps > 0, f"steps must be > 0, got {self.steps}")
@@ -53,6 +59,8 @@ class TrainSpec:
         require(0 < self.lr < 1, f"lr must be in (0, 1), got {self.lr}")
         require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]")
         require(self.eval_every > 0, "eval_every must be > 0")
+        require(self.keep_checkpoints in KEEP_CHECKPOINTS,
+                f"keep_checkpoints must be one of {', '.join(KEEP_CHECKPOINTS)}, got '{self.keep_checkpoints}'")
 
     @property
     def tokens_per_step(self) -> int:
@@ -98,6 +106,7 @@ class TrainingParams:
     workers: int = 0                        # parallel training processes (0: one per available core)
     threads_per_worker: int = 1             # torch threads per process
     launcher: str = ""                      # "" = in-process workers; else a command run per job (see run_jobs)
+    keep_checkpoints: str = "last"          # "last": the checkpoint resume needs, removed with the final model; "all"
 
     def check_training_params(self) -> None:
         require(self.init in ("scratch", "base"), f"init must be scratch or base, got '{self.init}'")
@@ -106,6 +115,18 @@ class TrainingParams:
         require(self.workers >= 0, f"workers must be ≥ 0 (0: one per core), got {self.workers}")
         require(self.threads_per_worker >= 1, "threads_per_worker must be ≥ 1")
         require(self.eval_dev_problems >= 0, f"eval_dev_problems must be ≥ 0, got {self.eval_dev_problems}")
+        require_min(self, 1, "n_layer", "n_embd", "n_head", "n_kv_head", "intermediate_size", "batch_size",
+                    "grad_accum", "seq_len", "eval_every", "eval_samples", "threads_per_worker")
+        require_min(self, 0, "init_std", "lr", strict=True)
+        require_min(self, 0, "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip", "max_eval_problems",
+                    "eval_shots", "eval_max_new_tokens", "eval_max_prompt_tokens", "eval_temperature")
+        require(self.lr < 1, f"lr must be < 1, got {self.lr}")
+        require(self.min_lr_ratio <= 1, f"min_lr_ratio must be ≤ 1, got {self.min_lr_ratio}")
+        require(self.n_embd % self.n_head == 0, f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        require(self.n_head % self.n_kv_head == 0,
+                f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head})")
+        require(self.keep_checkpoints in KEEP_CHECKPOINTS,
+                f"keep_checkpoints must be one of {', '.join(KEEP_CHECKPOINTS)}, got '{self.keep_checkpoints}'")
         require(self.eval_shots >= 0, f"eval_shots must be ≥ 0, got {self.eval_shots}")
         require(self.grad_accum >= 1, f"grad_accum must be ≥ 1, got {self.grad_accum}")
         require(self.eval_max_new_tokens >= 0 and self.eval_max_prompt_tokens >= 0,
@@ -464,6 +485,8 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
             if step < spec.steps:
                 _save_ckpt(acc, out, model, optimizer, scheduler,
                            {"step": step, "tokens": tokens, "raw_tokens": raw_tokens})
+                if spec.keep_checkpoints == "all" and acc.is_main_process:
+                    shutil.copytree(out / "ckpt", out / "checkpoints" / f"step{step}", dirs_exist_ok=True)
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - t0

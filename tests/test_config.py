@@ -1,5 +1,7 @@
 """Parameters fail fast, with one line naming the key or path."""
 
+import re
+
 from dataclasses import dataclass, field
 
 import pytest
@@ -141,3 +143,91 @@ def test_pipeline_rejects_unknown_key_before_running(tmp_path, monkeypatch, caps
 def test_pipeline_unknown_profile(capsys):
     assert pipeline.main(["--profile", "no_such_profile"]) == 2
     assert "unknown profile 'no_such_profile'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- every field of every stage, swept
+def _wrong_type(annotation):
+    """A value no field of this annotation accepts."""
+    import typing
+
+    origin = typing.get_origin(annotation) or annotation
+    return {str: 3, int: "3", float: "0.5", bool: "yes", list: 5, tuple: 5, dict: [1]}[origin]
+
+
+# A value outside each field's range.  Fields in UNBOUNDED take any value of their type (names, paths,
+# free-form options); every field must be in exactly one of the two, so a new field has to decide.
+OUT_OF_RANGE = {
+    "study": "", "seed": -1, "families": ["no_such_family"], "difficulty": {"no_such_family": 1},
+    "units_per_doc_min": 0, "units_per_doc_max": 0, "comparison_docs": 0, "fresh_docs": -1, "warmstart_docs": -1,
+    "bootstrap_docs": -1, "valid_docs": 0, "eval_problems": 0, "vocab_size": 100, "source": "web",
+    "split_specs": {"test": "0:1:2"}, "comparison_tokens": -1, "fresh_tokens": -1, "bootstrap_tokens": -1,
+    # training parameters shared by stages 02 and 03
+    "n_layer": 0, "n_embd": 0, "n_head": 0, "n_kv_head": 0, "intermediate_size": 0, "init_std": 0.0,
+    "batch_size": 0, "grad_accum": 0, "seq_len": 0, "lr": 1.5, "min_lr_ratio": 1.5, "warmup_steps": -1,
+    "weight_decay": -0.1, "grad_clip": -1.0, "eval_every": 0, "max_eval_problems": -1, "eval_shots": -1,
+    "eval_max_new_tokens": -1, "eval_max_prompt_tokens": -1, "eval_samples": 0, "eval_temperature": -1.0,
+    "workers": -1, "threads_per_worker": 0, "keep_checkpoints": "some",
+    # stage 02
+    "arms": ["no_such_arm"], "seeds": [-1], "teacher": "gpt", "teacher_options": {"model": "x"},
+    "chunk_mean_units": 0.5, "chunk_max_units": 0, "prefix_chunks": -1, "teacher_error_rate": 1.5,
+    "teacher_drop_rate": 1.5, "teacher_sweep": [0.0], "wrap_orig_repeats": 0, "wrap_cot_repeats": 0,
+    "rewrite_seed": -1, "steps": 0,
+    # stage 03
+    "iterations": 0, "k": 0, "k_ablation": [0], "max_thought_tokens": 0, "estep_batch_chunks": 0, "elbo_k": 0,
+    "baselines": ["no_such_baseline"], "warmstart_split": "bootstrap", "warmstart_max_docs": -1,
+    "warmstart_steps": 0, "max_prefix_tokens": -1, "estep_backend": "sglang", "estep_shards": -1,
+    "estep_temperature": 0.0, "prior_sample_chunks": -1,
+    # evaluation splits and packing
+    "dev_problems": -1, "eval_dev_problems": -1, "init": "pretrained",
+    # the shared base model (stage 01)
+    "base_steps": -1, "base_docs": 0, "base_families": ["no_such_family"], "base_difficulty": {"no_such_family": [1]},
+    "base_worked_share": 1.5, "base_n_layer": 0, "base_n_embd": 0, "base_n_head": 0, "base_n_kv_head": 0,
+    "base_intermediate_size": 0, "base_batch_size": 0, "base_seq_len": 0, "base_lr": 0.0, "base_min_lr_ratio": 1.5,
+    "base_warmup_steps": -1, "base_weight_decay": -0.1, "base_init_std": 0.0, "base_eval_shots": -1,
+    "base_threads": 0,
+}
+UNBOUNDED = {"run_root", "overwrite", "text_source", "text_field", "id_field", "tokenizer_from", "math_eval_path",
+             "gsm8k_eval_path", "tie_embeddings", "init_from", "attend_across_docs", "launcher", "data_stage",
+             "warmstart_thoughts_stage", "vllm_engine_args", "figures_dir", "headline_arm", "baseline_arm",
+             "comparison_baselines", "ban_special_in_thought", "cut_at_chunks", "base_tie_embeddings"}
+
+
+def _fields():
+    import dataclasses
+    import typing
+
+    for stage in pipeline.STAGES:
+        cls = pipeline.stage_config_class(stage)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            yield stage, cls, f.name, hints[f.name]
+
+
+SWEEP = list(_fields())
+
+
+def _one_line_naming(cls, params, key):
+    with pytest.raises(ConfigError) as err:
+        config.load(cls, params)
+    msg = str(err.value)
+    assert re.search(rf"(?<![\w']){re.escape(key)}(?![\w'])", msg), msg   # the key as a word
+    assert "\n" not in msg, msg
+    return msg
+
+
+def test_every_field_has_a_range_or_is_declared_unbounded():
+    names = {name for _, _, name, _ in SWEEP}
+    assert names - OUT_OF_RANGE.keys() - UNBOUNDED == set()
+    assert OUT_OF_RANGE.keys() & UNBOUNDED == set()
+    assert (OUT_OF_RANGE.keys() | UNBOUNDED) - names == set()   # no stale entries
+
+
+@pytest.mark.parametrize("stage, cls, name, annotation", SWEEP, ids=[f"{s}.{n}" for s, _, n, _ in SWEEP])
+def test_sweep_wrong_type_out_of_range_and_unknown_key(stage, cls, name, annotation):
+    msg = _one_line_naming(cls, {name: _wrong_type(annotation)}, f"parameter '{name}'")
+    assert "must be" in msg
+    _one_line_naming(cls, {name + "_x": 1}, f"unknown parameter '{name}_x'")
+    if name in OUT_OF_RANGE:
+        _one_line_naming(cls, {name: OUT_OF_RANGE[name]}, name)
+    else:
+        config.load(cls, {name: config.to_dict(cls())[name]})   # its default loads

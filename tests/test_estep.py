@@ -419,3 +419,19 @@ def test_summarize_and_fingerprint(biased_model, tokenizer, docs, tmp_path):
     assert model_fingerprint(inner) != fp
     inner.save_pretrained(str(tmp_path / "ckpt"))
     assert model_fingerprint(tmp_path / "ckpt") != fp_file
+
+
+def test_damaged_candidate_cache_is_moved_aside_and_rebuilt(biased_model, tokenizer, docs, tmp_path, capsys):
+    chunks = make_chunks(docs, 4)
+    db = tmp_path / "cand.db"
+    ref = run_estep(biased_model, tokenizer, chunks, CFG, cache_path=db, progress=False)
+    with open(db, "r+b") as fh:   # junk over the file header
+        fh.write(b"\x00" * 100)
+    capsys.readouterr()
+    cache = estep.CandidateCache(db)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(db) in err[0]
+    assert len(cache) == 0 and cache.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    cache.close()
+    assert len(list(tmp_path.glob("cand.db.damaged-*"))) == 1
+    assert run_estep(biased_model, tokenizer, chunks, CFG, cache_path=db, progress=False) == ref

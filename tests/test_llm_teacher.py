@@ -39,7 +39,7 @@ class FakeChatServer:
         self.fail_first = 0                     # answer HTTP `fail_status` to this many requests first
         self.fail_status = 500
         self.malformed_marker: str | None = None  # a user message containing it gets a malformed reply
-        self.malformed_kind = "no_choices"      # or "not_json"
+        self.malformed_kind = "no_choices"      # or not_json, empty, not_text, over_long, cut_off
         self.delay_s = 0.0                      # sleep before answering (concurrency / timeout tests)
         self.slow_first = 0                     # only the first k requests sleep `delay_s`
         self.in_flight = 0
@@ -67,9 +67,17 @@ class FakeChatServer:
                     if k <= server.fail_first:
                         return self._send(server.fail_status, b'{"error": {"message": "try again"}}')
                     user = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
-                    if server.malformed_marker and server.malformed_marker in user:
+                    if server.malformed_marker and server.malformed_marker in user and \
+                            server.malformed_kind in ("not_json", "no_choices"):
                         bad = b'{"choices": [{"mess' if server.malformed_kind == "not_json" else b'{"id": "x"}'
                         return self._send(200, bad)
+                    if server.malformed_marker and server.malformed_marker in user:   # a well-formed bad reply
+                        content, finish = {"empty": (" \n", "stop"), "not_text": (None, "stop"),
+                                           "over_long": ("x" * 10_000, "stop"),
+                                           "cut_off": (expected_thought(user), "length")}[server.malformed_kind]
+                        reply = {"choices": [{"index": 0, "finish_reason": finish,
+                                              "message": {"role": "assistant", "content": content}}]}
+                        return self._send(200, json.dumps(reply).encode())
                     reply = {"choices": [{"index": 0, "finish_reason": "stop",
                                           "message": {"role": "assistant", "content": expected_thought(user)}}],
                              "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS}}
@@ -330,6 +338,10 @@ def test_local_model_teacher_is_deterministic_for_a_seed(tiny_model, tokenizer):
     assert len(out) == 3 and all(isinstance(s, str) for s in out)
     assert any(out)
     assert t.write(chunks) == out
+    # every reply is counted; a random tiny model rarely stops within 8 tokens, so cut-off ones are the norm
+    tally = t.tally()
+    assert tally["replies"] == 6 and tally["empty"] == 2 * sum(not s for s in out)
+    assert 0 < tally["truncated"] <= 6
     other = LocalModelTeacher(tiny_model, tokenizer, max_new_tokens=8, temperature=1.0, seed=1,
                               fingerprint="tiny-test")
     assert other.write(chunks) != out and other.key() != t.key()
@@ -359,3 +371,25 @@ def test_local_model_teacher_uses_chat_template_and_weight_fingerprint(tiny_mode
     with torch.no_grad():
         next(tiny_model.parameters()).add_(1.0)
     assert LocalModelTeacher(tiny_model, tok, max_new_tokens=4, temperature=0.0).key() != key
+
+
+@pytest.mark.parametrize("kind", ["empty", "not_text", "over_long"])
+def test_unusable_replies_are_refused_counted_and_asked_again(server, kind):
+    chunks = make_chunks(3)
+    server.malformed_marker, server.malformed_kind = chunks[1].suffix.strip(), kind
+    t = api_teacher(server, max_retries=2, max_tokens=100)   # over-long: more than 16 x 100 characters
+    with pytest.raises(TeacherError) as e:
+        t.write(chunks)
+    assert "\n" not in str(e.value) and "malformed reply" in str(e.value) and set(e.value.failures) == {1}
+    assert e.value.partial == {0: expected(chunks)[0], 2: expected(chunks)[2]}   # the others are kept
+    tally = t.tally()
+    assert tally[f"rejected_{kind}"] == 3 and tally["failures"] == 1 and tally["succeeded"] == 2
+    assert sum(v for k, v in tally.items() if k.startswith("rejected_")) == 3
+
+
+def test_cut_off_replies_are_kept_and_counted(server):
+    chunks = make_chunks(3)
+    server.malformed_marker, server.malformed_kind = chunks[2].suffix.strip(), "cut_off"
+    t = api_teacher(server)
+    assert t.write(chunks) == expected(chunks)
+    assert t.tally()["truncated"] == 1 and t.tally()["succeeded"] == 3

@@ -294,3 +294,22 @@ def test_latent_tokens_banned_for_raw_models_and_sol_stops_latent_ones(tokenizer
         assert lat["unparseable"] == 1.0 and lat["unfinished"] == 0.0
     finally:
         handle.remove()
+
+
+def test_problems_without_answers_are_counted_by_reason_when_asked(tmp_path):
+    from lt_utils.rejects import Rejects
+
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_bytes(b"\n".join([json.dumps(GSM8K_ROWS[0]).encode(),
+                                 json.dumps({"question": "q", "answer": "just 7"}).encode(),   # no '#### n'
+                                 json.dumps({"question": "q"}).encode(),                      # no answer field
+                                 b'{"question": "\xff", "answer": "#### 1"}',                  # not UTF-8
+                                 b'{"question": "cut',                                         # torn line
+                                 json.dumps(GSM8K_ROWS[1]).encode()]) + b"\n")
+    rejects = Rejects()
+    problems = load_problems(path, "gsm8k", rejects=rejects)
+    assert [p.question for p in problems] == [GSM8K_ROWS[0]["question"], GSM8K_ROWS[1]["question"]]
+    assert rejects.as_dict()["by_reason"] == {"invalid_json": 1, "missing_field": 1, "no_answer": 1, "non_utf8": 1}
+    assert rejects.first["no_answer"] == f"{path}:2"
+    with pytest.raises(ValueError, match=rf"gsm8k.jsonl:2: field 'answer' lacks"):
+        load_problems(path, "gsm8k")

@@ -84,6 +84,16 @@ def test_smoke_profile_runs_every_notebook(tmp_path):
                  "teacher_quality_sweep", "em_accuracy_vs_iteration", "em_thought_quality_and_elbo",
                  "em_k_ablation"):
         assert (figs / f"{name}.png").stat().st_size > 0 and (figs / f"{name}.pdf").stat().st_size > 0
+    # the tables beside the figures redraw them byte for byte
+    from lt_utils import figures
+    redrawn = figures.draw(figs / "data", tmp_path / "redrawn")
+    assert len(redrawn) == 7
+    for name, files in redrawn.items():
+        assert [f.read_bytes() for f in files] == [(figs / f.name).read_bytes() for f in files], name
+    # every stage records its peak memory and disk footprint
+    log = json.loads((study / "pipeline.json").read_text())
+    assert all(log[s]["peak_rss_mb"]["process"] > 0 and log[s]["disk_bytes"] > 0 for s in pipeline.STAGES)
+    assert log["study_disk_bytes"] >= sum(log[s]["disk_bytes"] for s in pipeline.STAGES)
     after = sorted(p.name for p in FIGURES_DIR.glob("*")) if FIGURES_DIR.exists() else []
     assert before == after  # smoke runs never write over the committed figures
     # a second run reuses every finished stage (and the analysis is rebuilt from stored results)

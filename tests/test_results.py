@@ -132,3 +132,67 @@ def test_final_tables_read_test_points_and_curves_read_dev_points(tmp_path):
     assert list(pack.index) == ["latent_thoughts"]
     assert pack.loc["latent_thoughts", "share_apart_row_cuts_%"] == 25.0 and pack.loc["latent_thoughts",
                                                                                      "share_apart_%"] == 0.0
+
+
+def full_study(root):
+    """Stage 02 runs with a teacher sweep and stage 03 runs with E-step and ELBO files, as the stages store them."""
+    for s in range(2):
+        fake_run(root, "latent_thoughts", s, [0.0, 0.8 + 0.01 * s], [0.0, 0.7])
+        fake_run(root, "latent_err0.5", s, [0.0, 0.4], [0.0, 0.3 + 0.1 * s])
+        fake_run(root, "raw_repeat", s, [0.0, 0.1 / 3], [0.0, 0.2])
+        for it in (1, 2):
+            fake_em_run(root, f"bolt_iter{it}", s, 0.2 * it + 0.01 * s, iteration=it, k=4)
+        for kk in (1, 2):
+            fake_em_run(root, f"bolt_iter1_k{kk}", s, 0.05 * kk, iteration=1, k=kk)
+        fake_em_run(root, "warmstart", s, 0.1, iteration=0)
+    write_json(root / "02_synthetic_thoughts" / "teacher_quality_comparison.json", {"fraction_correct": 1.0})
+    write_json(root / "02_synthetic_thoughts" / "teacher_quality_comparison_latent_err0.5.json",
+               {"fraction_correct": 0.52})
+    write_json(root / "02_synthetic_thoughts" / "token_ratios.json", {"latent_thoughts": 2.7})
+    stage = root / "03_bootstrap_em"
+    for it in (1, 2):
+        write_json(stage / f"iter{it}" / "estep_summary.json",
+                   {"k": 4, "frac_selected_correct": 0.6 + 0.1 * it, "frac_first_correct": 0.5,
+                    "frac_any_correct": 0.9, "selected_correct_by_k": {"1": 0.5, "2": 0.55, "4": 0.6}})
+    for name, val in (("warmstart", float("-inf")), ("iter1", -1.5), ("iter2", -1.0 / 3)):
+        write_json(stage / "elbo" / f"{name}.json", {"elbo_per_token": val, "chunks": 10,
+                                                     "elbo_finite_per_token": -1.6, "chunks_without_finite_bound": 1})
+
+
+def test_figure_data_round_trips_exactly_and_redraws_identical_bytes(tmp_path):
+    from lt_utils import figures
+
+    full_study(tmp_path / "study")
+    tables = results.study_tables(tmp_path / "study")
+    data = tmp_path / "figs" / "data"
+    results.write_figure_data(tables, data)
+    again = results.write_figure_data(results.read_figure_data(data), tmp_path / "again")
+    assert [p.read_bytes() for p in again] == [(data / p.name).read_bytes() for p in again]   # exact floats, -inf
+    assert results.read_figure_data(data)["em_elbo"]["elbo_per_token"].iloc[0] == float("-inf")
+    first = figures.draw(data, tmp_path / "one")
+    second = figures.draw(data, tmp_path / "two")
+    assert set(first) == {"accuracy_vs_tokens", "accuracy_vs_effective_raw_tokens", "accuracy_vs_tokens_by_family",
+                          "teacher_quality_sweep", "em_accuracy_vs_iteration", "em_thought_quality_and_elbo",
+                          "em_k_ablation"}
+    for name, files in first.items():
+        assert [f.read_bytes() for f in files] == [f.read_bytes() for f in second[name]], name
+    # the figures drawn from the tables equal those drawn straight from the study's stored results
+    from lt_utils import plots
+    direct = plots.render_all(results.figure_frames(tmp_path / "study"), tmp_path / "direct")
+    for name, files in direct.items():
+        assert [f.read_bytes() for f in files] == [f.read_bytes() for f in first[name]], name
+
+
+def test_figures_without_data_stop_with_one_line(tmp_path, capsys):
+    from lt_utils import figures
+
+    assert figures.main(["--data", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "nowhere" / "evals.csv") in err and "04_analysis" in err
+
+
+def test_analysis_of_an_empty_study_names_the_command(tmp_path):
+    from lt_utils.runs import MissingInputError
+
+    with pytest.raises(MissingInputError, match="no finished training run .*--profile smoke"):
+        results.require_evals(results.collect_evals(tmp_path / "smoke"), tmp_path / "smoke")

@@ -1,6 +1,8 @@
 """Run directories describe themselves, skip finished work and never hold half-written files."""
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 
 import pytest
@@ -89,3 +91,64 @@ def test_read_jsonl_skips_a_torn_last_line(tmp_path):
     p = tmp_path / "m.jsonl"
     p.write_text('{"a": 1}\n{"a": 2}\n{"a": ')
     assert runs.read_jsonl(p) == [{"a": 1}, {"a": 2}]
+
+
+def finished_run(tmp_path, payload=b"0123456789" * 100):
+    run = open_run(tmp_path)
+    run.file("data").mkdir()
+    run.add_artifact("data/x.jsonl", "records").write_bytes(payload)
+    run.finish()
+    return run
+
+
+def test_manifest_records_size_and_sha256_and_done_the_footprint(tmp_path):
+    run = finished_run(tmp_path)
+    rec = json.loads((run.path / "manifest.json").read_text())["files"]["data/x.jsonl"]
+    assert rec["bytes"] == 1000 and rec["sha256"] == runs.sha256_file(run.path / "data" / "x.jsonl")
+    done = json.loads((run.path / "DONE").read_text())
+    assert done["peak_rss_mb"]["process"] > 0 and done["disk_bytes"] >= 1000
+    assert runs.read_jsonl(run.path / "metrics.jsonl")[-1]["kind"] == "footprint"
+    assert runs.verify_artifacts(run.path) == 0          # untouched: trusted on size + mtime, nothing hashed
+    assert runs.require_done(run.path) == run.path
+
+
+def test_a_truncated_artifact_stops_the_reader_with_one_line(tmp_path):
+    run = finished_run(tmp_path)
+    target = run.path / "data" / "x.jsonl"
+    target.write_bytes(target.read_bytes()[:500])
+    with pytest.raises(runs.DamagedArtifactError) as err:
+        runs.require_done(run.path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(target) in msg and "500 bytes" in msg
+    assert "--only 01_stage --overwrite" in msg
+
+
+def test_a_changed_artifact_of_the_same_size_is_caught_by_its_sha256(tmp_path):
+    run = finished_run(tmp_path)
+    target = run.path / "data" / "x.jsonl"
+    stat = target.stat()
+    target.write_bytes(b"X" * 1000)
+    with pytest.raises(runs.DamagedArtifactError, match="sha256"):   # new mtime: hashed
+        runs.verify_artifacts(run.path)
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))         # same size, same mtime: only full catches it
+    assert runs.verify_artifacts(run.path) == 0
+    with pytest.raises(runs.DamagedArtifactError, match="sha256"):
+        runs.verify_artifacts(run.path, full=True)
+    target.unlink()
+    with pytest.raises(runs.DamagedArtifactError, match="is missing"):
+        runs.verify_artifacts(run.path)
+
+
+def test_a_copied_run_dir_is_hashed_once_and_accepted(tmp_path):
+    run = finished_run(tmp_path)
+    copy = tmp_path / "copy" / "t" / "01_stage"
+    shutil.copytree(run.path, copy)          # new mtimes, same bytes
+    os.utime(copy / "data" / "x.jsonl", ns=(1, 1))
+    assert runs.verify_artifacts(copy) == 1
+
+
+def test_iter_jsonl_names_the_broken_line(tmp_path):
+    p = tmp_path / "m.jsonl"
+    p.write_text('{"a": 1}\n{"a": ')
+    with pytest.raises(runs.DamagedArtifactError, match=r"m.jsonl:2: not a JSON record"):
+        list(runs.iter_jsonl(p))

@@ -186,3 +186,31 @@ def json_key(teacher):
 def test_degrade_thought_leaves_thoughts_without_steps_alone():
     rng = np.random.default_rng(0)
     assert degrade_thought("a day has 24 hours. so 24.", rng, 1.0, 1.0) == "a day has 24 hours. so 24."
+
+
+def _damage(path, offset):
+    """Overwrite one page of an SQLite file with junk (offset 0: the header, 4096: the first table's root)."""
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\xa5" * 4096)
+
+
+def test_damaged_cache_is_reported_moved_aside_and_rebuilt(tmp_path, capsys):
+    chunks = [c for _, cs in world_chunks() for c in cs]
+    for offset in (0, 4096):
+        path = tmp_path / f"cache{offset}.sqlite"
+        cache = ThoughtCache(path)
+        assert cache.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        first = write_thoughts(OracleTeacher(), chunks, cache, progress=False)
+        cache.close()
+        _damage(path, offset)
+        capsys.readouterr()
+        teacher = CountingTeacher()
+        cache = ThoughtCache(path)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(path) in err[0] and "damaged" in err[0]
+        assert [p.name for p in tmp_path.glob(f"cache{offset}.sqlite.damaged-*")]   # kept for a post-mortem
+        # nothing of the damaged file is trusted: every thought is written again, and equals the first ones
+        assert write_thoughts(teacher, chunks, cache, progress=False) == first
+        assert teacher.calls == len(chunks) and cache.hits == 0
+        cache.close()

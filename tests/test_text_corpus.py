@@ -215,3 +215,67 @@ def test_take_until_tokens_stops_at_budget(tokenizer):
     assert list(tc.take_until_tokens(iter(recs), tokenizer, sum(cost[:5]))) == recs[:5]
     assert list(tc.take_until_tokens(iter(recs), tokenizer, 0)) == []
     assert len(list(tc.take_until_tokens(iter(recs), tokenizer, 10 ** 9))) == 50
+
+
+def broken_corpus(path):
+    """Good FineMath rows interleaved with one record of every kind a real dump may hold."""
+    lines = [json.dumps(finemath_row(0)).encode(),
+             json.dumps({"url": "u", "score": 4.0}).encode(),                 # no text field
+             b'{"text": "caf\xe9 au lait"}',                                  # Latin-1 bytes, not UTF-8
+             json.dumps(finemath_row(1)).encode(),
+             json.dumps(finemath_row(2, text="   \n ")).encode(),             # blank
+             json.dumps({"text": "x" * 5000}).encode(),                       # runaway document
+             json.dumps({"text": None}).encode(),                             # not text
+             b"[1, 2, 3]",                                                    # not an object
+             json.dumps(finemath_row(3)).encode(),
+             b'{"text": "cut off mid-rec']                                    # a torn last line
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_malformed_records_are_counted_by_reason_never_dropped_silently(tmp_path):
+    from lt_utils.rejects import Rejects
+
+    path = broken_corpus(tmp_path / "dump.jsonl")
+    rejects = Rejects()
+    recs = list(tc.iter_records(path, rejects=rejects, max_chars=1000))
+    assert [r.doc_id for r in recs] == ["dump:1", "dump:4", "dump:9"] and [r.index for r in recs] == [0, 1, 2]
+    d = rejects.as_dict()
+    assert d["by_reason"] == {"empty": 1, "invalid_json": 1, "missing_field": 1, "non_utf8": 1, "not_an_object": 1,
+                              "not_text": 1, "too_long": 1}
+    assert d["total"] == 7 and d["first"]["non_utf8"] == f"{path}:3" and d["first"]["invalid_json"] == f"{path}:10"
+    # without a count to keep, the first bad record is a one-line error naming file and line
+    with pytest.raises(ValueError) as err:
+        list(tc.iter_records(path, max_chars=1000))
+    assert str(err.value).startswith(f"{path}:2: ") and "\n" not in str(err.value)
+
+
+def test_stage_01_reports_rejected_records_in_its_metrics(tmp_path, tokenizer_dir):
+    from lt_utils import config, corpus
+    from lt_utils.runs import RunDir, read_json, read_jsonl
+
+    src = tmp_path / "src"
+    src.mkdir()
+    broken_corpus(src / "dump.jsonl")
+    math = tmp_path / "math.jsonl"
+    math.write_text("\n".join(json.dumps(r) for r in (
+        {"problem": "1+1?", "solution": "$\\boxed{2}$"}, {"problem": "no answer", "solution": "none"},
+        {"solution": "$\\boxed{3}$"})) + "\n")
+    cfg = config.load(corpus.DataPrepConfig, {
+        "run_root": str(tmp_path / "runs"), "source": "text", "text_source": str(src),
+        "tokenizer_from": str(tokenizer_dir), "comparison_tokens": 10_000, "valid_docs": 1,
+        "math_eval_path": str(math), "split_specs": {"val": "0:1:2", "train": "1:2:2", "warmstart": "0:1:1",
+                                                     "bootstrap": "0:1:1"}})
+    run = RunDir.open(cfg, "01_data_prep")
+    stats = corpus.build(run, cfg)
+    # every bad record met on the way (the 5000-character document is within the stage's default limit)
+    assert stats["comparison"]["rejected"]["by_reason"] == {"empty": 1, "invalid_json": 1, "missing_field": 1,
+                                                            "non_utf8": 1, "not_an_object": 1, "not_text": 1}
+    assert stats["eval_math"] == {"docs": 1, "rejected": {"total": 2, "by_reason": {"missing_field": 1,
+                                                                                    "no_answer": 1},
+                                                          "first": {"missing_field": f"{math}:3",
+                                                                    "no_answer": f"{math}:2"}}}
+    logged = {r["source"]: r["by_reason"] for r in read_jsonl(run.path / "metrics.jsonl") if r["kind"] == "rejected"}
+    assert logged["eval_math"] == {"missing_field": 1, "no_answer": 1}
+    assert logged["comparison"] == stats["comparison"]["rejected"]["by_reason"]
+    assert read_json(run.path / "stats.json")["comparison"]["rejected"]["by_reason"]["non_utf8"] == 1

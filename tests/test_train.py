@@ -14,7 +14,7 @@ from lt_utils.train import TrainJob, TrainSpec, run_train_job
 from conftest import toy_docs
 
 
-def make_job(tmp_path, tokenizer_dir, name, steps=12, layout="random"):
+def make_job(tmp_path, tokenizer_dir, name, steps=12, layout="random", keep_checkpoints="last"):
     corpus = tmp_path / "corpus.jsonl"
     if not corpus.exists():
         write_jsonl(corpus, [d.to_dict() for d in toy_docs(30)])
@@ -22,7 +22,8 @@ def make_job(tmp_path, tokenizer_dir, name, steps=12, layout="random"):
     return TrainJob(out_dir=str(tmp_path / name), tokenizer_dir=str(tokenizer_dir), corpus_path=str(corpus),
                     layout=layout, model=ModelSpec(n_layer=1, n_embd=32, n_head=2, n_kv_head=2,
                                                    intermediate_size=64, max_seq_len=128),
-                    train=TrainSpec(steps=steps, batch_size=4, seq_len=128, lr=3e-3, warmup_steps=2, eval_every=5),
+                    train=TrainSpec(steps=steps, batch_size=4, seq_len=128, lr=3e-3, warmup_steps=2, eval_every=5,
+                                    keep_checkpoints=keep_checkpoints),
                     seed=0, eval_problems_path=str(tmp_path / "problems.jsonl"), valid_path=str(corpus),
                     latent_eval=layout != "raw", info={"arm": "x"}, progress=False)
 
@@ -45,6 +46,15 @@ def test_run_writes_metrics_final_model_and_done(tmp_path, tokenizer_dir):
     assert final["step"] == 12 and json.loads((out / "run.json").read_text())["arm"] == "x"
     assert evals[-1]["val_nll"] < evals[0]["val_nll"]  # it learned something
     assert run_train_job(job) == final  # a finished run is skipped
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["model"]   # no checkpoint left behind
+
+
+def test_keep_checkpoints_all_keeps_every_eval_steps_checkpoint(tmp_path, tokenizer_dir):
+    run_train_job(make_job(tmp_path, tokenizer_dir, "all", keep_checkpoints="all"))
+    out = tmp_path / "all"
+    # evaluations at steps 5 and 10 checkpoint; step 12 is the final model
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step10", "step5"]
+    assert (out / "checkpoints" / "step5" / "trainer_state.pt").exists() and (out / "model").is_dir()
 
 
 def test_resume_after_crash_gives_identical_weights(tmp_path, tokenizer_dir, monkeypatch):

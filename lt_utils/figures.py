@@ -1,0 +1,59 @@
+"""Redraw the study's figures from the tables stage 04 stored beside them.
+
+    python -m lt_utils.figures                       # figures/data -> figures/ (and figures/*/data -> figures/*/)
+    python -m lt_utils.figures --data runs/smoke/04_analysis/figures/data
+
+Stage 04 writes every figure's input as small CSV tables into
+`<figures dir>/data/` and draws the figures from those files as read back, so
+redrawing from the committed tables gives the committed figures byte for byte,
+in seconds, without rerunning the study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .paths import FIGURES_DIR, resolve
+from .runs import MissingInputError
+
+
+# The command that writes each committed set of figure tables.
+MAKERS = {FIGURES_DIR / "data": "make study",
+          FIGURES_DIR / "long_budget" / "data": "make study-long"}
+
+
+def draw(data_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, list[Path]]:
+    """Render every figure that has data from the tables in `data_dir` into `out_dir` (default: its parent)."""
+    from . import plots, results
+
+    data_dir = resolve(data_dir)
+    tables = results.read_figure_data(data_dir, MAKERS.get(data_dir, ""))
+    return plots.render_all(results.figure_frames(None, tables=tables), out_dir or data_dir.parent)
+
+
+def default_data_dirs() -> list[Path]:
+    """figures/data first (required), then the data of every figure set beside it (e.g. figures/long_budget)."""
+    return [FIGURES_DIR / "data", *sorted(p for p in FIGURES_DIR.glob("*/data") if p.is_dir())]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", action="append", help="a directory of figure tables (repeatable; default: figures/data "
+                                                    "and figures/*/data)")
+    ap.add_argument("--out", help="where the figures go (default: the parent of each data directory)")
+    args = ap.parse_args(argv)
+    data_dirs = [resolve(d) for d in args.data] if args.data else default_data_dirs()
+    try:
+        for d in data_dirs:
+            paths = draw(d, args.out)
+            print(f"{len(paths)} figures from {d} -> {resolve(args.out) if args.out else d.parent}")
+    except MissingInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
