@@ -22,10 +22,12 @@ __all__ = [
     "bootstrap_ci",
     "comparison_table",
     "mean_se",
+    "paired_compare",
     "welch_compare",
 ]
 
 WELCH = "Welch t-test"
+PAIRED = "paired t-test"
 
 
 def _clean(values: Iterable[float]) -> np.ndarray:
@@ -175,6 +177,46 @@ def welch_compare(
         **common, ci_low=diff - half_width, ci_high=diff + half_width,
         p_value=p_value, method=f"{WELCH} (df={df:.2f})", df=float(df),
     )
+
+
+def paired_compare(
+    a: dict,
+    b: dict,
+    label_a: str = "a",
+    label_b: str = "b",
+    confidence: float = 0.95,
+) -> Comparison:
+    """Compare two arms trained with the same seeds, seed by seed (``a``, ``b``: seed → value).
+
+    Runs that share a seed share their initialisation and data order, so the
+    per-seed differences remove that shared noise; the test is a one-sample
+    t-test of those differences (scipy's ``ttest_rel``), the CI its t
+    interval with n−1 df.  Only seeds present in both arms (values not NaN)
+    count; ``n_a`` = ``n_b`` = the number of pairs, ``mean_a``/``mean_b``
+    are the means over those pairs.
+    """
+    seeds = [s for s in a if s in b and not (math.isnan(float(a[s])) or math.isnan(float(b[s])))]
+    xa = np.array([float(a[s]) for s in seeds])
+    xb = np.array([float(b[s]) for s in seeds])
+    n = len(seeds)
+    mean_a = float(xa.mean()) if n else math.nan
+    mean_b = float(xb.mean()) if n else math.nan
+    d = xa - xb
+    diff = float(d.mean()) if n else math.nan
+    common = dict(label_a=label_a, label_b=label_b, n_a=n, n_b=n, mean_a=mean_a, mean_b=mean_b, diff=diff,
+                  confidence=confidence)
+    if n < 2:
+        return Comparison(**common, ci_low=math.nan, ci_high=math.nan, p_value=math.nan,
+                          method=f"undefined: {n} seed pair{'s' * (n != 1)}")
+    var = _sample_var(d)
+    if var == 0.0:   # every seed moved by exactly the same amount
+        return Comparison(**common, ci_low=diff, ci_high=diff, p_value=1.0 if diff == 0 else 0.0,
+                          method="zero variance of the paired differences")
+    se = math.sqrt(var / n)
+    p_value = float(2 * scipy_stats.t.sf(abs(diff) / se, n - 1))
+    half_width = float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * se
+    return Comparison(**common, ci_low=diff - half_width, ci_high=diff + half_width, p_value=p_value,
+                      method=f"{PAIRED} (df={n - 1})", df=float(n - 1))
 
 
 def bootstrap_ci(
