@@ -201,7 +201,7 @@ def claims_table(finals: pd.DataFrame, estep: pd.DataFrame | None = None, k_qual
     by_k = k_by_seed(finals)
     ks = sorted(by_k)
     k_hi, k_lo = (ks[-1], ks[0]) if len(ks) >= 2 else (None, None)
-    rows.append(_paired("C5", by_k.get(k_hi, {}), by_k.get(k_lo, {}), f"K={k_hi or '?'}", f"K={k_lo or '?'}",
+    rows.append(_paired("C5", by_k.get(k_hi, {}), by_k.get(k_lo, {}), f"K={k_hi or 'max'}", f"K={k_lo or 'min'}",
                         min_gap, "" if k_hi else "fewer than two K values"))
     slopes = k_slopes(by_k)
     c = paired_compare(slopes, {s: 0.0 for s in slopes}, "slope over log2 K", "0")
@@ -211,19 +211,30 @@ def claims_table(finals: pd.DataFrame, estep: pd.DataFrame | None = None, k_qual
     rows.append(row)
 
     chunks = chunks or {}
-    est = estep if estep is not None and len(estep) else pd.DataFrame(columns=["iteration", "selected_correct"])
-    q = {int(i): float(v) if v is not None else math.nan for i, v in zip(est["iteration"], est["selected_correct"])}
-    its = sorted(q)
-    i_hi, i_lo = (its[-1], its[0]) if len(its) >= 2 else (None, None)
-    rows.append(_quality_row("C6", f"selected, E-step {i_hi or '?'}", q.get(i_hi, math.nan), chunks.get(i_hi),
-                             f"E-step {i_lo or '?'}", q.get(i_lo, math.nan), chunks.get(i_lo)))
     kq = k_quality if k_quality is not None and len(k_quality) else pd.DataFrame(columns=["k", "thought_quality"])
     qk = {int(k): float(v) for k, v in zip(kq["k"], kq["thought_quality"])}
+    est = estep if estep is not None and len(estep) else pd.DataFrame(columns=["iteration", "k", "selected_correct"])
+    q = {int(i): _float(v) for i, v in zip(est["iteration"], est["selected_correct"])}
+    its = sorted(q)
+    i_hi, i_lo = (its[-1], its[0]) if len(its) >= 2 else (None, None)
+    name_hi, name_lo = (f"selected, E-step {i_hi}", f"E-step {i_lo}") if i_hi else ("selected, last E-step",
+                                                                                   "E-step 1")
+    q_lo = q.get(i_lo, math.nan)
+    loop_k = dict(zip(est["iteration"], est["k"])).get(i_hi)
+    if i_lo == 1 and loop_k == loop_k and loop_k is not None and int(loop_k) in qk:
+        # iteration 1 draws the ablation's largest K; compare at the K the loop selects with in every E-step
+        q_lo, name_lo = qk[int(loop_k)], f"E-step 1 (K={int(loop_k)})"
+    rows.append(_quality_row("C6", name_hi, q.get(i_hi, math.nan), chunks.get(i_hi), name_lo, q_lo, chunks.get(i_lo)))
     kks = sorted(qk)
     kq_hi, kq_lo = (kks[-1], kks[0]) if len(kks) >= 2 else (None, None)
-    rows.append(_quality_row("C6", f"selected at iteration 1, K={kq_hi or '?'}", qk.get(kq_hi, math.nan),
-                             chunks.get(1), f"K={kq_lo or '?'}", qk.get(kq_lo, math.nan), chunks.get(1)))
+    rows.append(_quality_row("C6", f"selected at iteration 1, K={kq_hi or 'max'}", qk.get(kq_hi, math.nan),
+                             chunks.get(1), f"K={kq_lo or 'min'}", qk.get(kq_lo, math.nan), chunks.get(1)))
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+
+
+def _float(v) -> float:
+    """A stored value as a float, NaN for a missing one (None)."""
+    return math.nan if v is None else float(v)
 
 
 def estep_chunks(study_dir, stage: str = EM_STAGE) -> dict[int, int]:

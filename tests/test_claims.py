@@ -124,14 +124,16 @@ def test_k_rows_paired_and_slope():
 
 
 def test_thought_quality_rows_over_chunks():
-    estep = pd.DataFrame({"iteration": [1, 2, 3], "selected_correct": [0.378, 0.161, 0.005]})
+    estep = pd.DataFrame({"iteration": [1, 2, 3], "k": [8, 4, 4], "selected_correct": [0.378, 0.161, 0.005]})
     kq = pd.DataFrame({"k": [1, 2, 4, 8], "thought_quality": [0.214, 0.285, 0.338, 0.378]})
     n = 2000
     t = claims.claims_table(study([0.4] * 3, [0.1] * 3), estep, kq, chunks={1: n, 2: n, 3: n})
     it = row(t, "C6", "selected, E-step 3")
-    assert it["diff"] == pytest.approx((0.005 - 0.378) * 100) and it["verdict"] == "reversed"
+    # iteration 1 drew K = 8 for the ablation: it is compared at the loop's K = 4
+    assert it["comparison"].endswith("E-step 1 (K=4)") and it["values_b"] == "33.8"
+    assert it["diff"] == pytest.approx((0.005 - 0.338) * 100) and it["verdict"] == "reversed"
     # the pooled z-test is the 2x2 chi-square test without continuity correction
-    table = [[round(0.005 * n), n - round(0.005 * n)], [round(0.378 * n), n - round(0.378 * n)]]
+    table = [[round(0.005 * n), n - round(0.005 * n)], [round(0.338 * n), n - round(0.338 * n)]]
     assert it["p"] == pytest.approx(scipy_stats.chi2_contingency(table, correction=False)[1])
     # Newcombe's interval, from scipy's Wilson intervals of each side
     wa = scipy_stats.binomtest(table[0][0], n).proportion_ci(0.95, method="wilson")
@@ -142,7 +144,7 @@ def test_thought_quality_rows_over_chunks():
     assert row(t, "C6", "selected at iteration 1, K=8")["verdict"] == "supported"
     no_counts = claims.claims_table(study([0.4] * 3, [0.1] * 3), estep, kq)
     r = row(no_counts, "C6", "selected, E-step 3")
-    assert r["verdict"] == "not measurable" and r["diff"] == pytest.approx(-37.3) and "not seeds" in r["note"]
+    assert r["verdict"] == "not measurable" and r["diff"] == pytest.approx(-33.3) and "not seeds" in r["note"]
 
 
 def test_write_claims(tmp_path):
