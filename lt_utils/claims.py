@@ -88,6 +88,8 @@ def _row(claim: str, c: Comparison, test: str, a: dict, b: dict, min_gap: float,
     if split:
         note = "; ".join(filter(None, [note, f"seeds split in two groups ({', '.join(split)}): the mean "
                                              "hides which side of a threshold each seed is on"]))
+    if math.isnan(c.ci_low) and not note:
+        note = c.method   # why there is no interval, e.g. "undefined: n<2 for ..."
     return {"claim": claim, "comparison": f"{c.label_a} − {c.label_b}", "test": test,
             "n": f"{c.n_a} vs {c.n_b}", "diff": c.diff, "ci95_low": c.ci_low, "ci95_high": c.ci_high,
             "p": c.p_value, "verdict": verdict(c.ci_low, c.ci_high), "bimodal": ", ".join(split),
@@ -207,7 +209,7 @@ def claims_table(finals: pd.DataFrame, estep: pd.DataFrame | None = None, k_qual
     c = paired_compare(slopes, {s: 0.0 for s in slopes}, "slope over log2 K", "0")
     row = _row("C5", c, "one-sample t of per-seed slopes", slopes, {}, min_gap,
                f"points per doubling of K over K = {', '.join(map(str, ks))}" if ks else "no K ablation")
-    row["n"] = f"{c.n_a} seeds"
+    row["n"] = f"{c.n_a} seed{'s' * (c.n_a != 1)}"
     rows.append(row)
 
     chunks = chunks or {}
