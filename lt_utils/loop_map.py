@@ -196,8 +196,13 @@ def expand(cfg: LoopMapConfig) -> list[Cell]:
                 seeds = boot.get("seeds") or [0]
                 boot = {k: v for k, v in boot.items() if k not in ("study", "run_root", "overwrite", "figures_dir")}
                 boot.update(CELL_FIXED, seeds=[seeds[0]], study=data_id, run_root=root)
-                load(DataPrepConfig, data, where=f"cell {variant} {cfg.row_param}={rv} {cfg.col_param}={cv} (stage 01)")
-                load(BootstrapConfig, boot, where=f"cell {variant} {cfg.row_param}={rv} {cfg.col_param}={cv} (stage 03)")
+                where = f"cell {variant} {cfg.row_param}={rv} {cfg.col_param}={cv}"
+                for cls, params, stage in ((DataPrepConfig, data, DATA_STAGE), (BootstrapConfig, boot, "03_bootstrap_em")):
+                    try:
+                        load(cls, params, where=f"{where} ({stage})")
+                    except ConfigError as exc:   # a range check names the field only: add the cell
+                        msg = str(exc)
+                        raise ConfigError(msg if msg.startswith(where) else f"{where} ({stage}): {msg}") from None
                 cells.append(Cell(variant=variant, row_value=rv, col_value=cv, data_params=data, boot_params=boot,
                                   data_id=data_id, warm_id=_hash(_level_params(boot, MSTEP_ONLY | ESTEP_ONLY)),
                                   estep_id=_hash(_level_params(boot, MSTEP_ONLY)), cell_id=_hash(boot)))

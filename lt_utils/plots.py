@@ -614,8 +614,7 @@ def fig_loop_gain_map(df: pd.DataFrame) -> Figure:
     hi = max(1.5, float(values.max()) if len(values) else 1.5)
     lo = min(0.5, float(values.min()) if len(values) else 0.5)
     norm = TwoSlopeNorm(vcenter=1.0, vmin=min(lo, 0.99), vmax=hi)
-    cmap = matplotlib.colormaps["RdBu"].copy()
-    cmap.set_bad("0.85")
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="0.85")
     with style():
         fig = _new_figure((4.2 * len(metrics) + 0.8, 3.0 * len(variants) + 0.4))
         axes = np.atleast_2d(fig.subplots(len(variants), len(metrics), squeeze=False))
