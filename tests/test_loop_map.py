@@ -158,7 +158,9 @@ def test_map_params_files_load():
 
 @pytest.mark.slow
 def test_tiny_map_end_to_end(tmp_path):
-    cfg = dataclasses.replace(lm.load_map("loop_map_smoke"), run_root=str(tmp_path), ablation={}, ablation_rows=[])
+    # one process: at this size, spawning a worker (a fresh torch import) costs more than all of its work
+    cfg = dataclasses.replace(lm.load_map("loop_map_smoke"), run_root=str(tmp_path), ablation={}, ablation_rows=[],
+                              workers=1)
     df = lm.run_map(cfg)
     root = tmp_path / cfg.name
     assert len(df) == 4 and (root / "DONE").exists() and (root / "figures" / "loop_gain_map.png").exists()
