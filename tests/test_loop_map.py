@@ -185,3 +185,13 @@ def test_tiny_map_end_to_end(tmp_path):
     again = lm.run_map(cfg)
     pd.testing.assert_frame_equal(again, df)
     assert {p: p.stat().st_mtime for p in root.glob("d_*/*/DONE")} == before
+
+
+def test_make_figures_redraws_a_stored_loop_map_table(tmp_path):
+    from lt_utils import figures
+
+    lm.write_table(_table(GAINS), tmp_path / "data" / lm.TABLE)
+    produced = figures.draw(tmp_path / "data")
+    assert list(produced) == [lm.FIGURE]
+    assert sorted(p.name for p in produced[lm.FIGURE]) == ["loop_gain_map.pdf", "loop_gain_map.png"]
+    assert all(p.parent == tmp_path for p in produced[lm.FIGURE])
