@@ -381,6 +381,98 @@ def draw(df, out_dir: str | Path) -> list[Path]:
     return plots.render_all({FIGURE: df}, out_dir)[FIGURE]
 
 
+# --------------------------------------------------------------------------- what a map costs
+@dataclass(frozen=True)
+class Rates:
+    """Measured costs on one core: a training step, an evaluated problem, a sampled thought; chunks per document."""
+
+    s_per_step: float
+    s_per_problem: float
+    s_per_sample: float
+    chunks_per_doc: float
+
+
+def measure(map_dir: str | Path) -> Rates:
+    """Rates from a finished map whose cells trained at least two M-step budgets (one process, one thread each).
+
+    Training time is a line in the steps (every tiny cell evaluates once, at
+    its end): its slope is the cost of a step, its intercept that of one final
+    evaluation (dev + test problems, validation NLL included).  An E-step's
+    wall time, model load included, is divided by the thoughts it sampled.
+    """
+    import numpy as np
+
+    from .runs import MissingInputError, read_json
+
+    cells = [(p.parent, read_json(p)) for p in sorted(Path(map_dir).glob("d_*/03_cell_*/cell.json"))]
+    steps = sorted({c["mstep_final"]["step"] for _, c in cells})
+    if len(steps) < 2:
+        raise MissingInputError(f"{map_dir}: measuring needs finished cells of two M-step budgets at least")
+    slope, intercept = np.polyfit([c["mstep_final"]["step"] for _, c in cells],
+                                  [c["mstep_final"]["train_seconds"] for _, c in cells], 1)
+    per_problem, per_sample, per_doc = [], [], []
+    for path, c in cells:
+        cfg = yaml.safe_load((path / "config.yaml").read_text())
+        data = yaml.safe_load((path.parent / DATA_STAGE / "config.yaml").read_text())
+        if c["mstep_final"]["step"] >= cfg["eval_every"]:
+            continue   # evaluated more than once: the intercept is one final evaluation only for the others
+        test = cfg["max_eval_problems"] or data["eval_problems"]
+        dev = min(cfg["eval_dev_problems"] or data["dev_problems"], data["dev_problems"])
+        per_problem.append(intercept / (test + dev))
+        s2 = c["estep2"]
+        samples = s2["n_chunks"] * s2["k"] + min(cfg["prior_sample_chunks"], s2["n_chunks"])
+        per_sample.append(c["seconds"]["estep2"] / samples)
+        per_doc.append(s2["n_chunks"] / data["bootstrap_docs"])
+    if not per_problem:
+        raise MissingInputError(f"{map_dir}: every cell evaluated more than once (raise eval_every to measure)")
+    return Rates(s_per_step=float(slope), s_per_problem=float(np.median(per_problem)),
+                 s_per_sample=float(np.median(per_sample)), chunks_per_doc=float(np.median(per_doc)))
+
+
+def _train_seconds(steps: int, boot: dict, data: dict, r: Rates) -> float:
+    test = boot.get("max_eval_problems") or data["eval_problems"]
+    dev = min(boot.get("eval_dev_problems") or data["dev_problems"], data["dev_problems"])
+    every = boot.get("eval_every", 20)
+    evals = steps // every + (1 if steps % every else 0)
+    return steps * r.s_per_step + (evals * dev + test) * r.s_per_problem
+
+
+def _estep_seconds(boot: dict, data: dict, r: Rates) -> float:
+    chunks = r.chunks_per_doc * data["bootstrap_docs"]
+    return (chunks * boot.get("k", 4) + min(boot.get("prior_sample_chunks", 64), chunks)) * r.s_per_sample
+
+
+def _makespan(times: list[float], workers: int) -> float:
+    """Longest-first onto the least-loaded worker: the wall time of one level's units."""
+    loads = [0.0] * max(1, workers)
+    for t in sorted(times, reverse=True):
+        loads[loads.index(min(loads))] += t
+    return max(loads)
+
+
+def estimate(cfg: LoopMapConfig, rates: Rates, workers: int) -> dict:
+    """Seconds of each level of `cfg`'s map (one core per unit), in total and as wall time on `workers` cores.
+
+    Data preparation (seconds) is left out; a base model is its steps and
+    one evaluation on the test problems.
+    """
+    cells = expand(cfg)
+    units = {
+        "base models": [c.data_params.get("base_steps", 0) * rates.s_per_step
+                        + c.data_params["eval_problems"] * rates.s_per_problem for c in _unique(cells, "data_id")],
+        "warmstarts": [_train_seconds(c.boot_params.get("warmstart_steps", 40), c.boot_params, c.data_params, rates)
+                       for c in _unique(cells, "warm_id")],
+        "E-steps 1": [_estep_seconds(c.boot_params, c.data_params, rates) for c in _unique(cells, "estep_id")],
+        "cells": [_train_seconds(c.boot_params.get("steps", 40), c.boot_params, c.data_params, rates)
+                  + _estep_seconds(c.boot_params, c.data_params, rates) for c in cells],
+    }
+    levels = {k: {"units": len(v), "core_seconds": sum(v), "wall_seconds": _makespan(v, workers)}
+              for k, v in units.items()}
+    return {"levels": levels, "core_seconds": sum(v["core_seconds"] for v in levels.values()),
+            "wall_seconds": sum(v["wall_seconds"] for v in levels.values()), "workers": workers,
+            "rates": dataclasses.asdict(rates)}
+
+
 # --------------------------------------------------------------------------- the whole map
 def load_map(name: str, **overrides) -> LoopMapConfig:
     path = PARAMS_DIR / name / MAP_FILE
@@ -444,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="redraw the figure from its stored table (default figures/data/loop_map.csv), no run")
     ap.add_argument("--table", help="with --redraw: the table to draw from")
     ap.add_argument("--out", help="with --redraw: where the figure goes (default: the table's parent's parent)")
+    ap.add_argument("--estimate", metavar="MEASURED_MAP_DIR",
+                    help="no run: the cost of --map from the rates measured in a finished tiny map's directory")
     args = ap.parse_args(argv)
     from .runs import MissingInputError
 
@@ -454,6 +548,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{FIGURE} from {table} -> {', '.join(str(p) for p in paths)}")
             return 0
         cfg = load_map(args.map, run_root=args.run_root, workers=args.workers, overwrite=args.overwrite or None)
+        if args.estimate:
+            from .parallel import available_cores
+
+            est = estimate(cfg, measure(resolve(args.estimate)), cfg.workers or available_cores())
+            print(json.dumps(est, indent=2))
+            return 0
         df = run_map(cfg)
     except (ConfigError, MissingInputError) as exc:
         print(f"error: {exc}", file=sys.stderr)

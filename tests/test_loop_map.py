@@ -72,6 +72,22 @@ def test_bad_cell_value_names_the_cell():
         lm.expand(_cfg(col_values=[0, 10]))
 
 
+def test_estimate_counts_each_shared_unit_once():
+    cfg = _cfg()   # smoke stages: base 30 steps, warmstart 30, eval every 15 on 20 dev + 60 test, 40 bootstrap docs, K 4
+    steps_only = lm.estimate(cfg, lm.Rates(1.0, 0.0, 0.0, 1.0), workers=1)
+    assert steps_only["core_seconds"] == 3 * 30 + 3 * 30 + 3 * (10 + 20 + 40)
+    problems_only = lm.estimate(cfg, lm.Rates(0.0, 1.0, 0.0, 1.0), workers=1)
+    # bases: 60 test each; warmstarts: 2 dev evaluations + test; cells of 10, 20, 40 steps: 1, 2, 3 dev evaluations
+    assert problems_only["core_seconds"] == 3 * 60 + 3 * (2 * 20 + 60) + 3 * ((20 + 60) + (40 + 60) + (60 + 60))
+    samples_only = lm.estimate(cfg, lm.Rates(0.0, 0.0, 1.0, 1.0), workers=1)
+    # 3 E-steps 1 and 9 E-steps 2, each 40 chunks × K = 4 plus 40 prior samples (fewer chunks than 64)
+    assert samples_only["core_seconds"] == (3 + 9) * (40 * 4 + 40)
+    assert samples_only["levels"]["E-steps 1"]["units"] == 3 and samples_only["levels"]["cells"]["units"] == 9
+    two = lm.estimate(cfg, lm.Rates(1.0, 0.0, 0.0, 1.0), workers=2)
+    assert two["levels"]["cells"]["wall_seconds"] == 110      # 210 s of cells, longest first: 40+40+20+10 | 40+20+20+10+10
+    assert lm._makespan([3, 3, 2, 2, 2], 2) == 7
+
+
 def _estep_summary(single_ok: list[list[bool]], selected: list[int], trained_on: float) -> dict:
     """A stage-03 E-step summary whose loop diagnostics come from constructed verdicts."""
     records = [{"candidates": [{"tokens": [j], "log_w": -1.0, "terminated": True} for j in range(len(oks))],
@@ -178,6 +194,9 @@ def test_tiny_map_end_to_end(tmp_path):
         assert out["mstep_final"]["step"] == out["col_value"]
         # E-step 2's "trained on" is E-step 1's selected correctness, shared by the base's cells
         assert out["estep2"]["loop_trained_on_correct"] == out["estep1"]["loop_selected_correct"]
+    rates = lm.measure(root)
+    assert rates.chunks_per_doc == out["estep2"]["n_chunks"] / cfg.data_prep["bootstrap_docs"]
+    assert all(np.isfinite(v) for v in dataclasses.astuple(rates))
     links = {Path(p).resolve() for p in root.glob("d_*/03_estep1_*/train/warmstart/seed0")}
     assert len(links) == 2 and all(p.parent.parent.parent.name.startswith("03_warmstart_") for p in links)
     # a rerun reuses every finished unit and gives the same table
