@@ -176,9 +176,9 @@ def expand(cfg: LoopMapConfig) -> list[Cell]:
     root = str(Path(cfg.run_root) / cfg.name)
     data0 = {**_profile_params(cfg.profile, DATA_STAGE), **cfg.data_prep}
     boot0 = {**_profile_params(cfg.profile, "03_bootstrap_em"), **cfg.bootstrap}
-    for where, params in (("data_prep", cfg.data_prep), ("bootstrap", cfg.bootstrap)):
-        for k in params:
-            stage_of(k)
+    for section, params, stage in (("data_prep", cfg.data_prep, "01"), ("bootstrap", cfg.bootstrap, "03")):
+        wrong = [k for k in params if stage_of(k) != stage]
+        require(not wrong, f"{section}: '{wrong[0] if wrong else ''}' is a parameter of the other stage")
     variants = [(BASELINE_VARIANT, {}, cfg.row_values)]
     if cfg.ablation:
         label = ", ".join(f"{k}={v}" for k, v in cfg.ablation.items())

@@ -67,6 +67,11 @@ def test_bad_map_params_fail_in_one_line(kw, message):
         _cfg(**kw)
 
 
+def test_overrides_must_belong_to_their_stage():
+    with pytest.raises(ConfigError, match="data_prep: 'steps' is a parameter of the other stage"):
+        lm.expand(_cfg(data_prep={"steps": 5}))
+
+
 def test_bad_cell_value_names_the_cell():
     with pytest.raises(ConfigError, match="steps=0"):
         lm.expand(_cfg(col_values=[0, 10]))
