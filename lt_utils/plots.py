@@ -646,4 +646,6 @@ def fig_loop_gain_map(df: pd.DataFrame) -> Figure:
         bar.ax.axhline(1.0, color="black", linewidth=1.2)
         bar.set_label("ratio (1 = the loop holds its quality)")
         fig.suptitle("Where does the EM loop improve itself? (framed: ≥ 1)")
+        if df[["gain", "rho"]].apply(pd.to_numeric, errors="coerce").isna().any().any():
+            fig.supxlabel("n/a: undefined, no thought verified in the denominator", fontsize=8, color="0.35")
     return fig
