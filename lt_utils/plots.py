@@ -36,6 +36,7 @@ __all__ = [
     "fig_em_iterations",
     "fig_em_k",
     "fig_em_loop_gain",
+    "fig_loop_gain_map",
     "fig_teacher_quality",
     "register",
     "render_all",
@@ -590,4 +591,61 @@ def fig_em_loop_gain(df: pd.DataFrame) -> Figure:
         ax.set_xlabel("E-step of iteration")
         ax.set_ylabel("Ratio of verified fractions")
         ax.set_title("Does the loop improve itself? (G ≥ 1)")
+    return fig
+
+
+@register("loop_gain_map")
+def fig_loop_gain_map(df: pd.DataFrame) -> Figure:
+    """Heatmaps of the loop gain G and the retention ρ over the map's two axes, one row of panels per variant.
+
+    `df` is `loop_map.build_table`: one row per cell with ``variant``,
+    ``row_param``/``row_value``, ``col_param``/``col_value``, ``gain`` and
+    ``rho``.  Colours diverge at 1 (blue above, red below), every cell carries
+    its value, and cells at or above 1 are framed: G = 1 is where iterations
+    stop losing quality.
+    """
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.patches import Rectangle
+
+    _require(df, ["variant", "row_param", "row_value", "col_param", "col_value", "gain", "rho"], "loop_gain_map")
+    variants = list(dict.fromkeys(df["variant"]))
+    metrics = (("gain", "loop gain G = ρλ"), ("rho", "retention ρ"))
+    values = pd.to_numeric(pd.concat([df["gain"], df["rho"]]), errors="coerce").dropna()
+    hi = max(1.5, float(values.max()) if len(values) else 1.5)
+    lo = min(0.5, float(values.min()) if len(values) else 0.5)
+    norm = TwoSlopeNorm(vcenter=1.0, vmin=min(lo, 0.99), vmax=hi)
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="0.85")
+    with style():
+        fig = _new_figure((4.2 * len(metrics) + 0.8, 3.0 * len(variants) + 0.4))
+        axes = np.atleast_2d(fig.subplots(len(variants), len(metrics), squeeze=False))
+        image = None
+        for i, variant in enumerate(variants):
+            d = df[df["variant"] == variant]
+            rows, cols = sorted(d["row_value"].unique()), sorted(d["col_value"].unique())
+            for j, (col, label) in enumerate(metrics):
+                ax = axes[i, j]
+                grid = (d.pivot_table(index="row_value", columns="col_value", values=col, aggfunc="mean", dropna=False)
+                        .reindex(index=rows, columns=cols).apply(pd.to_numeric, errors="coerce").to_numpy(float))
+                image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, origin="lower", aspect="auto")
+                for (r, c), v in np.ndenumerate(grid):
+                    if np.isnan(v):
+                        ax.text(c, r, "n/a", ha="center", va="center", fontsize=8, color="0.3")
+                        continue
+                    ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=9,
+                            fontweight="bold" if v >= 1 else "normal",
+                            color="white" if abs(norm(v) - 0.5) > 0.3 else "black")
+                    if v >= 1:
+                        ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.6))
+                ax.set_xticks(range(len(cols)), [f"{v:g}" if isinstance(v, (int, float)) else str(v) for v in cols])
+                ax.set_yticks(range(len(rows)), [f"{v:g}" if isinstance(v, (int, float)) else str(v) for v in rows])
+                ax.grid(False)
+                ax.set_xlabel(str(d["col_param"].iloc[0]))
+                ax.set_ylabel(str(d["row_param"].iloc[0]))
+                ax.set_title(f"{label}\n{variant}" if len(variants) > 1 else label)
+        bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+        bar.ax.axhline(1.0, color="black", linewidth=1.2)
+        bar.set_label("ratio (1 = the loop holds its quality)")
+        fig.suptitle("Where does the EM loop improve itself? (framed: ≥ 1)")
+        if df[["gain", "rho"]].apply(pd.to_numeric, errors="coerce").isna().any().any():
+            fig.supxlabel("n/a: undefined, no thought verified in the denominator", fontsize=8, color="0.35")
     return fig

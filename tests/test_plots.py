@@ -51,6 +51,11 @@ def _sample_frame(name):
     if name == "em_k_ablation":
         return pd.DataFrame([dict(k=k, seed=s, accuracy=0.3 + 0.05 * k + 0.01 * s, thought_quality=0.5 + 0.05 * k)
                              for k in (1, 2, 4, 8) for s in seeds])
+    if name == "loop_gain_map":
+        return pd.DataFrame([dict(variant=v, row_param="base_worked_share", row_value=r, col_param="steps",
+                                  col_value=c, gain=g, rho=g / 1.7)
+                             for v in ("paper", "estep_temperature=0.7") for r in (0.0, 0.1)
+                             for c, g in ((350, 0.4 + r), (700, 1.1 + r))])
     return _tidy()
 
 
