@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import progress
 from .config import pick, require
 from .corpus import eval_exemplars, eval_tasks, is_text, iter_documents, load_documents, raw_record
 from .data import Chunk, ThoughtDoc, chunk_document, token_ratio, tokenize_docs
@@ -273,6 +275,7 @@ class Study:
         summary_path = self.run.file(f"iter{iteration}/estep_summary.json")
         if summary_path.exists():
             return read_json(summary_path)
+        t0 = time.time()
         gen = self.model_dir("warmstart" if iteration == 1 else f"iter{iteration - 1}")
         k = self.cfg.k_max if iteration == 1 else self.cfg.k
         ecfg = EStepConfig(k=k, max_thought_tokens=self.cfg.max_thought_tokens, seed=1000 * iteration,
@@ -303,6 +306,8 @@ class Study:
         self.run.add_artifact(f"iter{iteration}/estep_summary.json", "weights, ESS and verifier scores")
         self.run.log(kind="estep", iteration=iteration, **{k2: v for k2, v in summary.items()
                                                            if isinstance(v, (int, float))})
+        progress.emit("estep_done", iteration=iteration, seconds=time.time() - t0,
+                      summary={k2: summary[k2] for k2 in ("n_chunks", "mean_ess", "frac_selected_correct") if k2 in summary})
         return summary
 
     def sample_and_score(self, gen: Path, chunks: list[Chunk], ecfg: EStepConfig, cache: Path,

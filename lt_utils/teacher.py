@@ -26,6 +26,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from . import faults
 from .data import Chunk
 
 _UNIT = re.compile(r"Problem: (?P<q>.*?) Answer: (?P<a>-?\d+)\.")
@@ -238,6 +239,7 @@ class ThoughtCache:
 
     def put_many(self, items: dict[str, str]) -> None:
         self.db.executemany("INSERT OR REPLACE INTO thoughts (key, thought) VALUES (?, ?)", list(items.items()))
+        faults.hit("thought_cache_write")
         self.db.commit()
 
     def close(self) -> None:
