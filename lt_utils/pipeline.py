@@ -11,7 +11,8 @@ YAML), is validated against its stage's config *before* anything runs, and
 checked against a finished stage of the same study, so a bad key or a clash
 fails in a second with one line.  While a stage runs, the terminal shows one
 line per finished training run or E-step and a periodic status; the kernel's
-whole output goes to `<stage>/log.txt` and the executed notebook beside it.
+whole output goes to `runs/<study>/logs/<stage>.txt`, the executed notebook
+to the stage's run directory.
 Wall times go to `runs/<study>/pipeline.json`.  One pipeline at a time may
 write a study (`runs/<study>/.lock`); the kernel and every worker die with the
 pipeline, Ctrl-C included.
@@ -148,7 +149,9 @@ def run_stage(profile: str, stage: str, overrides: dict | None = None, stage_ove
     study_dir = resolve(cfg.run_root) / cfg.study
     out_dir = study_dir / stage
     out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir / "log.txt"
+    # beside the stage dir, not in it: --overwrite and the analysis stage empty their dir when they start
+    log_path = study_dir / "logs" / f"{stage}.txt"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as fh:
         fh.write(f"=== {stage} ({profile}) started {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
     # the notebook's cell output (papermill logs it) goes to the same file, not to the terminal
@@ -207,7 +210,7 @@ def run_profile(profile: str, only: list[str] | None = None, overrides: dict | N
         log = study_dir / "pipeline.json"
         times = {}
         for i, s in enumerate(stages):
-            print(f"[{profile}] {s} ... (log: {study_dir / s / 'log.txt'})", flush=True)
+            print(f"[{profile}] {s} ... (log: {study_dir / 'logs' / s}.txt)", flush=True)
             view = StageView(s, plans[s], later_steps=sum(plans[t].steps for t in stages[i + 1:]))
             times[s] = run_stage(profile, s, overrides, per_stage.get(s), view=view, status_every=status_every)
             print(f"[{profile}] {s} done in {times[s]:.0f} s", flush=True)

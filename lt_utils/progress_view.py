@@ -92,14 +92,15 @@ class StageView:
 
     def status(self, now: float | None = None) -> str:
         now = now or time.time()
+        if not self.plan.runs and not self.runs:
+            return f"  [{self.stage}] elapsed {_duration(now - self.t0)}"
         done = sum(r["done"] for r in self.runs.values())
         running = [r for r in self.runs.values() if not r["done"]]
         steps_done = sum(r["step"] for r in self.runs.values())
         new_steps = steps_done - self.steps_at_start
         rate = new_steps / max(now - self.t0, 1e-9) if new_steps > 0 else None
-        remaining = max(self.plan.steps - steps_done, 0)
-        eta_stage = remaining / rate if rate else None
-        eta_study = (remaining + self.later_steps) / rate if rate else None
+        finished = done >= self.plan.runs and not running
+        remaining = 0 if finished else max(self.plan.steps - steps_done, 0)
         tps = sum(r["tokens_per_s"] for r in running)
         parts = [f"{done}/{self.plan.runs or len(self.runs)} runs"]
         if running:
@@ -109,7 +110,13 @@ class StageView:
         if tps:
             parts.append(f"{tps / 1000:.1f}k tok/s")
         parts.append(f"elapsed {_duration(now - self.t0)}")
-        parts.append(f"ETA stage {_duration(eta_stage)}, study {_duration(eta_study)}")
+        later = f"study {_duration(self.later_steps / rate if rate else None)}" if self.later_steps else ""
+        if finished:
+            parts.append("training done, finishing the stage" + (f"; ETA {later}" if later else ""))
+        else:
+            eta = _duration(remaining / rate if rate else None)
+            eta_study = _duration((remaining + self.later_steps) / rate if rate else None)
+            parts.append(f"ETA stage {eta}, study {eta_study}")
         return f"  [{self.stage}] " + " | ".join(parts)
 
 
@@ -120,7 +127,7 @@ class Watcher(threading.Thread):
         super().__init__(daemon=True)
         self.path, self.view, self.every, self.out = Path(path), view, every, out
         self.offset = self.path.stat().st_size if self.path.exists() else 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._buf = ""
 
     def poll(self) -> None:
@@ -143,13 +150,13 @@ class Watcher(threading.Thread):
 
     def run(self) -> None:
         last = time.time()
-        while not self._stop.wait(1.0):
+        while not self._halt.wait(1.0):
             self.poll()
             if self.every > 0 and time.time() - last >= self.every:
                 self.out(self.view.status())
                 last = time.time()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=5)
         self.poll()
