@@ -220,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         clean = root / "clean"
-        print(f"clean run of the {PROFILE} profile into {clean} ...", flush=True)
+        if (clean / PROFILE / STAGES[-1] / "DONE").exists():
+            print(f"reusing the clean run in {clean}", flush=True)
+        else:
+            print(f"clean run of the {PROFILE} profile into {clean} ...", flush=True)
         if run_pipeline(clean, uuid.uuid4().hex, None, args.timeout) != 0:
             print(f"error: the clean run failed (see {clean / 'sweep_run.txt'})", file=sys.stderr)
             return 1
