@@ -37,6 +37,7 @@ from .paths import NOTEBOOKS_DIR, PARAMS_DIR, resolve
 from .runs import read_json, write_json
 
 STAGES = ("01_data_prep", "02_synthetic_thoughts", "03_bootstrap_em", "04_analysis")
+ALWAYS_RECOMPUTED = ("04_analysis",)   # stages whose notebook redoes its run dir every time (never refused)
 _held_locks: list = []   # the study locks this process holds, released by the Ctrl-C handler too
 
 
@@ -101,7 +102,7 @@ def load_stage_params(profile: str, stage: str, overrides: dict | None = None,
 def check_existing(stage: str, cfg) -> None:
     """Fail now, not inside the kernel, if the stage's run dir holds results of other parameters."""
     path = resolve(cfg.run_root) / cfg.study / stage
-    if getattr(cfg, "overwrite", False):
+    if getattr(cfg, "overwrite", False) or stage in ALWAYS_RECOMPUTED:
         return
     old = None
     if (path / "DONE").exists():
