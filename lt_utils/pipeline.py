@@ -196,6 +196,7 @@ def run_profile(profile: str, only: list[str] | None = None, overrides: dict | N
         cfgs[s] = config_lib.load(stage_config_class(s), load_stage_params(profile, s, overrides, per_stage.get(s)))
     first = cfgs[stages[0]]
     study_dir = resolve(first.run_root) / first.study
+    saved_env = {k: os.environ.get(k) for k in (PROGRESS_ENV, "LT_PIPELINE_PGID")}
     lock = StudyLock(study_dir).acquire()   # before the checks below: another writer may be changing the dirs
     _held_locks.append(lock)
     try:
@@ -223,11 +224,19 @@ def run_profile(profile: str, only: list[str] | None = None, overrides: dict | N
     finally:
         lock.release()
         _held_locks.remove(lock)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return times
 
 
-def _stop_on_signal(locks: list) -> None:
-    """Ctrl-C / SIGTERM: one line, then exit at once; the kernel and its workers die with this process."""
+def _stop_on_signal(locks: list) -> dict:
+    """Ctrl-C / SIGTERM: one line, then exit at once; the kernel and its workers die with this process.
+
+    Returns the handlers it replaced, for `main` to put back (it may be called from a test).
+    """
 
     def handler(signum, frame):
         print(f"\ninterrupted ({signal.Signals(signum).name}): stopping the kernel and its workers; "
@@ -236,8 +245,7 @@ def _stop_on_signal(locks: list) -> None:
             lock.release()
         os._exit(128 + signum)
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     from .study_lock import StudyLocked
 
     t0 = time.perf_counter()
-    _stop_on_signal(_held_locks)
+    previous = _stop_on_signal(_held_locks)
     try:
         times = run_profile(args.profile, args.only, overrides, args.set, args.status_every)
     except (config_lib.ConfigError, StudyLocked) as exc:
@@ -277,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(exc, "evalue", str(exc)).strip().splitlines()
         print(f"error: {name}: {value[0] if value else ''}", file=sys.stderr)
         return 1
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
     total = time.perf_counter() - t0
     print(f"[{args.profile}] all stages done in {total:.0f} s ({', '.join(f'{k} {v:.0f}s' for k, v in times.items())})")
     return 0

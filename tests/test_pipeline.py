@@ -57,3 +57,13 @@ def test_set_is_recorded_and_hashed(tmp_path):
     with pytest.raises(config_lib.ConfigError, match="different parameters"):
         pipeline.check_existing(stage, plain)
     pipeline.check_existing(stage, cfg)   # the same override again is fine
+
+
+def test_analysis_is_never_refused(tmp_path):
+    from lt_utils.results import AnalysisConfig
+
+    params = pipeline.load_stage_params("smoke", "04_analysis", {"run_root": str(tmp_path)})
+    cfg = config_lib.load(AnalysisConfig, params)
+    RunDir.open(cfg, "04_analysis").finish()
+    other = config_lib.load(AnalysisConfig, {**params, "headline_arm": "raw_fresh"})
+    pipeline.check_existing("04_analysis", other)   # its notebook redoes the stage: nothing to protect
