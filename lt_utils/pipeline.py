@@ -24,8 +24,10 @@ import argparse
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -115,10 +117,10 @@ def check_existing(stage: str, cfg) -> None:
                                      "pass --overwrite or choose another --study")
 
 
-def kernel_manager_class(log_path: Path):
+def kernel_manager_class(log_path: Path, socket_dir: Path):
     """A kernel manager whose kernel talks over local IPC sockets, dies with this process and logs to `log_path`.
 
-    IPC (Unix sockets in the user's private Jupyter runtime directory) instead
+    IPC (Unix sockets in `socket_dir`, a private temporary directory) instead
     of TCP on localhost: nothing listens on a port, so there is nothing to
     encrypt, and ipykernel's warning about unencrypted TCP has no cause to appear.
     """
@@ -129,6 +131,7 @@ def kernel_manager_class(log_path: Path):
     class StageKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
             kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", str(socket_dir / "kernel"))   # else "kernel-ipc-N" in the notebooks' cwd
             super().__init__(**kwargs)
 
         def format_kernel_cmd(self, extra_arguments=None):
@@ -165,12 +168,14 @@ def run_stage(profile: str, stage: str, overrides: dict | None = None, stage_ove
     watcher = Watcher(study_dir / "progress.jsonl", view, every=status_every) if view is not None else None
     if watcher:
         watcher.start()
+    socket_dir = Path(tempfile.mkdtemp(prefix="lt-kernel-"))   # mode 0700: only this user reaches the kernel
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(NOTEBOOKS_DIR / f"{stage}.ipynb"), str(out_dir / "executed.ipynb"),
                             parameters=params, cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=True,
-                            kernel_name="python3", kernel_manager_class=kernel_manager_class(log_path))
+                            kernel_name="python3", kernel_manager_class=kernel_manager_class(log_path, socket_dir))
     finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
         if watcher:
             watcher.stop()
         pm_log.removeHandler(handler)
