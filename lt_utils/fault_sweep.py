@@ -118,11 +118,16 @@ def _strip(obj):
     return obj
 
 
-def _normal(path: Path, root: Path):
-    """What of a file must match: parsed and stripped for JSON/JSONL/CSV, bytes otherwise."""
+def _normal(path: Path, roots: tuple[Path, ...]):
+    """What of a file must match: parsed and stripped for JSON/JSONL/CSV, bytes otherwise.
+
+    Run roots are replaced by one placeholder: the clean run's appear in the stages a point copies from it.
+    """
     data = path.read_bytes()
     if path.suffix in (".json", ".jsonl", ".csv", ".yaml") or path.name in ("DONE",):
-        text = data.decode().replace(str(root), "<ROOT>")
+        text = data.decode()
+        for root in roots:
+            text = text.replace(str(root), "<ROOT>")
         if path.suffix == ".jsonl":
             return [_strip(json.loads(line)) for line in text.splitlines() if line.strip()]
         if path.suffix == ".json" or path.name == "DONE":
@@ -150,7 +155,7 @@ def compare(clean: Path, other: Path) -> list[str]:
     a, b = study_files(clean / PROFILE), study_files(other / PROFILE)
     diffs = [f"missing {f}" for f in sorted(a - b)] + [f"extra {f}" for f in sorted(b - a)]
     for rel in sorted(a & b):
-        if _normal(clean / PROFILE / rel, clean) != _normal(other / PROFILE / rel, other):
+        if _normal(clean / PROFILE / rel, (clean, other)) != _normal(other / PROFILE / rel, (clean, other)):
             diffs.append(rel)
     return diffs
 
