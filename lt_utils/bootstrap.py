@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import progress
 from .base_model import stage_model_spec
 from .config import pick, require, require_min, require_study_name
 from .corpus import (dev_problems_path, eval_exemplars, eval_tasks, is_text, iter_documents, load_documents,
@@ -314,6 +316,7 @@ class Study:
         summary_path = self.run.file(f"iter{iteration}/estep_summary.json")
         if summary_path.exists():
             return read_json(summary_path)
+        t0 = time.time()
         gen = self.model_dir("warmstart" if iteration == 1 else f"iter{iteration - 1}")
         k = self.cfg.k_max if iteration == 1 else self.cfg.k
         ecfg = self.estep_config(k=k, seed=1000 * iteration)
@@ -351,6 +354,8 @@ class Study:
         self.run.add_artifact(f"iter{iteration}/estep_summary.json", "weights, ESS, verifier scores, loop diagnostics")
         self.run.log(kind="estep", iteration=iteration, **{k2: v for k2, v in summary.items()
                                                            if isinstance(v, (int, float))})
+        progress.emit("estep_done", iteration=iteration, seconds=time.time() - t0,
+                      summary={k2: summary[k2] for k2 in ("n_chunks", "mean_ess", "frac_selected_correct") if k2 in summary})
         return summary
 
     def estep_config(self, **kw) -> EStepConfig:

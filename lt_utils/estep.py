@@ -91,6 +91,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from . import faults
 from .data import Chunk
 from .runs import read_jsonl, write_jsonl
 from .sample import sample, score
@@ -305,6 +306,7 @@ class CandidateCache:
         self.db.executemany(
             "INSERT OR IGNORE INTO candidates (key, tokens, log_q, terminated, log_p) VALUES (?, ?, ?, ?, NULL)",
             [(k, json.dumps(v["tokens"]), float(v["log_q"]), int(v["terminated"])) for k, v in items.items()])
+        faults.hit("candidate_cache_write")
         self.db.commit()
 
     def put_scores(self, items: dict[str, float]) -> None:
@@ -457,6 +459,7 @@ def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, ca
             todo = [(p, j) for p in prepared for j in range(cfg.k) if p.keys[j] not in found]
             if todo:
                 new = dict(zip((p.keys[j] for p, j in todo), _sample_group(model, todo, cfg, ids, backend, banned)))
+                faults.hit("estep_sample")
                 cache.put_samples(new)
                 for k, v in new.items():
                     found.setdefault(k, {**v, "log_p": None})
@@ -469,6 +472,7 @@ def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, ca
                 lps = scorer([a for a, _ in pairs], [b for _, b in pairs], pad_id=ids.pad,
                              batch_size=cfg.score_batch_size)
                 scores = {p.keys[j]: float(sum(lp)) for (p, j), lp in zip(unscored, lps)}
+                faults.hit("estep_score")
                 cache.put_scores(scores)
                 for k, v in scores.items():
                     found[k]["log_p"] = v

@@ -4,27 +4,43 @@
     python -m lt_utils.pipeline --profile smoke          # every notebook on tiny settings
     python -m lt_utils.pipeline --profile cpu --only 04_analysis
     python -m lt_utils.pipeline --profile smoke --run-root /tmp/runs
+    python -m lt_utils.pipeline --profile cpu --set 02_synthetic_thoughts.steps=2000
 
-Each params file is validated against its stage's config *before* anything
-runs, so a bad key fails in a second with one line.  The executed notebook is
-saved into the stage's run directory; wall times go to
-`runs/<study>/pipeline.json`.
+Each params file, with the `--set STAGE.KEY=VALUE` overrides (values parsed as
+YAML), is validated against its stage's config *before* anything runs, and
+checked against a finished stage of the same study, so a bad key or a clash
+fails in a second with one line.  While a stage runs, the terminal shows one
+line per finished training run or E-step and a periodic status; the kernel's
+whole output goes to `runs/<study>/logs/<stage>.txt`, the executed notebook
+to the stage's run directory.
+Wall times go to `runs/<study>/pipeline.json`.  One pipeline at a time may
+write a study (`runs/<study>/.lock`); the kernel and every worker die with the
+pipeline, Ctrl-C included.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
+import os
+import shutil
+import signal
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import yaml
 
 from . import config as config_lib
+from . import faults
 from .paths import NOTEBOOKS_DIR, PARAMS_DIR, resolve
 from .runs import disk_bytes, read_json, stage_footprint, write_json
 
 STAGES = ("01_data_prep", "02_synthetic_thoughts", "03_bootstrap_em", "04_analysis")
+ALWAYS_RECOMPUTED = ("04_analysis",)   # stages whose notebook redoes its run dir every time (never refused)
+_held_locks: list = []   # the study locks this process holds, released by the Ctrl-C handler too
 
 
 def profile_stages(profile: str) -> list[str]:
@@ -45,8 +61,33 @@ def stage_config_class(stage: str):
     return classes[stage]
 
 
-def load_stage_params(profile: str, stage: str, overrides: dict | None = None) -> dict:
-    """The stage's params file merged with overrides, validated (raises ConfigError in one line)."""
+def parse_sets(items: list[str] | None, stages: list[str]) -> dict[str, dict]:
+    """`--set STAGE.KEY=VALUE` items as {stage: {key: value}}; values are YAML, keys checked against the config."""
+    out: dict[str, dict] = {}
+    for item in items or []:
+        target, eq, raw = item.partition("=")
+        stage, dot, key = target.strip().partition(".")
+        if not eq or not dot or not key:
+            raise config_lib.ConfigError(f"--set {item}: expected STAGE.KEY=VALUE, e.g. 02_synthetic_thoughts.steps=2000")
+        if stage not in STAGES:
+            raise config_lib.ConfigError(f"--set {item}: unknown stage '{stage}' (known: {', '.join(STAGES)})")
+        if stage not in stages:
+            raise config_lib.ConfigError(f"--set {item}: stage '{stage}' does not run in this invocation "
+                                         f"(runs: {', '.join(stages)})")
+        fields = sorted(f.name for f in dataclasses.fields(stage_config_class(stage)))
+        if key not in fields:
+            raise config_lib.ConfigError(f"--set {item}: unknown parameter '{key}' of {stage} (known: {', '.join(fields)})")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise config_lib.ConfigError(f"--set {item}: value is not valid YAML ({str(exc).splitlines()[0]})") from None
+        out.setdefault(stage, {})[key] = value
+    return out
+
+
+def load_stage_params(profile: str, stage: str, overrides: dict | None = None,
+                      stage_overrides: dict | None = None) -> dict:
+    """The stage's params file merged with overrides (study-wide, then this stage's `--set`), validated."""
     path = PARAMS_DIR / profile / f"{stage}.yaml"
     if not path.is_file():
         raise config_lib.ConfigError(f"params file not found: {path}")
@@ -55,47 +96,163 @@ def load_stage_params(profile: str, stage: str, overrides: dict | None = None) -
         raise config_lib.ConfigError(f"{path}: expected a mapping of parameter names to values")
     fields = {f.name for f in dataclasses.fields(stage_config_class(stage))}
     params.update({k: v for k, v in (overrides or {}).items() if k in fields})
+    params.update(stage_overrides or {})
     config_lib.load(stage_config_class(stage), params, where=str(path))
     return params
 
 
-def run_stage(profile: str, stage: str, overrides: dict | None = None) -> float:
-    """Execute one notebook with papermill; returns its wall time in seconds."""
+def check_existing(stage: str, cfg) -> None:
+    """Fail now, not inside the kernel, if the stage's run dir holds results of other parameters."""
+    path = resolve(cfg.run_root) / cfg.study / stage
+    if getattr(cfg, "overwrite", False) or stage in ALWAYS_RECOMPUTED:
+        return
+    old = None
+    if (path / "DONE").exists():
+        old = read_json(path / "DONE").get("config_hash")
+    elif (path / ".config_hash").exists():
+        old = (path / ".config_hash").read_text().strip()
+    digest = config_lib.config_hash(cfg)
+    if old is not None and old != digest:
+        raise config_lib.ConfigError(f"{path} was produced with different parameters (hash {old} != {digest}); "
+                                     "pass --overwrite or choose another --study")
+
+
+def kernel_manager_class(log_path: Path, socket_dir: Path):
+    """A kernel manager whose kernel talks over local IPC sockets, dies with this process and logs to `log_path`.
+
+    IPC (Unix sockets in `socket_dir`, a private temporary directory) instead
+    of TCP on localhost: nothing listens on a port, so there is nothing to
+    encrypt, and ipykernel's warning about unencrypted TCP has no cause to appear.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    lifeline = Path(__file__).with_name("lifeline.py")
+
+    class StageKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", str(socket_dir / "kernel"))   # else "kernel-ipc-N" in the notebooks' cwd
+            super().__init__(**kwargs)
+
+        def format_kernel_cmd(self, extra_arguments=None):
+            cmd = super().format_kernel_cmd(extra_arguments)
+            return [sys.executable, str(lifeline), "--log", str(log_path), "--", *cmd]
+
+    return StageKernelManager
+
+
+def run_stage(profile: str, stage: str, overrides: dict | None = None, stage_overrides: dict | None = None,
+              view=None, status_every: float = 30.0) -> float:
+    """Execute one notebook with papermill, showing its progress; returns its wall time in seconds."""
     import papermill as pm
 
-    params = load_stage_params(profile, stage, overrides)
+    from .progress_view import Watcher
+
+    params = load_stage_params(profile, stage, overrides, stage_overrides)
     cfg = config_lib.load(stage_config_class(stage), params)
-    out_dir = resolve(cfg.run_root) / cfg.study / stage
+    study_dir = resolve(cfg.run_root) / cfg.study
+    out_dir = study_dir / stage
     out_dir.mkdir(parents=True, exist_ok=True)
+    # beside the stage dir, not in it: --overwrite and the analysis stage empty their dir when they start
+    log_path = study_dir / "logs" / f"{stage}.txt"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as fh:
+        fh.write(f"=== {stage} ({profile}) started {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+    # the notebook's cell output (papermill logs it) goes to the same file, not to the terminal
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    pm_log = logging.getLogger("papermill")
+    pm_log.addHandler(handler)
+    pm_log.setLevel(logging.INFO)
+    pm_log.propagate = False
+    watcher = Watcher(study_dir / "progress.jsonl", view, every=status_every) if view is not None else None
+    if watcher:
+        watcher.start()
+    socket_dir = Path(tempfile.mkdtemp(prefix="lt-kernel-"))   # mode 0700: only this user reaches the kernel
     t0 = time.perf_counter()
-    pm.execute_notebook(str(NOTEBOOKS_DIR / f"{stage}.ipynb"), str(out_dir / "executed.ipynb"),
-                        parameters=params, cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=True,
-                        kernel_name="python3")
+    try:
+        pm.execute_notebook(str(NOTEBOOKS_DIR / f"{stage}.ipynb"), str(out_dir / "executed.ipynb"),
+                            parameters=params, cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=True,
+                            kernel_name="python3", kernel_manager_class=kernel_manager_class(log_path, socket_dir))
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
+        if watcher:
+            watcher.stop()
+        pm_log.removeHandler(handler)
+        handler.close()
     return time.perf_counter() - t0
 
 
-def run_profile(profile: str, only: list[str] | None = None, overrides: dict | None = None) -> dict[str, float]:
+def run_profile(profile: str, only: list[str] | None = None, overrides: dict | None = None,
+                sets: list[str] | None = None, status_every: float = 30.0) -> dict[str, float]:
+    from .progress import ENV as PROGRESS_ENV
+    from .progress_view import StageView, stage_plan
+    from .study_lock import StudyLock
+
     stages = [s for s in profile_stages(profile) if not only or s in only]
     unknown = [s for s in (only or []) if s not in STAGES]
     if unknown:
         raise config_lib.ConfigError(f"unknown stage '{unknown[0]}' (known: {', '.join(STAGES)})")
     if not stages:
         raise config_lib.ConfigError(f"params/{profile}/ has no params file for the requested stages")
+    per_stage = parse_sets(sets, stages)
+    cfgs = {}
     for s in stages:  # validate everything first: a typo in the last stage should not cost the first one's time
-        load_stage_params(profile, s, overrides)
-    first = config_lib.load(stage_config_class(stages[0]), load_stage_params(profile, stages[0], overrides))
-    log = resolve(first.run_root) / first.study / "pipeline.json"
-    times = {}
-    for s in stages:
-        print(f"[{profile}] {s} ...", flush=True)
-        times[s] = run_stage(profile, s, overrides)
-        print(f"[{profile}] {s} done in {times[s]:.0f} s", flush=True)
-        history = read_json(log) if log.exists() else {}
-        history[s] = {"seconds": round(times[s], 1), "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      **stage_footprint(log.parent / s)}
-        history["study_disk_bytes"] = disk_bytes(log.parent)
-        write_json(log, history)
+        cfgs[s] = config_lib.load(stage_config_class(s), load_stage_params(profile, s, overrides, per_stage.get(s)))
+    first = cfgs[stages[0]]
+    study_dir = resolve(first.run_root) / first.study
+    saved_env = {k: os.environ.get(k) for k in (PROGRESS_ENV, "LT_PIPELINE_PGID")}
+    lock = StudyLock(study_dir).acquire()   # before the checks below: another writer may be changing the dirs
+    _held_locks.append(lock)
+    try:
+        for s in stages:
+            check_existing(s, cfgs[s])
+        if lock.took_over:
+            print(f"[{profile}] took over the stale lock of PID {lock.took_over.get('pid')} "
+                  f"(started {lock.took_over.get('started_utc')})", flush=True)
+        # children (the kernel, its workers) inherit these: where to report progress, whose group is the study
+        os.environ[PROGRESS_ENV] = str(study_dir / "progress.jsonl")
+        os.environ["LT_PIPELINE_PGID"] = str(os.getpgrp())
+        plans = {s: stage_plan(s, cfgs[s]) for s in stages}
+        log = study_dir / "pipeline.json"
+        times = {}
+        for i, s in enumerate(stages):
+            print(f"[{profile}] {s} ... (log: {study_dir / 'logs' / s}.txt)", flush=True)
+            view = StageView(s, plans[s], later_steps=sum(plans[t].steps for t in stages[i + 1:]))
+            times[s] = run_stage(profile, s, overrides, per_stage.get(s), view=view, status_every=status_every)
+            print(f"[{profile}] {s} done in {times[s]:.0f} s", flush=True)
+            history = read_json(log) if log.exists() else {}
+            history[s] = {"seconds": round(times[s], 1),
+                          "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                          **stage_footprint(study_dir / s)}
+            history["study_disk_bytes"] = disk_bytes(study_dir)
+            write_json(log, history)
+            faults.hit("between_stages")
+    finally:
+        lock.release()
+        _held_locks.remove(lock)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return times
+
+
+def _stop_on_signal(locks: list) -> dict:
+    """Ctrl-C / SIGTERM: one line, then exit at once; the kernel and its workers die with this process.
+
+    Returns the handlers it replaced, for `main` to put back (it may be called from a test).
+    """
+
+    def handler(signum, frame):
+        print(f"\ninterrupted ({signal.Signals(signum).name}): stopping the kernel and its workers; "
+              "rerun the same command to resume", file=sys.stderr, flush=True)
+        for lock in locks:
+            lock.release()
+        os._exit(128 + signum)
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-root", help="override run_root for every stage")
     ap.add_argument("--study", help="override the study name for every stage")
     ap.add_argument("--overwrite", action="store_true", help="redo finished stages")
+    ap.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                    help="override one parameter of one stage (repeatable; VALUE is YAML)")
+    ap.add_argument("--status-every", type=float, default=30.0, help="seconds between status lines (0: none)")
     args = ap.parse_args(argv)
     overrides: dict = {}
     if args.run_root:
@@ -118,10 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     if not (PARAMS_DIR / args.profile).is_dir():
         print(f"error: unknown profile '{args.profile}' (no directory {PARAMS_DIR / args.profile})", file=sys.stderr)
         return 2
+    from .study_lock import StudyLocked
+
     t0 = time.perf_counter()
+    previous = _stop_on_signal(_held_locks)
     try:
-        times = run_profile(args.profile, args.only, overrides)
-    except config_lib.ConfigError as exc:
+        times = run_profile(args.profile, args.only, overrides, args.set, args.status_every)
+    except (config_lib.ConfigError, StudyLocked) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # papermill's error carries the notebook's exception name and message
@@ -129,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(exc, "evalue", str(exc)).strip().splitlines()
         print(f"error: {name}: {value[0] if value else ''}", file=sys.stderr)
         return 1
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
     total = time.perf_counter() - t0
     print(f"[{args.profile}] all stages done in {total:.0f} s ({', '.join(f'{k} {v:.0f}s' for k, v in times.items())})")
     return 0

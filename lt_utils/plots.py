@@ -25,6 +25,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, PercentFormatter
 
+from . import faults
+
 __all__ = [
     "ARM_STYLE",
     "FIGURES",
@@ -160,6 +162,7 @@ def save_figure(fig: Figure, name: str, out_dir: str | os.PathLike) -> list[Path
                         metadata=FILE_METADATA[ext],
                     )
                     os.replace(tmp, target)
+                    faults.hit("analysis")
                 except BaseException:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp)

@@ -25,6 +25,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from . import faults
 from .data import Chunk
 from .sqlite_store import open_cache
 
@@ -239,6 +240,7 @@ class ThoughtCache:
 
     def put_many(self, items: dict[str, str]) -> None:
         self.db.executemany("INSERT OR REPLACE INTO thoughts (key, thought) VALUES (?, ?)", list(items.items()))
+        faults.hit("thought_cache_write")
         self.db.commit()
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from . import faults, progress
 from .config import require, require_min
 from .data import EpochStream, ThoughtDoc, pack_rows, layout_ids, tokenize_docs
 from .evaluate import ANSWER_TOKENS
@@ -258,6 +259,7 @@ def _save_ckpt(acc, out: Path, model, optimizer, scheduler, state: dict) -> None
         acc.save_state(str(tmp / "acc_state"))
     if acc.is_main_process:
         acc.unwrap_model(model).save_pretrained(tmp, state_dict=weights)
+        faults.hit("checkpoint_write")
         extra = {} if acc.num_processes > 1 else {"optimizer": optimizer.state_dict(),
                                                    "scheduler": scheduler.state_dict()}
         torch.save({**extra, "torch_rng": torch.get_rng_state(), **state}, tmp / "trainer_state.pt")
@@ -289,7 +291,9 @@ def _latest_ckpt(out: Path) -> Path | None:
 def run_train_job(job: TrainJob) -> dict[str, Any]:
     """Train (or resume, or skip if finished) one run; returns its final metrics."""
     out = Path(job.out_dir)
+    name = job.info.get("name", out.name)
     if (out / "DONE").exists():
+        progress.emit("run_skipped", name=name, steps=job.train.steps)
         return read_json(out / "final.json")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(job.threads)
@@ -376,6 +380,8 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
     if state is not None and "optimizer" not in state:   # saved by several processes: sharded optimizer state
         acc.load_state(str(ckpt / "acc_state"))
     model.train()
+    if acc.is_main_process:
+        progress.emit("run_start", name=name, step=step, steps=spec.steps)
 
     def eval_model():
         """The model the main process evaluates; every rank calls this.
@@ -462,6 +468,7 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        faults.hit("train_step")
         if bar is not None:
             bar.update(1)
         if step % 25 == 0 or step == spec.steps:
@@ -471,6 +478,7 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
                    "tokens_per_s": (tokens - tok0) / max(dt, 1e-9), "epoch": batch["epoch"]}
             if acc.is_main_process:
                 append_jsonl(out / "metrics.jsonl", rec)
+                progress.emit("train", name=name, step=step, steps=spec.steps, tokens_per_s=rec["tokens_per_s"])
             if bar is not None:
                 bar.set_postfix(loss=f"{rec['loss']:.3f}")
             loss_acc, n_acc = 0.0, 0
@@ -498,6 +506,7 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
         write_json(out / "final.json", final)
         write_json(out / "DONE", {"step": step})
         shutil.rmtree(out / "ckpt", ignore_errors=True)
+        progress.emit("run_done", name=name, steps=step, accuracy=final.get("accuracy"), seconds=wall)
     return final
 
 

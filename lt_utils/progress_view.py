@@ -1,0 +1,162 @@
+"""What a running study shows at the terminal: one line per finished run or E-step, and a periodic status.
+
+The pipeline tails `runs/<study>/progress.jsonl` (written by `lt_utils.progress`
+from the kernel and its workers) in a thread.  ETAs count optimizer steps: the
+stage's rate so far (finished steps per wall second, evaluations included)
+applied to the steps still planned for this stage and the later ones, planned
+from their validated configs.  E-steps are not in the count, so the EM
+stage's ETA is a lower bound until its E-steps are done.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass
+class Plan:
+    runs: int = 0
+    steps: int = 0
+    esteps: int = 0
+
+
+def stage_plan(stage: str, cfg: Any) -> Plan:
+    """Training runs, optimizer steps and E-steps a stage will do (token-match baselines counted at `steps`)."""
+    if stage == "02_synthetic_thoughts":
+        n = (len(cfg.arms) + len(cfg.teacher_sweep)) * len(cfg.seeds)
+        return Plan(runs=n, steps=n * cfg.steps)
+    if stage == "03_bootstrap_em":
+        seeds = len(cfg.seeds)
+        per_seed = cfg.iterations + len(cfg.baselines) + len(set(cfg.k_ablation) - {cfg.k})
+        return Plan(runs=seeds * (1 + per_seed), steps=seeds * (cfg.warmstart_steps + per_seed * cfg.steps),
+                    esteps=cfg.iterations)
+    return Plan()
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class StageView:
+    """Progress of one stage, built from its events."""
+
+    def __init__(self, stage: str, plan: Plan, later_steps: int):
+        self.stage, self.plan, self.later_steps = stage, plan, later_steps
+        self.t0 = time.time()
+        self.runs: dict[str, dict] = {}       # name -> {"start", "step", "steps", "tokens_per_s", "done"}
+        self.esteps_done = 0
+        self.steps_at_start = 0               # steps finished before this invocation (resumed runs, skipped runs)
+
+    def _run(self, name: str) -> dict:
+        return self.runs.setdefault(name, {"start": 0, "step": 0, "steps": 0, "tokens_per_s": 0.0, "done": False})
+
+    def update(self, ev: dict) -> str | None:
+        """Fold one event in; returns a line to print now, if the event is one."""
+        kind, name = ev.get("event"), ev.get("name", "")
+        if kind == "run_start":
+            r = self._run(name)
+            r.update(start=ev.get("step", 0), step=ev.get("step", 0), steps=ev.get("steps", 0))
+            self.steps_at_start += ev.get("step", 0)
+        elif kind == "train":
+            r = self._run(name)
+            r.update(step=ev.get("step", 0), steps=ev.get("steps", r["steps"]), tokens_per_s=ev.get("tokens_per_s", 0))
+        elif kind in ("run_done", "run_skipped"):
+            r = self._run(name)
+            steps = ev.get("steps", r["steps"])
+            if kind == "run_skipped":
+                self.steps_at_start += steps
+                r.update(start=steps)
+            r.update(step=steps, steps=steps, done=True)
+            if kind == "run_done":
+                acc = ev.get("accuracy")
+                acc_s = f"accuracy {100 * acc:5.1f}%" if isinstance(acc, (int, float)) else "accuracy   –  "
+                return f"  run {name:<28} {acc_s}  {_duration(ev.get('seconds'))}"
+        elif kind == "estep_done":
+            self.esteps_done += 1
+            extra = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in (ev.get("summary") or {}).items())
+            return f"  E-step {ev.get('iteration')} done: {_duration(ev.get('seconds'))}" + (f", {extra}" if extra else "")
+        return None
+
+    def status(self, now: float | None = None) -> str:
+        now = now or time.time()
+        if not self.plan.runs and not self.runs:
+            return f"  [{self.stage}] elapsed {_duration(now - self.t0)}"
+        done = sum(r["done"] for r in self.runs.values())
+        running = [r for r in self.runs.values() if not r["done"]]
+        steps_done = sum(r["step"] for r in self.runs.values())
+        new_steps = steps_done - self.steps_at_start
+        rate = new_steps / max(now - self.t0, 1e-9) if new_steps > 0 else None
+        finished = done >= self.plan.runs and not running
+        remaining = 0 if finished else max(self.plan.steps - steps_done, 0)
+        tps = sum(r["tokens_per_s"] for r in running)
+        parts = [f"{done}/{self.plan.runs or len(self.runs)} runs"]
+        if running:
+            parts.append(", ".join(f"step {r['step']}/{r['steps']}" for r in running[:4]))
+        if self.plan.esteps:
+            parts.append(f"E-steps {self.esteps_done}/{self.plan.esteps}")
+        if tps:
+            parts.append(f"{tps / 1000:.1f}k tok/s")
+        parts.append(f"elapsed {_duration(now - self.t0)}")
+        later = f"study {_duration(self.later_steps / rate if rate else None)}" if self.later_steps else ""
+        if finished:
+            parts.append("training done, finishing the stage" + (f"; ETA {later}" if later else ""))
+        else:
+            eta = _duration(remaining / rate if rate else None)
+            eta_study = _duration((remaining + self.later_steps) / rate if rate else None)
+            parts.append(f"ETA stage {eta}, study {eta_study}")
+        return f"  [{self.stage}] " + " | ".join(parts)
+
+
+class Watcher(threading.Thread):
+    """Tail the events file from its current end, print event lines at once and a status every `every` s."""
+
+    def __init__(self, path: Path, view: StageView, every: float = 30.0, out: Callable[[str], None] = print):
+        super().__init__(daemon=True)
+        self.path, self.view, self.every, self.out = Path(path), view, every, out
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+        self._halt = threading.Event()
+        self._buf = ""
+
+    def poll(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path) as fh:
+            fh.seek(self.offset)
+            chunk = fh.read()
+            self.offset = fh.tell()
+        self._buf += chunk
+        *lines, self._buf = self._buf.split("\n")
+        for line in lines:
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            msg = self.view.update(ev)
+            if msg:
+                self.out(msg)
+
+    def run(self) -> None:
+        last = time.time()
+        while not self._halt.wait(1.0):
+            self.poll()
+            if self.every > 0 and time.time() - last >= self.every:
+                self.out(self.view.status())
+                last = time.time()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+        self.poll()

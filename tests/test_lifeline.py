@@ -1,0 +1,88 @@
+"""Nothing of a study outlives it: processes bound by lifeline die with their parent; fault hooks kill at the N-th hit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lt_utils import faults, progress
+from lt_utils.progress_view import Plan, StageView, Watcher
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+
+PARENT = """
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-m", "lt_utils.lifeline", "--", "sleep", "600"],
+                         env={**__import__("os").environ, "JPY_PARENT_PID": str(__import__("os").getpid())})
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+def _becomes(pid: int, command: str, within: float = 30.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if command in open(f"/proc/{pid}/cmdline").read():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _gone(pid: int, within: float = 30.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().split(") ")[1].startswith("Z"):
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_child_dies_with_its_parent_kill_9():
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    child = int(parent.stdout.readline())
+    assert _becomes(child, "sleep")   # exec'd into the command, still bound
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    assert _gone(child)
+
+
+def test_fault_hook_is_a_no_op_without_its_variable(monkeypatch):
+    monkeypatch.delenv("LT_FAULT_AT", raising=False)
+    for _ in range(3):
+        faults.hit("train_step")
+
+
+def test_fault_hook_kills_at_the_nth_arrival():
+    code = ("from lt_utils import faults\n"
+            "for i in range(5):\n    faults.hit('other'); faults.hit('train_step'); print(i, flush=True)\n")
+    env = {**os.environ, "LT_FAULT_AT": "train_step:3", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("LT_PIPELINE_PGID", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL and proc.stdout.split() == ["0", "1"]
+
+
+def test_progress_events_reach_the_view(tmp_path, monkeypatch):
+    path = tmp_path / "progress.jsonl"
+    monkeypatch.setenv(progress.ENV, str(path))
+    lines: list[str] = []
+    view = StageView("02_synthetic_thoughts", Plan(runs=2, steps=60), later_steps=0)
+    watcher = Watcher(path, view, every=0, out=lines.append)
+    progress.emit("run_start", name="raw_repeat/seed0", step=0, steps=30)
+    progress.emit("train", name="raw_repeat/seed0", step=25, steps=30, tokens_per_s=1000.0)
+    progress.emit("run_done", name="raw_repeat/seed0", steps=30, accuracy=0.125, seconds=61.0)
+    watcher.poll()
+    assert len(lines) == 1 and "raw_repeat/seed0" in lines[0] and "12.5%" in lines[0] and "1 min 01 s" in lines[0]
+    assert view.status().startswith("  [02_synthetic_thoughts] 1/2 runs")
+    monkeypatch.delenv(progress.ENV)
+    progress.emit("run_done", name="x")   # no variable: nothing written
+    assert len(path.read_text().splitlines()) == 3
