@@ -530,8 +530,6 @@ def run_jobs(jobs: list[TrainJob], params: TrainingParams, jobs_dir: Path, desc:
 
     from tqdm.auto import tqdm
 
-    from .train_launch import write_job
-
     cmd = shlex.split(params.launcher)
     cmd = [sys.executable if c == "python" else c for c in cmd]
     beside = Path(sys.executable).parent / cmd[0]   # e.g. .venv/bin/accelerate when the venv is not on PATH
@@ -539,7 +537,8 @@ def run_jobs(jobs: list[TrainJob], params: TrainingParams, jobs_dir: Path, desc:
         cmd[0] = str(beside)
     finals = []
     for job in tqdm(jobs, desc=desc, unit="run"):
-        path = write_job(Path(jobs_dir) / (job.info["name"].replace("/", "_") + ".json"), job)
+        # the job file `train_launch.job_from_dict` reads (written here, so train never imports its launcher)
+        path = write_json(Path(jobs_dir) / (job.info["name"].replace("/", "_") + ".json"), asdict(job))
         if not (Path(job.out_dir) / "DONE").exists():
             proc = subprocess.run([*cmd, "-m", "lt_utils.train_launch", str(path)])
             if proc.returncode != 0:
