@@ -3,6 +3,13 @@
 Every notebook in ``notebooks/`` is a thin driver over these modules; the logic
 (and its tests) lives here.  Kept free of heavy imports so ``import lt_utils``
 is instant.
+
+Layout (README, "Architecture"): the method's core sits at the top level
+(config, runs, tokens, model, data, train, sample, estep, evaluate, teacher, ...);
+``world/`` is the synthetic world, ``stages/`` holds one module per notebook,
+``paper/`` the adapters only the paper-scale path needs, ``report/`` the figures.
+The core never imports ``stages/``, ``paper/`` or ``report/``
+(``tests/test_architecture.py``).
 """
 
 __version__ = "0.1.0"
