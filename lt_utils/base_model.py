@@ -32,7 +32,7 @@ from typing import Any
 
 from .config import ConfigError, pick, require, require_min
 from .model import ModelSpec
-from .runs import MissingInputError, RunDir, environment, read_json, write_json, write_jsonl
+from .runs import MissingInputError, RunDir, environment, read_json, read_jsonl, write_json, write_jsonl
 
 BASE_DIR = "base"          # <run_root>/base/<hash>/
 BASE_INFO = "base.json"    # what stage 01 records about its base model
@@ -212,18 +212,35 @@ def build_base(cfg, tokenizer_dir: str | Path, progress: bool = True) -> tuple[P
     return base_dir, True
 
 
-def evaluate_base(base_dir: Path, data_dir: Path, shots: int, threads: int = 1) -> dict:
-    """Few-shot accuracy (overall and per family) of the base model on a study's held-out problems (cached)."""
+def base_exemplars(data_dir: Path, shots: int) -> list[dict]:
+    """The study's few-shot exemplars (solved problems of its validation split), as every stage evaluates with.
+
+    A base model exists only for a world study, so the validation documents are world documents.
+    """
+    from . import world
+    from .evaluate import exemplar_units
+
+    if not shots:
+        return []
+    docs = [world.Document.from_dict(r) for r in read_jsonl(Path(data_dir) / "docs" / "valid.jsonl")]
+    return exemplar_units(docs, shots)
+
+
+def evaluate_base(base_dir: Path, data_dir: Path, shots: int, threads: int = 1,
+                  problems_file: str = "eval_problems.jsonl") -> dict:
+    """Few-shot accuracy (overall and per family) of the base model on a study's held-out problems (cached).
+
+    `problems_file` is the test set by default; `dev_problems.jsonl` gives the dev numbers calibration may look at.
+    """
     import torch
 
-    from .corpus import eval_exemplars
     from .evaluate import evaluate_problems
     from .model import load_model
     from .tokens import load_tokenizer
     from .train import EVAL_NEW_TOKENS, load_problems
 
-    problems_path = data_dir / "eval_problems.jsonl"
-    exemplars = eval_exemplars(data_dir, shots)
+    problems_path = data_dir / problems_file
+    exemplars = base_exemplars(data_dir, shots)
     ekey = hashlib.sha256(json.dumps({"problems": file_sha256(problems_path), "shots": exemplars,
                                       "max_new_tokens": EVAL_NEW_TOKENS["direct"]}, sort_keys=True).encode()
                           ).hexdigest()[:16]
@@ -252,6 +269,8 @@ def build(run: RunDir, cfg) -> dict | None:
     tok_dir = run.file("tokenizer")
     base_dir, built = build_base(cfg, tok_dir, progress=True)
     evals = evaluate_base(base_dir, run.path, cfg.base_eval_shots, cfg.base_threads)
+    if run.file("dev_problems.jsonl").exists():
+        evals["dev"] = evaluate_base(base_dir, run.path, cfg.base_eval_shots, cfg.base_threads, "dev_problems.jsonl")
     final = read_json(base_dir / "final.json")
     info = {"hash": base_dir.name, "path": str(base_dir), "model": str(base_dir / "model"),
             "spec": dataclasses.asdict(cfg.model_spec()), "corpus": read_json(base_dir / "corpus_stats.json"),
