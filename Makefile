@@ -49,7 +49,7 @@ test-fast: $(STAMP)
 
 MAP ?= loop_map
 loop-map: $(STAMP)
-	$(PY) -m lt_utils.loop_map --map $(MAP) $(if $(REDRAW),--redraw)
+	$(PY) -m lt_utils.stages.loop_map --map $(MAP) $(if $(REDRAW),--redraw)
 
 bench: $(STAMP)
 	$(PY) -m lt_utils.benchmark
@@ -97,4 +97,4 @@ test-paper-path: $(PAPER_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m paper_path -q -p no:cacheprovider tests/test_paper_path.py
 
 gpu-check: $(STAMP)
-	$(PY) -m lt_utils.gpu_check
+	$(PY) -m lt_utils.paper.gpu_check

@@ -420,7 +420,7 @@ def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, ca
 
     `backend` (default: this process's transformers model through
     `lt_utils.sample`) is any object with that module's `sample` and `score`
-    signatures minus the model, e.g. `lt_utils.vllm_backend.VLLMBackend`;
+    signatures minus the model, e.g. `lt_utils.paper.vllm_backend.VLLMBackend`;
     `model` is then unused and the cache key also names the backend, whose
     random streams differ from ours.
     """

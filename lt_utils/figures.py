@@ -27,17 +27,18 @@ MAKERS = {FIGURES_DIR / "data": "make study",
 
 def draw(data_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, list[Path]]:
     """Render every figure that has data from the tables in `data_dir` into `out_dir` (default: its parent)."""
-    from . import plots, results
+    from .report import plots
+    from .stages import analysis
 
-    from . import loop_map
+    from .stages import loop_map
 
     data_dir = resolve(data_dir)
     out_dir = out_dir or data_dir.parent
     loop_table = data_dir / loop_map.TABLE   # the loop-gain map's table, where `make loop-map` stored one
     if not (data_dir / "evals.csv").is_file() and loop_table.is_file():
         return {loop_map.FIGURE: loop_map.draw(loop_map.read_table(loop_table), out_dir)}
-    tables = results.read_figure_data(data_dir, MAKERS.get(data_dir, ""))
-    produced = plots.render_all(results.figure_frames(None, tables=tables), out_dir)
+    tables = analysis.read_figure_data(data_dir, MAKERS.get(data_dir, ""))
+    produced = plots.render_all(analysis.figure_frames(None, tables=tables), out_dir)
     if loop_table.is_file():
         produced[loop_map.FIGURE] = loop_map.draw(loop_map.read_table(loop_table), out_dir)
     return produced

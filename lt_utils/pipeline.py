@@ -49,10 +49,10 @@ def profile_stages(profile: str) -> list[str]:
 
 
 def stage_config_class(stage: str):
-    from .bootstrap import BootstrapConfig
-    from .comparison import SyntheticThoughtsConfig
-    from .corpus import DataPrepConfig
-    from .results import AnalysisConfig
+    from .stages.analysis import AnalysisConfig
+    from .stages.bootstrap_em import BootstrapConfig
+    from .stages.data_prep import DataPrepConfig
+    from .stages.synthetic_thoughts import SyntheticThoughtsConfig
 
     classes = {"01_data_prep": DataPrepConfig, "02_synthetic_thoughts": SyntheticThoughtsConfig,
                "03_bootstrap_em": BootstrapConfig, "04_analysis": AnalysisConfig}

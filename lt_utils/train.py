@@ -515,7 +515,7 @@ def run_jobs(jobs: list[TrainJob], params: TrainingParams, jobs_dir: Path, desc:
 
     With a launcher (e.g. "accelerate launch --config_file params/paper/accelerate/ddp.yaml
     --num_processes 8"), each job is written to `jobs_dir/<name>.json` and the stage runs
-    `<launcher> -m lt_utils.train_launch <job.json>` for it; "python" stands for this interpreter.
+    `<launcher> -m lt_utils.paper.train_launch <job.json>` for it; "python" stands for this interpreter.
     A finished job is skipped either way, so a cluster may also run the job files itself
     (a Slurm array over `jobs_dir`) and the stage, rerun, only collects their results.
     """
@@ -540,9 +540,9 @@ def run_jobs(jobs: list[TrainJob], params: TrainingParams, jobs_dir: Path, desc:
         # the job file `train_launch.job_from_dict` reads (written here, so train never imports its launcher)
         path = write_json(Path(jobs_dir) / (job.info["name"].replace("/", "_") + ".json"), asdict(job))
         if not (Path(job.out_dir) / "DONE").exists():
-            proc = subprocess.run([*cmd, "-m", "lt_utils.train_launch", str(path)])
+            proc = subprocess.run([*cmd, "-m", "lt_utils.paper.train_launch", str(path)])
             if proc.returncode != 0:
                 raise RuntimeError(f"{job.info['name']}: launcher exited with {proc.returncode} "
-                                   f"({' '.join(cmd)} -m lt_utils.train_launch {path})")
+                                   f"({' '.join(cmd)} -m lt_utils.paper.train_launch {path})")
         finals.append(read_json(Path(job.out_dir) / "final.json"))
     return finals

@@ -8,7 +8,7 @@ import torch
 from lt_utils import sample as sample_mod
 from lt_utils.data import chunk_document
 from lt_utils.estep import CandidateCache, EStepConfig, run_estep
-from lt_utils.vllm_backend import engine_kwargs, row_seed, sampling_kwargs
+from lt_utils.paper.vllm_backend import engine_kwargs, row_seed, sampling_kwargs
 
 torch.set_num_threads(1)
 

@@ -7,9 +7,10 @@ import shutil
 import pytest
 import torch
 
-from lt_utils import base_model, bootstrap, comparison, config, corpus, world
+from lt_utils import config, world
 from lt_utils.config import ConfigError
 from lt_utils.runs import RunDir, read_json, read_jsonl
+from lt_utils.stages import base_model, bootstrap_em, data_prep as corpus, synthetic_thoughts
 from lt_utils.world.base_corpus import difficulty_mix, generate_base_documents
 from lt_utils.world.worked import render_worked_unit, working_prose
 
@@ -113,13 +114,13 @@ def test_every_stage_starts_from_the_base(studies):
     root, run_a, info_a = studies
     model_dir = info_a["model"]
     common = {"study": "a", "run_root": str(root), "init": "base"}
-    cfg2 = config.load(comparison.SyntheticThoughtsConfig, {**common, "arms": ["raw_repeat", "latent_thoughts"],
+    cfg2 = config.load(synthetic_thoughts.SyntheticThoughtsConfig, {**common, "arms": ["raw_repeat", "latent_thoughts"],
                                                            "seeds": [0, 1], "steps": 2, "eval_every": 2})
     run2 = RunDir.open(cfg2, "02_synthetic_thoughts")
-    jobs = comparison.make_jobs(run2, cfg2, run_a.path, progress=False)
+    jobs = synthetic_thoughts.make_jobs(run2, cfg2, run_a.path, progress=False)
     assert len(jobs) == 4 and all(j.model.init_from == model_dir for j in jobs)
-    cfg3 = config.load(bootstrap.BootstrapConfig, {**common, "seeds": [0, 1], "steps": 2, "warmstart_steps": 2})
-    st = bootstrap.Study(RunDir.open(cfg3, "03_bootstrap_em"), cfg3)
+    cfg3 = config.load(bootstrap_em.BootstrapConfig, {**common, "seeds": [0, 1], "steps": 2, "warmstart_steps": 2})
+    st = bootstrap_em.Study(RunDir.open(cfg3, "03_bootstrap_em"), cfg3)
     em_jobs = st.warmstart_jobs() + [st.job("raw_flop_match", st.raw_corpus("bootstrap"), "raw", 2, 0),
                                      st.job("iter1", st.raw_corpus("bootstrap"), "random", 2, 1)]
     assert all(j.model.init_from == model_dir for j in em_jobs)
@@ -135,25 +136,25 @@ def test_every_stage_starts_from_the_base(studies):
     base = load_model(model_dir).state_dict()
     assert start.keys() == base.keys() and all(torch.equal(start[k], base[k]) for k in base)
     # scratch keeps the random init
-    scratch = config.load(comparison.SyntheticThoughtsConfig, {**common, "init": "scratch"})
+    scratch = config.load(synthetic_thoughts.SyntheticThoughtsConfig, {**common, "init": "scratch"})
     assert base_model.stage_model_spec(scratch, run_a.path).init_from == ""
 
 
 def test_init_base_checks_its_inputs(studies, tmp_path):
     root, run_a, _ = studies
-    wide = config.load(comparison.SyntheticThoughtsConfig, {"study": "a", "run_root": str(root), "init": "base",
+    wide = config.load(synthetic_thoughts.SyntheticThoughtsConfig, {"study": "a", "run_root": str(root), "init": "base",
                                                            "n_layer": 3})
     with pytest.raises(ConfigError, match="n_layer is 3 here but 2 in the base model"):
         base_model.stage_model_spec(wide, run_a.path)
     nobase = tmp_path / "nobase"
     nobase.mkdir()
     with pytest.raises(FileNotFoundError, match="set base_steps > 0"):
-        base_model.stage_model_spec(config.load(bootstrap.BootstrapConfig, {"init": "base"}), nobase)
+        base_model.stage_model_spec(config.load(bootstrap_em.BootstrapConfig, {"init": "base"}), nobase)
     bad = [({"init": "pretrained"}, "init must be scratch or base"),
            ({"init": "base", "init_from": "some/model"}, "init_from must then be empty")]
     for params, msg in bad:
         with pytest.raises(ConfigError, match=msg):
-            config.load(comparison.SyntheticThoughtsConfig, params)
+            config.load(synthetic_thoughts.SyntheticThoughtsConfig, params)
     for params, msg in [({"base_worked_share": 1.5}, "base_worked_share"),
                         ({"base_families": ["calculus"]}, "calculus"),
                         ({"base_difficulty": {"linear": [9]}}, "base_difficulty.linear"),
@@ -176,8 +177,8 @@ def test_base_parameters_left_at_their_defaults_keep_old_run_identities():
     assert config.config_hash(plain) == config.config_hash(old)
     assert config.config_hash(config.load(corpus.DataPrepConfig, {**params, "base_steps": 5})) != \
         config.config_hash(plain)
-    scratch = config.load(comparison.SyntheticThoughtsConfig, {"study": "x", "init": "scratch"})
-    old2 = without(comparison.SyntheticThoughtsConfig, lambda n: n == "init")(study="x")
+    scratch = config.load(synthetic_thoughts.SyntheticThoughtsConfig, {"study": "x", "init": "scratch"})
+    old2 = without(synthetic_thoughts.SyntheticThoughtsConfig, lambda n: n == "init")(study="x")
     assert config.config_hash(scratch) == config.config_hash(old2)
-    assert config.config_hash(config.load(comparison.SyntheticThoughtsConfig, {"study": "x", "init": "base"})) != \
+    assert config.config_hash(config.load(synthetic_thoughts.SyntheticThoughtsConfig, {"study": "x", "init": "base"})) != \
         config.config_hash(scratch)

@@ -4,29 +4,30 @@ import math
 
 import pytest
 
-from lt_utils import bootstrap, config, corpus
+from lt_utils import config
 from lt_utils.runs import RunDir
+from lt_utils.stages import bootstrap_em, data_prep
 from lt_utils.teacher import OracleTeacher, ThoughtCache, write_thoughts
 
 
 @pytest.fixture()
 def study(tmp_path):
-    dcfg = config.load(corpus.DataPrepConfig, {
+    dcfg = config.load(data_prep.DataPrepConfig, {
         "study": "t", "run_root": str(tmp_path), "families": ["addition", "linear"], "comparison_docs": 2,
         "fresh_docs": 2, "warmstart_docs": 3, "bootstrap_docs": 4, "valid_docs": 3, "eval_problems": 6})
     drun = RunDir.open(dcfg, "01_data_prep")
-    corpus.build_world(drun, dcfg)
+    data_prep.build_world(drun, dcfg)
     drun.finish()
-    cfg = config.load(bootstrap.BootstrapConfig, {
+    cfg = config.load(bootstrap_em.BootstrapConfig, {
         "study": "t", "run_root": str(tmp_path), "seeds": [0, 1, 2], "iterations": 3, "k": 4,
         "k_ablation": [1, 2, 8], "workers": 2, "eval_shots": 2})
-    st = bootstrap.Study(RunDir.open(cfg, "03_bootstrap_em"), cfg)
+    st = bootstrap_em.Study(RunDir.open(cfg, "03_bootstrap_em"), cfg)
     # the iteration-1 corpora an E-step leaves behind (oracle thoughts stand in for sampled ones)
     cache = ThoughtCache(tmp_path / "cache.sqlite")
     thoughts = write_thoughts(OracleTeacher(), st.boot_chunks, cache, progress=False)
     cache.close()
     for name in ("corpus", "corpus_k1", "corpus_k2", "corpus_k8"):
-        bootstrap._write_corpus(st.run.file(f"iter1/{name}.jsonl"), st.boot_docs, st.boot_heads, st.boot_chunks,
+        bootstrap_em._write_corpus(st.run.file(f"iter1/{name}.jsonl"), st.boot_docs, st.boot_heads, st.boot_chunks,
                                 st.boot_spans, thoughts)
     return st
 
@@ -60,10 +61,10 @@ def test_token_match_baseline_sees_the_raw_tokens_of_one_m_step(study):
 
 def test_warmstart_documents_come_from_a_split_disjoint_from_the_bootstrap_corpus(tmp_path, study):
     with pytest.raises(config.ConfigError, match="warmstart_split"):
-        config.load(bootstrap.BootstrapConfig, {"warmstart_split": "bootstrap"})
-    cfg = config.load(bootstrap.BootstrapConfig, {**config.to_dict(study.cfg), "warmstart_split": "fresh",
+        config.load(bootstrap_em.BootstrapConfig, {"warmstart_split": "bootstrap"})
+    cfg = config.load(bootstrap_em.BootstrapConfig, {**config.to_dict(study.cfg), "warmstart_split": "fresh",
                                                   "warmstart_max_docs": 1})
-    st = bootstrap.Study(RunDir.open(cfg, "03_bootstrap_em_fresh"), cfg)
+    st = bootstrap_em.Study(RunDir.open(cfg, "03_bootstrap_em_fresh"), cfg)
     from lt_utils.runs import read_jsonl
 
     docs = read_jsonl(st.warmstart_corpus())
@@ -85,11 +86,11 @@ def _break_first_step(thought: str) -> str:
 
 def test_chunk_check_tells_a_wrong_step_behind_a_right_answer(study):
     chunk, thought = study.boot_chunks[0], _oracle(study)[0]
-    assert bootstrap.chunk_check(chunk, thought) == bootstrap.Check(True, True, False)
-    assert bootstrap.chunk_check(chunk, _break_first_step(thought)) == bootstrap.Check(False, True, True)
-    assert bootstrap.chunk_check(chunk, "so 1.") == bootstrap.Check(False, False, False)
-    assert bootstrap.spread_positions(10, 3) == [0, 4, 9]   # linspace 0, 4.5, 9 rounds half to even
-    assert bootstrap.spread_positions(3, 8) == [0, 1, 2] and bootstrap.spread_positions(5, 0) == []
+    assert bootstrap_em.chunk_check(chunk, thought) == bootstrap_em.Check(True, True, False)
+    assert bootstrap_em.chunk_check(chunk, _break_first_step(thought)) == bootstrap_em.Check(False, True, True)
+    assert bootstrap_em.chunk_check(chunk, "so 1.") == bootstrap_em.Check(False, False, False)
+    assert bootstrap_em.spread_positions(10, 3) == [0, 4, 9]   # linspace 0, 4.5, 9 rounds half to even
+    assert bootstrap_em.spread_positions(3, 8) == [0, 1, 2] and bootstrap_em.spread_positions(5, 0) == []
 
 
 def test_estep_summary_carries_the_loop_diagnostics(study):

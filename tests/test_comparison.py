@@ -4,26 +4,27 @@ import re
 
 import pytest
 
-from lt_utils import comparison, config, corpus
+from lt_utils import config
 from lt_utils.data import ThoughtDoc, layout_ids, tokenize_docs
 from lt_utils.runs import RunDir, read_json, read_jsonl
+from lt_utils.stages import data_prep, synthetic_thoughts
 from lt_utils.tokens import SpecialIds, load_tokenizer
 
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    dcfg = config.load(corpus.DataPrepConfig, {
+    dcfg = config.load(data_prep.DataPrepConfig, {
         "study": "t", "run_root": str(root), "families": ["addition", "linear", "word"], "comparison_docs": 12,
         "fresh_docs": 12, "warmstart_docs": 2, "bootstrap_docs": 2, "valid_docs": 4, "eval_problems": 9})
     drun = RunDir.open(dcfg, "01_data_prep")
-    corpus.build_world(drun, dcfg)
+    data_prep.build_world(drun, dcfg)
     drun.finish()
-    cfg = config.load(comparison.SyntheticThoughtsConfig, {
-        "study": "t", "run_root": str(root), "arms": list(comparison.ARMS), "wrap_orig_repeats": 2,
+    cfg = config.load(synthetic_thoughts.SyntheticThoughtsConfig, {
+        "study": "t", "run_root": str(root), "arms": list(synthetic_thoughts.ARMS), "wrap_orig_repeats": 2,
         "wrap_cot_repeats": 2})
     run = RunDir.open(cfg, "02_synthetic_thoughts")
-    return cfg, run, comparison.data_dir_of(cfg)
+    return cfg, run, synthetic_thoughts.data_dir_of(cfg)
 
 
 def docs_of(path):
@@ -32,17 +33,17 @@ def docs_of(path):
 
 def test_raw_arms_read_their_own_split(stage):
     cfg, run, data = stage
-    rep = docs_of(comparison.arm_corpus(run, cfg, data, "raw_repeat"))
-    fresh = docs_of(comparison.arm_corpus(run, cfg, data, "raw_fresh"))
+    rep = docs_of(synthetic_thoughts.arm_corpus(run, cfg, data, "raw_repeat"))
+    fresh = docs_of(synthetic_thoughts.arm_corpus(run, cfg, data, "raw_fresh"))
     assert all(d.thoughts is None for d in rep + fresh)
-    assert [d.text for d in rep] == [d.text for d in corpus.load_documents(data, "comparison")]
+    assert [d.text for d in rep] == [d.text for d in data_prep.load_documents(data, "comparison")]
     assert {d.doc_id.split("-")[0] for d in fresh} == {"fresh"}
 
 
 def test_latent_arm_has_one_verified_thought_per_chunk(stage):
     cfg, run, data = stage
-    docs = docs_of(comparison.arm_corpus(run, cfg, data, "latent_thoughts"))
-    originals = corpus.load_documents(data, "comparison")
+    docs = docs_of(synthetic_thoughts.arm_corpus(run, cfg, data, "latent_thoughts"))
+    originals = data_prep.load_documents(data, "comparison")
     for d, o in zip(docs, originals):
         assert d.text == o.text and len(d.thoughts) == len(d.suffixes)
         units = [u for u in o.units]
@@ -52,9 +53,9 @@ def test_latent_arm_has_one_verified_thought_per_chunk(stage):
 
 def test_wrap_arms_are_rewrites_without_raw_text(stage):
     cfg, run, data = stage
-    raw_texts = {d.text for d in corpus.load_documents(data, "comparison")}
-    orig = docs_of(comparison.arm_corpus(run, cfg, data, "wrap_orig"))
-    cot = docs_of(comparison.arm_corpus(run, cfg, data, "wrap_cot"))
+    raw_texts = {d.text for d in data_prep.load_documents(data, "comparison")}
+    orig = docs_of(synthetic_thoughts.arm_corpus(run, cfg, data, "wrap_orig"))
+    cot = docs_of(synthetic_thoughts.arm_corpus(run, cfg, data, "wrap_cot"))
     assert len(orig) == 2 * 12 and len(cot) == 2 * 12
     for d in orig + cot:
         assert d.head == "" and d.suffixes == [] and len(d.thoughts) == 1
@@ -67,7 +68,7 @@ def test_wrap_arms_are_rewrites_without_raw_text(stage):
 
 def test_token_ratios_are_measured(stage):
     cfg, run, data = stage
-    r = comparison.arm_token_ratios(run, cfg, data)
+    r = synthetic_thoughts.arm_token_ratios(run, cfg, data)
     assert r["raw_repeat"] == pytest.approx(1.0) and r["raw_fresh"] == pytest.approx(1.0)
     assert r["latent_thoughts"] > 1.3
     assert r["wrap_cot"] > r["wrap_orig"] > 0.3
@@ -80,39 +81,39 @@ def test_token_ratios_are_measured(stage):
 
 def test_noisy_teacher_lowers_measured_quality(stage, tmp_path):
     cfg, _, data = stage
-    noisy = config.load(comparison.SyntheticThoughtsConfig, {
+    noisy = config.load(synthetic_thoughts.SyntheticThoughtsConfig, {
         "study": "t", "run_root": str(tmp_path), "teacher_error_rate": 0.5})
     run = RunDir.open(noisy, "02_synthetic_thoughts")
-    comparison.thought_docs(run, noisy, data, "comparison")
+    synthetic_thoughts.thought_docs(run, noisy, data, "comparison")
     q = read_json(run.file("teacher_quality_comparison.json"))["fraction_correct"]
     assert 0.2 < q < 0.8
 
 
 def test_teacher_sweep_adds_latent_arms_with_measured_quality(stage, tmp_path):
     _, _, data = stage
-    cfg = config.load(comparison.SyntheticThoughtsConfig, {
+    cfg = config.load(synthetic_thoughts.SyntheticThoughtsConfig, {
         "study": "t", "run_root": str(tmp_path), "arms": ["raw_repeat", "latent_thoughts"],
         "teacher_sweep": [0.5, 1.0]})
-    specs = comparison.arm_specs(cfg)
+    specs = synthetic_thoughts.arm_specs(cfg)
     assert list(specs) == ["raw_repeat", "latent_thoughts", "latent_err0.5", "latent_err1"]
     assert specs["latent_err0.5"].error_rate == 0.5 and specs["latent_err0.5"].latent_eval
-    assert comparison.sweep_error_rate("latent_err0.5") == 0.5 and comparison.sweep_error_rate("wrap_cot") is None
+    assert synthetic_thoughts.sweep_error_rate("latent_err0.5") == 0.5 and synthetic_thoughts.sweep_error_rate("wrap_cot") is None
     run = RunDir.open(cfg, "02_synthetic_thoughts")
-    table = comparison.teacher_quality_table(run, cfg, data).set_index("arm")
+    table = synthetic_thoughts.teacher_quality_table(run, cfg, data).set_index("arm")
     q = table["thoughts_that_verify_%"]
     assert q["latent_thoughts"] == 100.0 and q["latent_err1"] < q["latent_err0.5"] < 100.0
-    clean = docs_of(comparison.arm_corpus(run, cfg, data, "latent_thoughts"))
-    noisy = docs_of(comparison.arm_corpus(run, cfg, data, "latent_err0.5"))
+    clean = docs_of(synthetic_thoughts.arm_corpus(run, cfg, data, "latent_thoughts"))
+    noisy = docs_of(synthetic_thoughts.arm_corpus(run, cfg, data, "latent_err0.5"))
     assert [d.text for d in clean] == [d.text for d in noisy]       # same raw text, different thoughts
     assert [d.thoughts for d in clean] != [d.thoughts for d in noisy]
     with pytest.raises(config.ConfigError, match="teacher_sweep"):
-        config.load(comparison.SyntheticThoughtsConfig, {"teacher_sweep": [0.0]})
+        config.load(synthetic_thoughts.SyntheticThoughtsConfig, {"teacher_sweep": [0.0]})
 
 
 def test_every_arm_is_evaluated_few_shot_in_its_own_style(stage):
     cfg, run, data = stage
-    cfg = config.load(comparison.SyntheticThoughtsConfig, {**config.to_dict(cfg), "eval_shots": 3})
-    jobs = {j.info["arm"]: j for j in comparison.make_jobs(run, cfg, data, progress=False)}
+    cfg = config.load(synthetic_thoughts.SyntheticThoughtsConfig, {**config.to_dict(cfg), "eval_shots": 3})
+    jobs = {j.info["arm"]: j for j in synthetic_thoughts.make_jobs(run, cfg, data, progress=False)}
     styles = {arm: j.eval_style for arm, j in jobs.items()}
     assert styles == {"raw_repeat": "direct", "raw_fresh": "direct", "wrap_orig": "direct", "wrap_cot": "cot",
                       "latent_thoughts": "latent"}
@@ -124,11 +125,11 @@ def test_dev_and_test_problems_are_disjoint_and_absent_from_training_text(stage)
     cfg, run, data = stage
     test = read_jsonl(data / "eval_problems.jsonl")
     dev = read_jsonl(data / "dev_problems.jsonl")
-    assert len(test) == 9 and len(dev) == corpus.DataPrepConfig().dev_problems
+    assert len(test) == 9 and len(dev) == data_prep.DataPrepConfig().dev_problems
     assert not {p["uid"] for p in test} & {p["uid"] for p in dev}
     assert not {p["question"] for p in test} & {p["question"] for p in dev}
     training = [d for split in ("comparison", "fresh", "warmstart", "bootstrap", "valid")
-                for d in corpus.load_documents(data, split)]
+                for d in data_prep.load_documents(data, split)]
     seen_uids = {u.uid for d in training for u in d.units}
     seen_questions = {u.question for d in training for u in d.units}
     for p in test + dev:
@@ -139,6 +140,6 @@ def test_dev_and_test_problems_are_disjoint_and_absent_from_training_text(stage)
     alone = world.generate_problems("eval", 9, families=["addition", "linear", "word"], seed=0)
     assert [u.uid for u in alone] == [p["uid"] for p in test]
     # training runs evaluate a dev subset along the way and the test set at the end
-    job = comparison.make_jobs(run, cfg, data, progress=False)[0]
+    job = synthetic_thoughts.make_jobs(run, cfg, data, progress=False)[0]
     assert job.dev_problems_path.endswith("dev_problems.jsonl") and job.max_dev_problems == cfg.eval_dev_problems
     assert job.eval_problems_path.endswith("eval_problems.jsonl")

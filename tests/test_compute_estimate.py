@@ -2,9 +2,9 @@
 
 import yaml
 
-from lt_utils.compute_estimate import Assumptions, estimate, gpus_of, main, matmul_params, train_flops_per_token
-from lt_utils.gpu_check import TINY, ArchSpec, build, flops_per_token
-from lt_utils.gpu_check import matmul_params as measured_matmul_params
+from lt_utils.paper.compute_estimate import Assumptions, estimate, gpus_of, main, matmul_params, train_flops_per_token
+from lt_utils.paper.gpu_check import TINY, ArchSpec, build, flops_per_token
+from lt_utils.paper.gpu_check import matmul_params as measured_matmul_params
 from lt_utils.paths import PARAMS_DIR
 
 

@@ -101,7 +101,7 @@ def test_paper_scale_parameters_fail_with_one_line(stage, params, needle):
 
 def test_configs_made_before_a_field_existed_keep_their_hash():
     """A field added later is hashed only when set, so finished runs of the CPU study stay valid."""
-    from lt_utils.comparison import SyntheticThoughtsConfig
+    from lt_utils.stages.synthetic_thoughts import SyntheticThoughtsConfig
 
     plain = config.load(SyntheticThoughtsConfig, {})
     d = {k: v for k, v in config.to_dict(plain).items() if k not in config.NON_RESULT_FIELDS}

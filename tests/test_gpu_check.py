@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from lt_utils import gpu_check
-from lt_utils.gpu_check import TINY, ArchSpec, build, flops_per_token, matmul_params, peak_flops
+from lt_utils.paper import gpu_check
+from lt_utils.paper.gpu_check import TINY, ArchSpec, build, flops_per_token, matmul_params, peak_flops
 
 
 def test_peak_table_names_the_cards():

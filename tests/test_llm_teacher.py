@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from lt_utils.data import Chunk
-from lt_utils.llm_teacher import (PROMPTS, WRAP_STYLES, ChatAPITeacher, LocalModelTeacher, TeacherError,
+from lt_utils.paper.llm_teacher import (PROMPTS, WRAP_STYLES, ChatAPITeacher, LocalModelTeacher, TeacherError,
                                   make_teacher, prompt_hash, render_messages, write_thoughts_resilient)
 from lt_utils.teacher import OracleTeacher, ThoughtCache, write_thoughts
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from matplotlib.patches import Rectangle
 
-from lt_utils import loop_map as lm
 from lt_utils.config import ConfigError
 from lt_utils.loop_diagnostics import Check, estep_diagnostics
+from lt_utils.stages import loop_map as lm
 
 OK, WRONG = Check(True, True, False), Check(False, False, False)
 
@@ -145,7 +145,7 @@ def test_table_order_is_fixed_and_round_trips(tmp_path):
 
 
 def test_figure_has_a_g_and_rho_panel_per_variant_and_frames_cells_at_or_above_one():
-    from lt_utils import plots
+    from lt_utils.report import plots
 
     fig = plots.FIGURES[lm.FIGURE](_table(GAINS))
     panels = [ax for ax in fig.axes if ax.get_images()]

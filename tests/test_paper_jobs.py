@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lt_utils import estep_jobs
 from lt_utils.data import chunk_document
 from lt_utils.estep import EStepConfig, model_fingerprint, run_estep
 from lt_utils.model import ModelSpec
+from lt_utils.paper import estep_jobs
+from lt_utils.paper.train_launch import job_from_dict, main as launch_main, write_job
 from lt_utils.paths import PARAMS_DIR
 from lt_utils.train import TrainJob, TrainSpec
-from lt_utils.train_launch import job_from_dict, main as launch_main, write_job
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def test_slurm_array_script_submits_shards_then_a_dependent_merge(tmp_path):
                           "chunks.jsonl", "ckpt", "8"], capture_output=True, text=True, env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert "-m lt_utils.estep_jobs prepare" in lines[0] and "--num-shards 8" in lines[0]
+    assert "-m lt_utils.paper.estep_jobs prepare" in lines[0] and "--num-shards 8" in lines[0]
     assert "--array=0-7%50" in lines[1] and "--gres=gpu:1" in lines[1]
     assert "estep_jobs shard" in lines[1] and "$SLURM_ARRAY_TASK_ID" in lines[1]
     assert "--dependency=afterok:DRYRUN" in lines[2] and "estep_jobs merge" in lines[2]

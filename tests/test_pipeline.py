@@ -7,8 +7,8 @@ import yaml
 
 from lt_utils import config as config_lib
 from lt_utils import pipeline
-from lt_utils.comparison import SyntheticThoughtsConfig
 from lt_utils.runs import RunDir
+from lt_utils.stages.synthetic_thoughts import SyntheticThoughtsConfig
 
 STAGES = list(pipeline.STAGES)
 
@@ -60,7 +60,7 @@ def test_set_is_recorded_and_hashed(tmp_path):
 
 
 def test_analysis_is_never_refused(tmp_path):
-    from lt_utils.results import AnalysisConfig
+    from lt_utils.stages.analysis import AnalysisConfig
 
     params = pipeline.load_stage_params("smoke", "04_analysis", {"run_root": str(tmp_path)})
     cfg = config_lib.load(AnalysisConfig, params)

@@ -1,4 +1,4 @@
-"""Tests for lt_utils.plots: figures render headless, encode the data, save cleanly."""
+"""Tests for lt_utils.report.plots: figures render headless, encode the data, save cleanly."""
 
 import numpy as np
 import pandas as pd
@@ -6,7 +6,7 @@ import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.ticker import EngFormatter
 
-from lt_utils import plots
+from lt_utils.report import plots
 
 TOKENS = [0, 1_000_000, 2_000_000, 4_000_000]
 SEEDS = {"raw_repeat": [0, 1, 2], "latent_thoughts": [0, 1, 2], "warmstart": [0]}

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from lt_utils import text_corpus as tc
 from lt_utils.data import Chunk, layout_ids, tokenize_docs
+from lt_utils.paper import text_corpus as tc
 from lt_utils.tokens import SpecialIds, encode
 
 MULTI = ("\n\nSection 1. Fractions\n\nThe value is 3.5. Next, we double it to get 7.0 exactly. "
@@ -251,8 +251,9 @@ def test_malformed_records_are_counted_by_reason_never_dropped_silently(tmp_path
 
 
 def test_stage_01_reports_rejected_records_in_its_metrics(tmp_path, tokenizer_dir):
-    from lt_utils import config, corpus
+    from lt_utils import config
     from lt_utils.runs import RunDir, read_json, read_jsonl
+    from lt_utils.stages import data_prep as corpus
 
     src = tmp_path / "src"
     src.mkdir()

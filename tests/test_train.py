@@ -128,7 +128,7 @@ def test_two_process_ddp_run_through_torchrun(tmp_path, tokenizer_dir):
     from pathlib import Path
 
     from lt_utils.model import load_model
-    from lt_utils.train_launch import write_job
+    from lt_utils.paper.train_launch import write_job
 
     torchrun = Path(sys.executable).parent / "torchrun"
     if not torchrun.exists() and not shutil.which("torchrun"):
@@ -137,7 +137,7 @@ def test_two_process_ddp_run_through_torchrun(tmp_path, tokenizer_dir):
     job = replace(base, eval_problems_path="", train=replace(base.train, batch_size=2, grad_accum=2, eval_every=3))
     path = write_job(tmp_path / "job.json", job)
     proc = subprocess.run([str(torchrun) if torchrun.exists() else "torchrun", "--nproc_per_node", "2",
-                           "-m", "lt_utils.train_launch", str(path)], capture_output=True, text=True, timeout=300)
+                           "-m", "lt_utils.paper.train_launch", str(path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     final = json.loads((tmp_path / "ddp" / "final.json").read_text())
     assert final["step"] == 6 and final["tokens"] == 6 * 2 * 2 * 2 * 128   # steps x ranks x micro x rows x T

@@ -21,9 +21,9 @@ pytest.importorskip("vllm")
 from lt_utils.data import chunk_document  # noqa: E402
 from lt_utils.estep import EStepConfig, joint_continuation, posterior_prompt, run_estep  # noqa: E402
 from lt_utils.model import ModelSpec, build_model, load_model  # noqa: E402
+from lt_utils.paper.vllm_backend import VLLMBackend  # noqa: E402
 from lt_utils.sample import score  # noqa: E402
 from lt_utils.tokens import SpecialIds  # noqa: E402
-from lt_utils.vllm_backend import VLLMBackend  # noqa: E402
 
 TOL = 1e-3  # nats, on sums of up to ~60 fp32 token log-probs (measured differences are ~1e-5)
 
@@ -169,7 +169,7 @@ def test_estep_log_q_log_p_log_w_agree_across_backends(engine, hf_model, tokeniz
 
 def test_stage_three_e_step_on_vllm(ckpt, docs, tmp_path):
     """`bootstrap.sample_and_score`, what notebook 03 calls with `estep_backend: vllm`, on a CPU engine."""
-    from lt_utils.bootstrap import sample_and_score
+    from lt_utils.stages.bootstrap_em import sample_and_score
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

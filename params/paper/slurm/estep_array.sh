@@ -32,12 +32,12 @@ else
   CHUNKS=${2:?chunks jsonl (OUT_DIR has no estep.json yet)}
   MODEL=${3:?model dir}
   N=${4:-200}
-  run "$PY" -m lt_utils.estep_jobs prepare --chunks "$CHUNKS" --out "$OUT" --model "$MODEL" \
+  run "$PY" -m lt_utils.paper.estep_jobs prepare --chunks "$CHUNKS" --out "$OUT" --model "$MODEL" \
       --num-shards "$N" --config "$ESTEP_CONFIG"
 fi
 
 # 2. the shards: array task i runs shard i (at most 50 at a time)
-SHARD_CMD="$PY -m lt_utils.estep_jobs shard --out '$OUT' --shard-index \$SLURM_ARRAY_TASK_ID --backend $BACKEND --engine-args '$ENGINE_ARGS'"
+SHARD_CMD="$PY -m lt_utils.paper.estep_jobs shard --out '$OUT' --shard-index \$SLURM_ARRAY_TASK_ID --backend $BACKEND --engine-args '$ENGINE_ARGS'"
 if [ "${DRY_RUN:-0}" = 1 ]; then
   echo sbatch --parsable --job-name=estep --array="0-$((N - 1))%50" --gres=gpu:1 $SBATCH_COMMON \
        --output="$OUT/logs/shard_%a.out" --wrap="$SHARD_CMD"
@@ -50,5 +50,5 @@ fi
 # 3. the merge, once every array task has ended successfully
 run sbatch --parsable --job-name=estep-merge --dependency="afterok:$JOB" --cpus-per-task=2 --mem=16G \
     --time=2:00:00 --output="$OUT/logs/merge.out" \
-    --wrap="$PY -m lt_utils.estep_jobs merge --out '$OUT'"
+    --wrap="$PY -m lt_utils.paper.estep_jobs merge --out '$OUT'"
 echo "submitted: shards $JOB (array 0-$((N - 1))), then merge into $OUT/records.jsonl"

@@ -25,9 +25,9 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .data import Chunk, ThoughtDoc, chunk_sizes, text_seed
-from .rejects import Rejects
-from .tokens import encode
+from ..data import Chunk, ThoughtDoc, chunk_sizes, text_seed
+from ..rejects import Rejects
+from ..tokens import encode
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 

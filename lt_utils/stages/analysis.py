@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .runs import read_json, read_jsonl
+from ..runs import read_json, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class AnalysisConfig:
     overwrite: bool = False         # always recomputed from stored results; kept for symmetry
 
     def __post_init__(self):
-        from .config import require_study_name
+        from ..config import require_study_name
 
         require_study_name(self.study)
 
@@ -132,7 +132,7 @@ def packing_table(study_dir: str | Path) -> pd.DataFrame:
 
 def summary_table(finals: pd.DataFrame) -> pd.DataFrame:
     """Per arm: n seeds, final accuracy mean ± SE (percent), unparseable rate and validation NLL."""
-    from .stats import mean_se
+    from ..stats import mean_se
 
     rows = []
     for (stage, arm), g in finals.groupby(["stage", "arm"], sort=False):
@@ -153,7 +153,7 @@ def summary_table(finals: pd.DataFrame) -> pd.DataFrame:
 
 def headline(finals: pd.DataFrame, arm: str, baseline: str):
     """Welch comparison of final accuracy (percentage points) between two arms, or None if either is absent."""
-    from .stats import welch_compare
+    from ..stats import welch_compare
 
     a = finals.loc[finals["arm"] == arm, "accuracy"] * 100
     b = finals.loc[finals["arm"] == baseline, "accuracy"] * 100
@@ -187,7 +187,7 @@ def comparison_rows(finals: pd.DataFrame, arm: str, baseline: str) -> pd.DataFra
 
 def _welch_row(a: pd.Series, b: pd.Series, name_a: str, name_b: str) -> dict:
     """Means, difference, 95% Welch interval, p and n of two samples of final accuracy (percent)."""
-    from .stats import welch_compare
+    from ..stats import welch_compare
 
     c = welch_compare(a.to_numpy(), b.to_numpy(), label_a=name_a, label_b=name_b)
     return {name_a: round(c.mean_a, 1), name_b: round(c.mean_b, 1), "diff_pts": round(c.diff, 1),
@@ -222,7 +222,7 @@ def answer_breakdown(finals: pd.DataFrame) -> pd.DataFrame:
 def teacher_quality(study_dir: str | Path, finals: pd.DataFrame,
                     stage: str = "02_synthetic_thoughts") -> pd.DataFrame:
     """Verified thought quality of every teacher setting the sweep's runs used: error_rate, thought_quality."""
-    from .comparison import sweep_error_rate, teacher_quality_file
+    from .synthetic_thoughts import sweep_error_rate, teacher_quality_file
 
     stage_dir = Path(study_dir) / stage
     arms = finals.loc[finals["stage"] == stage, "arm"] if len(finals) else []
@@ -244,7 +244,7 @@ def teacher_sweep(study_dir: str | Path | None, finals: pd.DataFrame, stage: str
     verifier accepts, as stored by stage 02 (or given as `quality`, the
     `teacher_quality` table).
     """
-    from .comparison import sweep_error_rate
+    from .synthetic_thoughts import sweep_error_rate
 
     if quality is None:
         quality = teacher_quality(study_dir, finals, stage)
@@ -261,7 +261,7 @@ def teacher_sweep(study_dir: str | Path | None, finals: pd.DataFrame, stage: str
 
 def reference_level(finals: pd.DataFrame, arm: str) -> tuple[float, float] | None:
     """(mean, SE) of an arm's final accuracy, for horizontal reference lines; None if absent."""
-    from .stats import mean_se
+    from ..stats import mean_se
 
     acc = finals.loc[finals["arm"] == arm, "accuracy"].dropna()
     if acc.empty:
@@ -428,7 +428,7 @@ def study_tables(study_dir: str | Path, evals: pd.DataFrame | None = None) -> di
 
 def verify_stages(study_dir: str | Path) -> list[Path]:
     """Check every finished stage of a study against its manifest (one-line error on a damaged artifact)."""
-    from .runs import is_done, verify_artifacts
+    from ..runs import is_done, verify_artifacts
 
     done = [p for p in sorted(Path(study_dir).iterdir()) if p.is_dir() and is_done(p)] \
         if Path(study_dir).is_dir() else []
@@ -439,7 +439,7 @@ def verify_stages(study_dir: str | Path) -> list[Path]:
 
 def require_evals(evals: pd.DataFrame, study_dir: str | Path) -> pd.DataFrame:
     """`evals`, or a one-line error naming the study directory and the command that fills it."""
-    from .runs import MissingInputError
+    from ..runs import MissingInputError
 
     if evals.empty:
         study = Path(study_dir).name
@@ -462,7 +462,7 @@ def _stable(df: pd.DataFrame, name: str) -> pd.DataFrame:
 
 def write_figure_data(tables: dict[str, pd.DataFrame], data_dir: str | Path) -> list[Path]:
     """Write each table as `<data_dir>/<name>.csv` (floats exactly, sorted rows and columns)."""
-    from .runs import write_text
+    from ..runs import write_text
 
     paths = []
     for name in FIGURE_TABLES:
@@ -473,7 +473,7 @@ def write_figure_data(tables: dict[str, pd.DataFrame], data_dir: str | Path) -> 
 
 def read_figure_data(data_dir: str | Path, maker: str = "") -> dict[str, pd.DataFrame]:
     """The tables `write_figure_data` wrote, or a one-line error naming the missing file and `maker`, its command."""
-    from .runs import MissingInputError
+    from ..runs import MissingInputError
 
     data_dir = Path(data_dir)
     maker = maker or ("python -m lt_utils.pipeline --profile <profile> --only 04_analysis, after that profile's "
@@ -490,7 +490,7 @@ def read_figure_data(data_dir: str | Path, maker: str = "") -> dict[str, pd.Data
 def figure_frames(study_dir: str | Path | None, evals: pd.DataFrame | None = None,
                   finals: pd.DataFrame | None = None, *, tables: dict[str, pd.DataFrame] | None = None) -> dict:
     """Every registered figure's input (see `plots.render_all`), from stored results or from figure data tables."""
-    from .comparison import SWEEP_PREFIX
+    from .synthetic_thoughts import SWEEP_PREFIX
 
     if tables is None:
         tables = study_tables(study_dir, evals)

@@ -1,7 +1,7 @@
 """What a profile's budgets cost: training tokens, FLOPs and GPU-hours, E-step tokens, teacher API tokens.
 
-    python -m lt_utils.compute_estimate --profile paper                    # the paper-scale profile
-    python -m lt_utils.compute_estimate --profile paper --mfu 0.45 --gen-tokens-per-s 20000
+    python -m lt_utils.paper.compute_estimate --profile paper                    # the paper-scale profile
+    python -m lt_utils.paper.compute_estimate --profile paper --mfu 0.45 --gen-tokens-per-s 20000
 
 Everything is read from `params/<profile>/`: steps, batch, gradient
 accumulation, the GPUs named in each stage's `launcher`, seeds, arms,
@@ -149,7 +149,7 @@ def table(est: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     import yaml
 
-    from .paths import PARAMS_DIR
+    from ..paths import PARAMS_DIR
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="paper")

@@ -1,13 +1,13 @@
 """E-step shards as independent jobs (a Slurm array, or any scheduler) and their merge.
 
     # once: the canonical chunk list and the E-step settings
-    python -m lt_utils.estep_jobs prepare --chunks chunks.jsonl --out runs/paper/iter1/estep \\
+    python -m lt_utils.paper.estep_jobs prepare --chunks chunks.jsonl --out runs/paper/iter1/estep \\
         --model runs/paper/warmstart/model --num-shards 200 \\
         --config '{"k": 4, "max_thought_tokens": 1024, "seed": 0, "max_prefix_tokens": 1024}'
     # one per shard, anywhere, in any order, each restartable (its SQLite cache keeps finished groups)
-    python -m lt_utils.estep_jobs shard --out runs/paper/iter1/estep --shard-index 17 [--backend vllm]
+    python -m lt_utils.paper.estep_jobs shard --out runs/paper/iter1/estep --shard-index 17 [--backend vllm]
     # once all shards are done
-    python -m lt_utils.estep_jobs merge --out runs/paper/iter1/estep
+    python -m lt_utils.paper.estep_jobs merge --out runs/paper/iter1/estep
 
 `prepare` copies the chunk list into the output directory and writes
 `estep.json` (model path, tokenizer, `EStepConfig`, shard count), so every
@@ -27,9 +27,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .data import Chunk
-from .estep import EStepConfig, merge_shards, run_estep, save_records, summarize
-from .runs import read_json, read_jsonl, write_json, write_jsonl
+from ..data import Chunk
+from ..estep import EStepConfig, merge_shards, run_estep, save_records, summarize
+from ..runs import read_json, read_jsonl, write_json, write_jsonl
 
 
 def shard_path(out: Path, i: int, n: int) -> Path:
@@ -65,9 +65,9 @@ def run_shard(out: str | Path, shard_index: int, *, backend: str = "transformers
     path = shard_path(out, shard_index, n)
     if path.exists():
         return path
-    from .estep import model_fingerprint
-    from .model import load_model
-    from .tokens import load_tokenizer
+    from ..estep import model_fingerprint
+    from ..model import load_model
+    from ..tokens import load_tokenizer
 
     tok = load_tokenizer(spec["tokenizer"])
     key = model_fingerprint(spec["model"])

@@ -25,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, PercentFormatter
 
-from . import faults
+from .. import faults
 
 __all__ = [
     "ARM_STYLE",
@@ -74,8 +74,8 @@ STYLE: dict[str, object] = {
 
 # Fixed file metadata: no creation date, no library version.
 FILE_METADATA: dict[str, dict] = {
-    "pdf": {"CreationDate": None, "Creator": "lt_utils.plots", "Producer": "matplotlib"},
-    "png": {"Software": "lt_utils.plots (matplotlib)"},
+    "pdf": {"CreationDate": None, "Creator": "lt_utils.report.plots", "Producer": "matplotlib"},
+    "png": {"Software": "lt_utils.report.plots (matplotlib)"},
 }
 
 # Okabe–Ito palette (colour-blind safe); yellow darkened to read on white.

@@ -1,8 +1,8 @@
 """GPU check: training throughput and MFU of the TinyLlama-1.1B architecture, then the smoke study on the GPU.
 
-    python -m lt_utils.gpu_check                    # CUDA machine: MFU measurement, then the smoke study
-    python -m lt_utils.gpu_check --compile          # the same with torch.compile
-    python -m lt_utils.gpu_check --dry-run          # any machine: tiny config on CPU, checks the script itself
+    python -m lt_utils.paper.gpu_check                    # CUDA machine: MFU measurement, then the smoke study
+    python -m lt_utils.paper.gpu_check --compile          # the same with torch.compile
+    python -m lt_utils.paper.gpu_check --dry-run          # any machine: tiny config on CPU, checks the script itself
 
 The paper trains TinyLlama-1.1B (22 layers, d 2048, 32 heads / 4 KV heads,
 FFN 5632, untied, vocab 32,004 with the latent tokens) at sequence length

@@ -1,9 +1,9 @@
 """Run one training job described by a JSON file, so `accelerate launch` or `torchrun` can start it on many GPUs.
 
-    python -m lt_utils.train_launch JOB.json                          # one process (CPU or one GPU)
+    python -m lt_utils.paper.train_launch JOB.json                          # one process (CPU or one GPU)
     accelerate launch --config_file params/paper/accelerate/ddp.yaml --num_processes 4 \\
-        -m lt_utils.train_launch JOB.json                             # every rank runs the same job
-    python -m lt_utils.train_launch JOB.json --print                  # show the resolved job, run nothing
+        -m lt_utils.paper.train_launch JOB.json                             # every rank runs the same job
+    python -m lt_utils.paper.train_launch JOB.json --print                  # show the resolved job, run nothing
 
 JOB.json is a `train.TrainJob` as a dict (`dataclasses.asdict`), with the
 nested `model` (`ModelSpec`) and `train` (`TrainSpec`); `write_job` writes one.
@@ -19,9 +19,9 @@ import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from .model import ModelSpec
-from .runs import write_json
-from .train import TrainJob, TrainSpec
+from ..model import ModelSpec
+from ..runs import write_json
+from ..train import TrainJob, TrainSpec
 
 
 def job_from_dict(d: dict) -> TrainJob:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print:
         print(json.dumps(asdict(job), indent=2))
         return 0
-    from .train import run_train_job
+    from ..train import run_train_job
 
     final = run_train_job(job)
     print(json.dumps({k: final[k] for k in ("step", "tokens", "train_seconds") if k in final}))

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, pick, require, require_min
-from .model import ModelSpec
-from .runs import MissingInputError, RunDir, environment, read_json, read_jsonl, write_json, write_jsonl
+from ..config import ConfigError, pick, require, require_min
+from ..model import ModelSpec
+from ..runs import MissingInputError, RunDir, environment, read_json, read_jsonl, write_json, write_jsonl
 
 BASE_DIR = "base"          # <run_root>/base/<hash>/
 BASE_INFO = "base.json"    # what stage 01 records about its base model
@@ -68,7 +68,7 @@ class BaseParams:
     base_threads: int = 1                   # torch threads while building and evaluating it
 
     def check_base_params(self) -> None:
-        from . import world
+        from .. import world
 
         require(self.base_steps >= 0, f"base_steps must be ≥ 0, got {self.base_steps}")
         require_min(self, 1, "base_n_layer", "base_n_embd", "base_n_head", "base_n_kv_head", "base_intermediate_size",
@@ -104,7 +104,7 @@ class BaseParams:
                          init_std=self.base_init_std)
 
     def train_spec(self):
-        from .train import TrainSpec
+        from ..train import TrainSpec
 
         steps = max(self.base_steps, 1)
         return TrainSpec(steps=steps, batch_size=self.base_batch_size, seq_len=self.base_seq_len, lr=self.base_lr,
@@ -122,8 +122,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _mix(cfg) -> dict[str, tuple[int, ...]]:
-    from .world import FAMILIES
-    from .world.base_corpus import difficulty_mix
+    from ..world import FAMILIES
+    from ..world.base_corpus import difficulty_mix
 
     return difficulty_mix(list(cfg.base_families) or list(FAMILIES), cfg.difficulty, cfg.base_difficulty)
 
@@ -143,7 +143,7 @@ def key_hash(key: dict) -> str:
 
 
 def base_root(run_root: str | Path) -> Path:
-    from .paths import resolve
+    from ..paths import resolve
 
     return resolve(run_root) / BASE_DIR
 
@@ -165,9 +165,9 @@ def write_corpus(base_dir: Path, cfg, key: dict, tokenizer_dir: str | Path) -> d
     """Generate the base corpus as raw-layout training records, and its stats (skipped if present)."""
     from collections import Counter
 
-    from .data import ThoughtDoc
-    from .tokens import encode, load_tokenizer
-    from .world.base_corpus import generate_base_documents
+    from ..data import ThoughtDoc
+    from ..tokens import encode, load_tokenizer
+    from ..world.base_corpus import generate_base_documents
 
     path, stats_path = base_dir / "corpus.jsonl", base_dir / "corpus_stats.json"
     if path.exists() and stats_path.exists():
@@ -190,7 +190,7 @@ def write_corpus(base_dir: Path, cfg, key: dict, tokenizer_dir: str | Path) -> d
 
 def build_base(cfg, tokenizer_dir: str | Path, progress: bool = True) -> tuple[Path, bool]:
     """The base model's directory for `cfg`, trained now unless cached; returns (directory, built now)."""
-    from .train import TrainJob, run_train_job
+    from ..train import TrainJob, run_train_job
 
     key = base_key(cfg, tokenizer_dir)
     digest = key_hash(key)
@@ -217,8 +217,8 @@ def base_exemplars(data_dir: Path, shots: int) -> list[dict]:
 
     A base model exists only for a world study, so the validation documents are world documents.
     """
-    from . import world
-    from .evaluate import exemplar_units
+    from .. import world
+    from ..evaluate import exemplar_units
 
     if not shots:
         return []
@@ -234,10 +234,10 @@ def evaluate_base(base_dir: Path, data_dir: Path, shots: int, threads: int = 1,
     """
     import torch
 
-    from .evaluate import evaluate_problems
-    from .model import load_model
-    from .tokens import load_tokenizer
-    from .train import EVAL_NEW_TOKENS, load_problems
+    from ..evaluate import evaluate_problems
+    from ..model import load_model
+    from ..tokens import load_tokenizer
+    from ..train import EVAL_NEW_TOKENS, load_problems
 
     problems_path = data_dir / problems_file
     exemplars = base_exemplars(data_dir, shots)

@@ -21,7 +21,7 @@ validation ELBO of each iteration's generator is tracked beside the direct
 log p(x) of the same chunks.
 
 At paper scale the E-step runs on vLLM (`estep_backend: vllm`) or as
-`estep_shards` independent jobs (a Slurm array, `lt_utils.estep_jobs`): the
+`estep_shards` independent jobs (a Slurm array, `lt_utils.paper.estep_jobs`): the
 stage prepares the shards, stops with the command to submit them, and on the
 next run merges them and carries on.
 """
@@ -37,21 +37,21 @@ from typing import Any
 
 import numpy as np
 
-from . import progress
+from .. import progress
+from ..config import pick, require, require_min, require_study_name
 from .base_model import stage_model_spec
-from .config import pick, require, require_min, require_study_name
-from .corpus import (dev_problems_path, eval_exemplars, eval_tasks, is_text, iter_documents, load_documents,
+from .data_prep import (dev_problems_path, eval_exemplars, eval_tasks, is_text, iter_documents, load_documents,
                      raw_record)
-from .data import Chunk, ThoughtDoc, chunk_document, token_ratio, tokenize_docs
-from .estep import (EStepConfig, direct_log_px, model_fingerprint, run_estep, sample_prior, save_records,
+from ..data import Chunk, ThoughtDoc, chunk_document, token_ratio, tokenize_docs
+from ..estep import (EStepConfig, direct_log_px, model_fingerprint, run_estep, sample_prior, save_records,
                     select_first_k, summarize)
-from .loop_diagnostics import Check, estep_diagnostics
-from .model import load_model
-from .paths import resolve
-from .runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
-from .teacher import OracleTeacher, ThoughtCache, chunk_units, split_unit_thoughts, write_thoughts
-from .tokens import SpecialIds, load_tokenizer
-from .train import TrainingParams, TrainJob, TrainSpec, eval_options, run_jobs
+from ..loop_diagnostics import Check, estep_diagnostics
+from ..model import load_model
+from ..paths import resolve
+from ..runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
+from ..teacher import OracleTeacher, ThoughtCache, chunk_units, split_unit_thoughts, write_thoughts
+from ..tokens import SpecialIds, load_tokenizer
+from ..train import TrainingParams, TrainJob, TrainSpec, eval_options, run_jobs
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def with_generator(gen: Path, tok_dir: Path, fn, *, backend: str = "transformers
     if backend == "vllm":
         import gc
 
-        from .vllm_backend import VLLMBackend
+        from ..paper.vllm_backend import VLLMBackend
 
         engine = VLLMBackend(gen, **(engine_args or {}))
         try:
@@ -177,7 +177,7 @@ def sample_and_score(gen: Path, tok_dir: Path, chunks: list[Chunk], ecfg: EStepC
 
 def chunk_check(chunk: Chunk, thought: str) -> Check:
     """The verifier's verdict on a chunk thought: every problem correct, every final answer right, any false step."""
-    from . import world
+    from .. import world
 
     units = chunk_units(chunk)
     pieces = split_unit_thoughts(thought, len(units))
@@ -424,7 +424,7 @@ class Study:
 
     def sharded_e_step(self, iteration: int, gen: Path, ecfg: EStepConfig) -> list[dict]:
         """The E-step as `estep_shards` independent jobs: prepare them, or merge them once all have run."""
-        from . import estep_jobs
+        from ..paper import estep_jobs
 
         out = self.run.file(f"iter{iteration}/shards")
         if not (out / "estep.json").exists():
@@ -435,7 +435,7 @@ class Study:
             raise RuntimeError(
                 f"E-step {iteration} is prepared as {self.cfg.estep_shards} shard jobs in {out}; {len(missing)} have "
                 f"not run. Submit them (bash params/paper/slurm/estep_array.sh {out}, or "
-                f"python -m lt_utils.estep_jobs shard --out {out} --shard-index I --backend "
+                f"python -m lt_utils.paper.estep_jobs shard --out {out} --shard-index I --backend "
                 f"{self.cfg.estep_backend} for each I), then rerun this notebook")
         return read_jsonl(estep_jobs.merge(out))
 
@@ -468,7 +468,7 @@ class Study:
     def latent_ratio(self, corpus: str) -> float:
         tok = load_tokenizer(self.tok_dir)
         if self.text:   # a paper-scale corpus: counted from the token store training reads anyway
-            from .token_store import layout_ratio, open_store
+            from ..token_store import layout_ratio, open_store
 
             return layout_ratio(open_store(self.run.file(corpus), tok), "random")
         docs = tokenize_docs(tok, [ThoughtDoc.from_dict(r) for r in read_jsonl(self.run.file(corpus))])

@@ -1,0 +1,112 @@
+"""The package's layering: the core never reaches up into stages, paper adapters or report code.
+
+lt_utils/ top-level modules are the method's core (plus the entry points `pipeline` and
+`benchmark`); world/ is the synthetic world; stages/ backs the notebooks; paper/ holds adapters
+for the paper-scale path; report/ the figures.  Imports may only point down that list, and the
+import graph has no cycle.  Function-level (lazy) imports count: a lazy import is still a
+dependency, and a cycle through one breaks as soon as someone hoists it to the top of the file.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "lt_utils"
+ENTRY = {"pipeline", "benchmark", "figures", "fault_sweep"}   # `python -m lt_utils.<name>`: may import anything in the package
+ALLOWED = {
+    "init": set(),
+    "world": {"world"},
+    "core": {"core", "world", "init"},
+    "report": {"core", "world", "report", "init"},
+    "paper": {"core", "world", "report", "paper", "init"},
+    "stages": {"core", "world", "report", "paper", "stages", "init"},
+    "entry": {"core", "world", "report", "paper", "stages", "init"},
+}
+
+
+def modules() -> dict[str, tuple[Path, bool]]:
+    out = {}
+    for p in sorted(PKG.rglob("*.py")):
+        parts = list(p.relative_to(ROOT).with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        out[".".join(parts[:-1] if is_pkg else parts)] = (p, is_pkg)
+    return out
+
+
+def layer(mod: str) -> str:
+    parts = mod.split(".")
+    if len(parts) == 1:
+        return "init"
+    if len(parts) == 2:
+        return "entry" if parts[1] in ENTRY else "core"
+    return parts[1] if parts[1] in ALLOWED else "unknown"
+
+
+def imports_of(name: str, path: Path, is_pkg: bool, mods: dict) -> set[str]:
+    """Modules of lt_utils that `name` imports anywhere in its file (absolute or relative, lazy or not)."""
+    pkg = name if is_pkg else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg.split(".")
+                base = ".".join(base[:len(base) - (node.level - 1)] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in mods:   # `from lt_utils.data import Chunk` -> lt_utils.data
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {name: imports_of(name, path, is_pkg, mods) for name, (path, is_pkg) in mods.items()}
+
+
+def test_every_module_sits_in_a_known_layer():
+    unknown = [m for m in modules() if layer(m) == "unknown"]
+    assert not unknown, f"modules outside core/world/stages/paper/report: {unknown}"
+
+
+def test_the_resolver_sees_relative_and_lazy_imports():
+    g = graph()
+    assert "lt_utils.config" in g["lt_utils.train"]            # `from .config import require`
+    assert "lt_utils.world" in g["lt_utils.teacher"]           # `from . import world`, inside a function
+    assert "lt_utils.config" in g["lt_utils.stages.data_prep"]  # `from ..config import require`
+
+
+def test_imports_point_down_the_layers():
+    bad = [f"{m} ({layer(m)}) imports {d} ({layer(d)})"
+           for m, deps in sorted(graph().items()) for d in sorted(deps)
+           if layer(d) not in ALLOWED[layer(m)] and not m.startswith(d + ".")]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycles():
+    g = graph()
+    state: dict[str, int] = {}   # 1 = on the current path, 2 = done
+
+    def walk(v: str, path: list[str]):
+        state[v] = 1
+        for w in sorted(g[v]):
+            if state.get(w) == 1:
+                pytest.fail("import cycle: " + " -> ".join(path[path.index(w):] + [v, w]))
+            if w not in state:
+                walk(w, path + [v])
+        state[v] = 2
+
+    for v in sorted(g):
+        if v not in state:
+            walk(v, [])
