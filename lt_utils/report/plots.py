@@ -74,8 +74,8 @@ STYLE: dict[str, object] = {
 
 # Fixed file metadata: no creation date, no library version.
 FILE_METADATA: dict[str, dict] = {
-    "pdf": {"CreationDate": None, "Creator": "lt_utils.report.plots", "Producer": "matplotlib"},
-    "png": {"Software": "lt_utils.report.plots (matplotlib)"},
+    "pdf": {"CreationDate": None, "Creator": "lt_utils", "Producer": "matplotlib"},
+    "png": {"Software": "lt_utils (matplotlib)"},
 }
 
 # Okabe–Ito palette (colour-blind safe); yellow darkened to read on white.
