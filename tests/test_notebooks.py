@@ -87,7 +87,7 @@ def test_smoke_profile_runs_every_notebook(tmp_path):
     # the tables beside the figures redraw them byte for byte
     from lt_utils import figures
     redrawn = figures.draw(figs / "data", tmp_path / "redrawn")
-    assert len(redrawn) == 7
+    assert set(redrawn) == {p.stem for p in figs.glob("*.png")} and len(redrawn) >= 7   # every drawn figure
     for name, files in redrawn.items():
         assert [f.read_bytes() for f in files] == [(figs / f.name).read_bytes() for f in files], name
     # every stage records its peak memory and disk footprint
