@@ -28,9 +28,7 @@ MAKERS = {FIGURES_DIR / "data": "make study",
 def draw(data_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, list[Path]]:
     """Render every figure that has data from the tables in `data_dir` into `out_dir` (default: its parent)."""
     from .report import plots
-    from .stages import analysis
-
-    from .stages import loop_map
+    from .stages import analysis, loop_map
 
     data_dir = resolve(data_dir)
     out_dir = out_dir or data_dir.parent
@@ -60,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         for d in data_dirs:
             paths = draw(d, args.out)
             print(f"{len(paths)} figures from {d} -> {resolve(args.out) if args.out else d.parent}")
+            if not (d / "evals.csv").is_file():
+                print(f"note: {d / 'evals.csv'} not found: only the loop-gain map was redrawn; the study's own "
+                      f"figures need the tables {MAKERS.get(d, 'the analysis stage')} writes", file=sys.stderr)
     except MissingInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -109,13 +109,13 @@ def test_table_row_takes_rho_lift_gain_from_the_second_estep():
                         trained_on=s1["loop_selected_correct"])
     meta = {"variant": "paper", "row_param": "base_worked_share", "row_value": 0.1, "col_param": "steps",
             "col_value": 700, "mstep_steps": 700, "cell": "d_x/03_cell_y"}
-    row = lm.cell_row(meta, s1, s2, {"accuracy": 0.3})
+    row = lm.cell_row(meta, s1, s2, {"accuracy": 0.3, "split": "dev"})
     assert row["warmstart_posterior_correct"] == pytest.approx(0.25)
     assert row["estep1_selected_correct"] == pytest.approx(0.5) and row["estep1_lift"] == pytest.approx(2.0)
     assert row["trained_on_correct"] == pytest.approx(0.5)
     assert row["rho"] == pytest.approx(0.25) and row["lift"] == pytest.approx(2.0)
     assert row["gain"] == pytest.approx(0.5) == pytest.approx(row["rho"] * row["lift"])
-    assert row["mstep_accuracy"] == 0.3
+    assert row["mstep_dev_accuracy"] == 0.3
     # nothing verified in E-step 1: ρ and G of E-step 2 have no denominator and stay missing, not 0
     s0 = _estep_summary([[False, False]] * 4, [0] * 4, trained_on=1.0)
     empty = lm.cell_row(meta, s0, _estep_summary([[False, False]] * 4, [0] * 4, trained_on=0.0))

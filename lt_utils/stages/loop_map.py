@@ -319,10 +319,19 @@ def _estep1_seconds(estep_dir: Path) -> float | None:
 COLUMNS = ["variant", "row_param", "row_value", "col_param", "col_value", "estep_temperature",
            "warmstart_posterior_correct", "estep1_selected_correct", "estep1_lift", "estep1_rho", "estep1_gain",
            "trained_on_correct", "posterior_sample_correct", "selected_correct", "best_of_k_correct",
-           "rho", "lift", "gain", "mstep_steps", "mstep_accuracy", "cell"]
+           "rho", "lift", "gain", "mstep_steps", "mstep_dev_accuracy", "cell"]
 
 
-def cell_row(meta: dict, s1: dict, s2: dict, mstep_final: dict | None = None) -> dict:
+def last_dev_eval(cell_dir: Path) -> dict | None:
+    """The M-step model's last evaluation on dev problems: the map is a calibration, so it never reads test."""
+    from ..runs import read_jsonl
+
+    evals = [r for p in sorted(Path(cell_dir).glob("train/iter1/seed*/metrics.jsonl")) for r in read_jsonl(p)
+             if r.get("kind") == "eval" and r.get("split") == "dev"]
+    return max(evals, key=lambda r: r["step"]) if evals else None
+
+
+def cell_row(meta: dict, s1: dict, s2: dict, mstep_dev: dict | None = None) -> dict:
     """One row of the table from a cell's two E-step summaries (their `loop_*` diagnostics).
 
     ρ, λ and G are those of E-step 2 (the generator trained by the M-step);
@@ -344,7 +353,7 @@ def cell_row(meta: dict, s1: dict, s2: dict, mstep_final: dict | None = None) ->
             "selected_correct": loop(s2, "selected_correct"), "best_of_k_correct": loop(s2, "best_of_k_correct"),
             "rho": loop(s2, "rho"), "lift": loop(s2, "lift"), "gain": loop(s2, "gain"),
             "mstep_steps": meta.get("mstep_steps"),
-            "mstep_accuracy": (mstep_final or {}).get("accuracy", float("nan")),
+            "mstep_dev_accuracy": (mstep_dev or {}).get("accuracy", float("nan")),
             "cell": meta.get("cell", "")}
 
 
@@ -510,7 +519,7 @@ def run_map(cfg: LoopMapConfig):
               "col_value": c.col_value, "estep_temperature": c.boot_params.get("estep_temperature", 1.0),
               "mstep_steps": c.boot_params.get("steps"), "cell": c.name, "cell_id": c.cell_id} for c in cells]
     outs = par(run_cell, [(c.boot_params, c.estep_id, m) for c, m in zip(cells, metas)], "cells")
-    df = build_table([cell_row(o, o["estep1"], o["estep2"], o.get("mstep_final")) for o in outs])
+    df = build_table([cell_row(o, o["estep1"], o["estep2"], last_dev_eval(root / o["cell"])) for o in outs])
     write_table(df, root / TABLE)
     draw(df, root / "figures")
     if cfg.figures_dir:
