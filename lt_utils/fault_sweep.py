@@ -56,7 +56,10 @@ DEFAULT_POINTS = {
     "candidate_cache_write:3": "03_bootstrap_em",
     "analysis:3": "04_analysis",
 }
-VOLATILE_KEYS = frozenset({"time", "time_utc", "finished_utc", "train_seconds", "tokens_per_s", "seconds"})
+# Wall-clock fields, and the footprint a stage records (file mtimes in manifests, peak memory, bytes on disk:
+# a resumed stage legitimately differs there), are dropped before comparing.
+VOLATILE_KEYS = frozenset({"time", "time_utc", "finished_utc", "train_seconds", "tokens_per_s", "seconds",
+                           "mtime_ns", "peak_rss_mb", "disk_bytes"})
 SKIP_NAMES = frozenset({"progress.jsonl", "pipeline.json", "env.json", "executed.ipynb", ".lock"})
 SKIP_DIRS = frozenset({"logs", "jobs"})
 TAG_ENV = "LT_FAULT_SWEEP_TAG"
@@ -131,7 +134,10 @@ def _normal(path: Path, roots: tuple[Path, ...]):
         if path.suffix == ".jsonl":
             return [_strip(json.loads(line)) for line in text.splitlines() if line.strip()]
         if path.suffix == ".json" or path.name == "DONE":
-            return _strip(json.loads(text))
+            obj = _strip(json.loads(text))
+            if path.name == "manifest.json":   # per-file hashes cover wall-clock fields; each file is compared itself
+                obj.pop("files", None)
+            return obj
         if path.suffix == ".csv":
             rows = list(csv.reader(io.StringIO(text)))
             keep = [i for i, c in enumerate(rows[0]) if c not in VOLATILE_KEYS] if rows else []

@@ -339,7 +339,7 @@ class RunDir:
         A file already recorded with the same size and mtime is not hashed again,
         so re-finishing a reopened run costs nothing.  DONE and metrics.jsonl also
         get the stage's footprint: peak memory of this process and its workers,
-        and the bytes its run directory holds.
+        and the bytes its run directory holds (once: a reused stage keeps its own).
         """
         missing = [a for a in self.artifacts if not (self.path / a).is_file()]
         if missing:
@@ -351,7 +351,11 @@ class RunDir:
         self.files = {n: r for n, r in self.files.items() if n in self.artifacts}
         self._write_manifest()
         footprint = {"peak_rss_mb": peak_rss_mb(), "disk_bytes": disk_bytes(self.path)}
-        self.log(kind="footprint", **footprint)
+        done = self.path / "DONE"
+        if self.already_done and done.is_file():   # a reused stage keeps the footprint of the run that made it
+            footprint = {k: v for k, v in read_json(done).items() if k in footprint} or footprint
+        else:
+            self.log(kind="footprint", **footprint)
         write_json(self.path / "DONE", {"config_hash": self.config_hash, "time_utc": time.strftime(
             "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **footprint, **summary})
         self.already_done = True

@@ -112,6 +112,18 @@ def test_manifest_records_size_and_sha256_and_done_the_footprint(tmp_path):
     assert runs.require_done(run.path) == run.path
 
 
+def test_a_reused_stage_keeps_its_footprint_and_logs_it_once(tmp_path):
+    run = finished_run(tmp_path)
+    first = json.loads((run.path / "DONE").read_text())
+    again = open_run(tmp_path)   # same parameters: the finished stage is reopened and finished again
+    assert again.already_done
+    again.finish()
+    log = [r for r in runs.read_jsonl(run.path / "metrics.jsonl") if r["kind"] == "footprint"]
+    done = json.loads((run.path / "DONE").read_text())
+    assert len(log) == 1
+    assert (done["peak_rss_mb"], done["disk_bytes"]) == (first["peak_rss_mb"], first["disk_bytes"])
+
+
 def test_a_truncated_artifact_stops_the_reader_with_one_line(tmp_path):
     run = finished_run(tmp_path)
     target = run.path / "data" / "x.jsonl"
