@@ -76,7 +76,7 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_PY) -m pip install --quiet torch==2.13.0
 	$(VLLM_PY) -m pip install --quiet $(VLLM_PIN) $(VLLM_TF_PIN)
 	$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
-	$(VLLM_PY) -m pip install --quiet pytest==9.2.0
+	$(VLLM_PY) -m pip install --quiet pytest==9.2.0 scipy==1.17.1   # our package (installed with --no-deps) needs scipy
 	$(VLLM_PY) -m pip install --quiet --no-deps -e .
 	$(VLLM_PY) -c "import vllm, transformers, torch; print('vllm', vllm.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)"
 	touch $@
