@@ -32,7 +32,8 @@ from typing import Any
 
 from ..config import ConfigError, pick, require, require_min
 from ..model import ModelSpec
-from ..runs import MissingInputError, RunDir, environment, read_json, read_jsonl, write_json, write_jsonl
+from ..runs import (MissingInputError, RunDir, environment, read_json, read_jsonl, sha256_file, write_json,
+                    write_jsonl)
 
 BASE_DIR = "base"          # <run_root>/base/<hash>/
 BASE_INFO = "base.json"    # what stage 01 records about its base model
@@ -113,13 +114,6 @@ class BaseParams:
 
 
 # --------------------------------------------------------------------------- identity
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _mix(cfg) -> dict[str, tuple[int, ...]]:
     from ..world import FAMILIES
@@ -135,7 +129,7 @@ def base_key(cfg, tokenizer_dir: str | Path) -> dict[str, Any]:
                        "mix": {k: list(v) for k, v in _mix(cfg).items()},
                        "units_per_doc": [cfg.units_per_doc_min, cfg.units_per_doc_max]},
             "model": dataclasses.asdict(cfg.model_spec()), "train": dataclasses.asdict(cfg.train_spec()),
-            "train_seed": cfg.seed, "tokenizer": file_sha256(Path(tokenizer_dir) / "tokenizer.json")}
+            "train_seed": cfg.seed, "tokenizer": sha256_file(Path(tokenizer_dir) / "tokenizer.json")}
 
 
 def key_hash(key: dict) -> str:
@@ -213,9 +207,9 @@ def build_base(cfg, tokenizer_dir: str | Path, progress: bool = True) -> tuple[P
 
 
 def base_exemplars(data_dir: Path, shots: int) -> list[dict]:
-    """The study's few-shot exemplars (solved problems of its validation split), as every stage evaluates with.
+    """A world study's few-shot exemplars: solved problems of its validation split, the same for every stage.
 
-    A base model exists only for a world study, so the validation documents are world documents.
+    Here rather than in stage 01's module, which imports this one; `data_prep.eval_exemplars` calls it.
     """
     from .. import world
     from ..evaluate import exemplar_units
@@ -241,7 +235,7 @@ def evaluate_base(base_dir: Path, data_dir: Path, shots: int, threads: int = 1,
 
     problems_path = data_dir / problems_file
     exemplars = base_exemplars(data_dir, shots)
-    ekey = hashlib.sha256(json.dumps({"problems": file_sha256(problems_path), "shots": exemplars,
+    ekey = hashlib.sha256(json.dumps({"problems": sha256_file(problems_path), "shots": exemplars,
                                       "max_new_tokens": EVAL_NEW_TOKENS["direct"]}, sort_keys=True).encode()
                           ).hexdigest()[:16]
     path = base_dir / "evals" / f"{ekey}.json"

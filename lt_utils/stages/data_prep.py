@@ -28,7 +28,7 @@ from ..config import require, require_min, require_study_name
 from ..rejects import Rejects
 from ..runs import RunDir, read_json, read_jsonl, write_json, write_jsonl
 from ..tokens import encode, load_tokenizer, train_tokenizer
-from .base_model import BaseParams
+from .base_model import BaseParams, base_exemplars
 
 DOC_SPLITS = ("comparison", "fresh", "warmstart", "bootstrap", "valid")
 SOURCES = ("world", "text")
@@ -342,11 +342,9 @@ def eval_exemplars(data_dir: str | Path, n_shots: int) -> list[dict]:
 
     A text corpus has no solved problems; MATH / GSM8K prompts bring their own exemplars (math_eval).
     """
-    from ..evaluate import exemplar_units
-
-    if not n_shots or is_text(data_dir):
+    if is_text(data_dir):
         return []
-    return exemplar_units(load_documents(data_dir, "valid"), n_shots)
+    return base_exemplars(Path(data_dir), n_shots)
 
 
 def corpus_stats(data_dir: str | Path) -> dict:
