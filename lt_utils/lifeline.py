@@ -17,6 +17,7 @@ import signal
 import sys
 
 PR_SET_PDEATHSIG = 1
+PARENT_ENV = "LT_LIFELINE_PARENT"   # the PID `bound_command` expects as parent (else the kernel's JPY_PARENT_PID)
 
 
 def die_with_parent(parent_pid: int | None = None) -> bool:
@@ -38,6 +39,17 @@ def die_with_parent(parent_pid: int | None = None) -> bool:
     return True
 
 
+def bound_command(cmd: list[str]) -> tuple[list[str], dict[str, str]]:
+    """`cmd` wrapped so it dies with this process, and the environment to run it in (for subprocess.run/Popen).
+
+    The wrapper binds, then execs `cmd` (no preexec_fn: the caller may be a
+    threaded kernel).  A launcher such as `accelerate launch` starts its ranks
+    in turn; `lt_utils.paper.train_launch` binds each rank to the launcher.
+    """
+    return ([sys.executable, "-m", "lt_utils.lifeline", "--", *cmd],
+            {**os.environ, PARENT_ENV: str(os.getpid())})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Bind to the parent, optionally send stdout/stderr to a log file, then become CMD (execvp keeps the binding)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -49,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         print("usage: python -m lt_utils.lifeline [--log FILE] -- CMD ...", file=sys.stderr)
         return 2
-    parent = os.environ.get("JPY_PARENT_PID")
+    parent = os.environ.pop(PARENT_ENV, None) or os.environ.get("JPY_PARENT_PID")
     die_with_parent(int(parent) if parent else None)
     if log:
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

@@ -168,7 +168,9 @@ def run_stage(profile: str, stage: str, overrides: dict | None = None, stage_ove
     watcher = Watcher(study_dir / "progress.jsonl", view, every=status_every) if view is not None else None
     if watcher:
         watcher.start()
-    socket_dir = Path(tempfile.mkdtemp(prefix="lt-kernel-"))   # mode 0700: only this user reaches the kernel
+    remove_orphan_socket_dirs()
+    # mode 0700: only this user reaches the kernel; the PID in the name lets a later run clear it after a kill -9
+    socket_dir = Path(tempfile.mkdtemp(prefix=f"{SOCKET_PREFIX}{os.getpid()}-"))
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(NOTEBOOKS_DIR / f"{stage}.ipynb"), str(out_dir / "executed.ipynb"),
@@ -181,6 +183,30 @@ def run_stage(profile: str, stage: str, overrides: dict | None = None, stage_ove
         pm_log.removeHandler(handler)
         handler.close()
     return time.perf_counter() - t0
+
+
+SOCKET_PREFIX = "lt-kernel-"
+
+
+def remove_orphan_socket_dirs(tmp: str | Path | None = None) -> list[Path]:
+    """Delete this user's kernel socket dirs whose pipeline (the PID in the name) is gone; returns them.
+
+    A pipeline removes its own dir when it ends, but a kill -9 gives it no
+    chance, so the next run sweeps up after it.
+    """
+    removed = []
+    for d in Path(tmp or tempfile.gettempdir()).glob(f"{SOCKET_PREFIX}*"):
+        pid = d.name[len(SOCKET_PREFIX):].split("-")[0]
+        try:
+            if not d.is_dir() or d.stat().st_uid != os.getuid() or not pid.isdigit():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+        except OSError:
+            continue
+    return removed
 
 
 def run_profile(profile: str, only: list[str] | None = None, overrides: dict | None = None,

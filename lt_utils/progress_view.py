@@ -100,7 +100,9 @@ class StageView:
         new_steps = steps_done - self.steps_at_start
         rate = new_steps / max(now - self.t0, 1e-9) if new_steps > 0 else None
         finished = done >= self.plan.runs and not running
-        remaining = 0 if finished else max(self.plan.steps - steps_done, 0)
+        # a stage without a planned count (01's base model, built only when not cached) counts its running runs
+        left_in_running = sum(max(r["steps"] - r["step"], 0) for r in running)
+        remaining = 0 if finished else max(self.plan.steps - steps_done, left_in_running, 0)
         tps = sum(r["tokens_per_s"] for r in running)
         parts = [f"{done}/{self.plan.runs or len(self.runs)} runs"]
         if running:

@@ -329,6 +329,19 @@ class RunDir:
         self._write_manifest()
         return self.path / name
 
+    def add_training_runs(self, out_dirs: Iterable[str | Path]) -> None:
+        """Register the record files of finished training runs under this stage (run.json, final.json, metrics.jsonl).
+
+        The analysis reads each run's metrics.jsonl, so a truncated or rewritten
+        one must fail the manifest check like any other artifact; the model
+        weights stay out (large, and nothing downstream reads them by path).
+        """
+        for out in out_dirs:
+            rel = Path(out).resolve().relative_to(self.path.resolve())
+            for name in ("run.json", "final.json", "metrics.jsonl"):
+                self.artifacts[f"{rel.as_posix()}/{name}"] = f"training run {rel.as_posix()}: {name}"
+        self._write_manifest()
+
     def _write_manifest(self) -> None:
         write_json(self.path / "manifest.json", {"stage": self.path.name, "artifacts": self.artifacts,
                                                  "files": self.files})

@@ -6,10 +6,18 @@ start time as the kernel counts it, and the wall-clock start).  A lock whose
 PID is dead, or whose PID now belongs to a process that started at another
 time (a reused PID), was left by a killed run and is taken over.  A lock from
 another host cannot be checked from here and is always respected.
+
+Checking a lock and taking it over are two steps, so two runs that find the
+same stale lock could both take it.  Every acquire and release therefore runs
+under an exclusive `flock` on a guard file beside the lock (`.lock.guard`,
+never removed); the kernel drops that flock when its holder dies, so the
+guard itself cannot go stale.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -17,6 +25,7 @@ import time
 from pathlib import Path
 
 LOCK_NAME = ".lock"
+GUARD_NAME = ".lock.guard"
 
 
 class StudyLocked(RuntimeError):
@@ -69,8 +78,22 @@ class StudyLock:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
-    def acquire(self) -> "StudyLock":
+    @contextlib.contextmanager
+    def guarded(self):
+        """Hold the guard's flock for one check-and-write of the lock file (blocks at most that long)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.parent / GUARD_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)          # closing drops the flock
+
+    def acquire(self) -> "StudyLock":
+        with self.guarded():
+            return self._acquire()
+
+    def _acquire(self) -> "StudyLock":
         me = {"pid": os.getpid(), "host": socket.gethostname(), "start_ticks": process_start_ticks(os.getpid()),
               "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         for _ in range(3):
@@ -85,7 +108,7 @@ class StudyLock:
                     raise StudyLocked(f"{self.path.parent} is in use by PID {info.get('pid')} on {info.get('host')} "
                                       f"since {info.get('started_utc')} (lock file {self.path})") from None
                 self.took_over = info or {}
-                try:                       # stale: remove it and race for a fresh one
+                try:                       # stale (and we hold the guard): remove it, then create ours
                     self.path.unlink()
                 except FileNotFoundError:
                     pass
@@ -96,9 +119,10 @@ class StudyLock:
         raise StudyLocked(f"could not take the lock {self.path} (another process keeps taking it)")
 
     def release(self) -> None:
-        info = self.read()
-        if info is not None and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
-            self.path.unlink(missing_ok=True)
+        with self.guarded():
+            info = self.read()
+            if info is not None and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+                self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> "StudyLock":
         return self.acquire()

@@ -540,7 +540,10 @@ def run_jobs(jobs: list[TrainJob], params: TrainingParams, jobs_dir: Path, desc:
         # the job file `train_launch.job_from_dict` reads (written here, so train never imports its launcher)
         path = write_json(Path(jobs_dir) / (job.info["name"].replace("/", "_") + ".json"), asdict(job))
         if not (Path(job.out_dir) / "DONE").exists():
-            proc = subprocess.run([*cmd, "-m", "lt_utils.paper.train_launch", str(path)])
+            from .lifeline import bound_command
+
+            argv, env = bound_command([*cmd, "-m", "lt_utils.paper.train_launch", str(path)])
+            proc = subprocess.run(argv, env=env)   # the launcher dies with the stage, its ranks with the launcher
             if proc.returncode != 0:
                 raise RuntimeError(f"{job.info['name']}: launcher exited with {proc.returncode} "
                                    f"({' '.join(cmd)} -m lt_utils.paper.train_launch {path})")

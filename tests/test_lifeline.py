@@ -86,3 +86,31 @@ def test_progress_events_reach_the_view(tmp_path, monkeypatch):
     monkeypatch.delenv(progress.ENV)
     progress.emit("run_done", name="x")   # no variable: nothing written
     assert len(path.read_text().splitlines()) == 3
+
+
+def test_eta_of_a_stage_without_a_plan_counts_its_running_run():
+    # stage 01 plans no steps (its base model is built only when not cached); its ETA must not read 0 s
+    view = StageView("01_data_prep", Plan(), later_steps=0)
+    view.t0 -= 100
+    view.update({"event": "run_start", "name": "base", "step": 0, "steps": 1500})
+    view.update({"event": "train", "name": "base", "step": 500, "steps": 1500, "tokens_per_s": 1000.0})
+    assert "ETA stage 3 min 20 s" in view.status(now=view.t0 + 100)   # 1000 steps left at 5 steps/s
+
+
+LAUNCHING_STAGE = """
+import subprocess, sys
+from lt_utils.lifeline import bound_command
+argv, env = bound_command([sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(600)"])
+subprocess.run(argv, env=env)
+"""
+
+
+def test_a_launcher_dies_with_the_stage_that_started_it_kill_9():
+    # the `launcher` path of run_jobs (accelerate launch, torchrun) starts its command through bound_command
+    stage = subprocess.Popen([sys.executable, "-c", LAUNCHING_STAGE], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    launcher = int(stage.stdout.readline())
+    assert _becomes(launcher, "time.sleep(600)")
+    os.kill(stage.pid, signal.SIGKILL)
+    stage.wait()
+    assert _gone(launcher)

@@ -67,3 +67,21 @@ def test_analysis_is_never_refused(tmp_path):
     RunDir.open(cfg, "04_analysis").finish()
     other = config_lib.load(AnalysisConfig, {**params, "headline_arm": "raw_fresh"})
     pipeline.check_existing("04_analysis", other)   # its notebook redoes the stage: nothing to protect
+
+
+def test_socket_dirs_of_dead_pipelines_are_swept(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from lt_utils.pipeline import SOCKET_PREFIX, remove_orphan_socket_dirs
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / f"{SOCKET_PREFIX}{dead.pid}-abc"
+    mine = tmp_path / f"{SOCKET_PREFIX}{os.getpid()}-def"
+    unnamed = tmp_path / f"{SOCKET_PREFIX}xyz"
+    for d in (orphan, mine, unnamed):
+        d.mkdir()
+    assert remove_orphan_socket_dirs(tmp_path) == [orphan]
+    assert not orphan.exists() and mine.exists() and unnamed.exists()

@@ -62,3 +62,34 @@ def test_lock_of_another_host_is_respected(tmp_path):
                                                 "started_utc": "2026-01-01T00:00:00Z"}))
     with pytest.raises(StudyLocked, match="another-host"):
         StudyLock(tmp_path).acquire()
+
+
+_TAKER = """
+import sys, time
+from lt_utils import study_lock
+from lt_utils.study_lock import StudyLock, StudyLocked
+slow_check = study_lock.holder_is_live
+def holder_is_live(info):          # a slow liveness check widens the window between check and takeover
+    time.sleep(0.5)
+    return slow_check(info)
+study_lock.holder_is_live = holder_is_live
+try:
+    lock = StudyLock(sys.argv[1]).acquire()
+except StudyLocked:
+    print("refused", flush=True)
+else:
+    print("took", flush=True)
+    time.sleep(2)
+    lock.release()
+"""
+
+
+def test_simultaneous_takeovers_of_a_stale_lock_leave_one_holder(tmp_path):
+    # eight processes find the same dead holder's lock at once: the guard lets exactly one take it over
+    (tmp_path / ".lock").write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "start_ticks": 1,
+                                                "started_utc": "2026-01-01T00:00:00Z"}))
+    procs = [subprocess.Popen([sys.executable, "-c", _TAKER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    outcomes = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert outcomes == ["refused"] * 7 + ["took"]
+    assert not (tmp_path / ".lock").exists()   # the one holder released it

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("job", help="JSON file of a TrainJob")
     ap.add_argument("--print", action="store_true", help="print the resolved job and exit")
     args = ap.parse_args(argv)
+    from ..lifeline import die_with_parent
+
+    die_with_parent(os.getppid())   # a rank dies with its launcher (and the launcher with the stage)
     job = job_from_dict(json.loads(Path(args.job).read_text()))
     if args.print:
         print(json.dumps(asdict(job), indent=2))

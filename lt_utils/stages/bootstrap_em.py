@@ -251,6 +251,7 @@ class Study:
 
     def train(self, jobs: list[TrainJob], desc: str) -> list[dict]:
         finals = run_jobs(jobs, self.cfg, self.run.file("jobs"), desc=desc)
+        self.run.add_training_runs(j.out_dir for j in jobs)
         return [{**j.info, "seed": j.seed, **f} for j, f in zip(jobs, finals)]
 
     def model_dir(self, name: str, seed: int | None = None) -> Path:

@@ -339,6 +339,7 @@ def train_arms(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path) -> lis
     """Train every arm × seed (finished runs are skipped, interrupted ones resume); returns final metrics."""
     jobs = make_jobs(run, cfg, data_dir, progress=cfg.n_workers <= 1)
     finals = run_jobs(jobs, cfg, run.file("jobs"), desc="training runs")
+    run.add_training_runs(j.out_dir for j in jobs)
     rows = [{**j.info, "seed": j.seed, **f} for j, f in zip(jobs, finals)]
     write_json(run.file("final_metrics.json"), rows)
     run.add_artifact("final_metrics.json", "final metrics of every arm × seed")
