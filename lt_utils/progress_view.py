@@ -2,7 +2,7 @@
 
 The pipeline tails `runs/<study>/progress.jsonl` (written by `lt_utils.progress`
 from the kernel and its workers) in a thread.  ETAs count optimizer steps: the
-stage's rate so far (finished steps per wall second, evaluations included)
+stage's rate so far (finished steps per wall second with a run in flight, evaluations included)
 applied to the steps still planned for this stage and the later ones, planned
 from their validated configs.  E-steps are not in the count, so the EM
 stage's ETA is a lower bound until its E-steps are done.
@@ -58,6 +58,14 @@ class StageView:
         self.runs: dict[str, dict] = {}       # name -> {"start", "step", "steps", "tokens_per_s", "done"}
         self.esteps_done = 0
         self.steps_at_start = 0               # steps finished before this invocation (resumed runs, skipped runs)
+        self.busy = 0.0                       # wall seconds with a training run in flight (the rate's denominator)
+        self._last = self.t0
+
+    def _tick(self, now: float) -> None:
+        """Count the time since the last event as training time if a run was in flight (not while an E-step runs)."""
+        if any(not r["done"] for r in self.runs.values()):
+            self.busy += max(now - self._last, 0.0)
+        self._last = max(now, self._last)
 
     def _run(self, name: str) -> dict:
         return self.runs.setdefault(name, {"start": 0, "step": 0, "steps": 0, "tokens_per_s": 0.0, "done": False})
@@ -65,6 +73,7 @@ class StageView:
     def update(self, ev: dict) -> str | None:
         """Fold one event in; returns a line to print now, if the event is one."""
         kind, name = ev.get("event"), ev.get("name", "")
+        self._tick(ev.get("time") or time.time())
         if kind == "run_start":
             r = self._run(name)
             r.update(start=ev.get("step", 0), step=ev.get("step", 0), steps=ev.get("steps", 0))
@@ -92,13 +101,14 @@ class StageView:
 
     def status(self, now: float | None = None) -> str:
         now = now or time.time()
+        self._tick(now)
         if not self.plan.runs and not self.runs:
             return f"  [{self.stage}] elapsed {_duration(now - self.t0)}"
         done = sum(r["done"] for r in self.runs.values())
         running = [r for r in self.runs.values() if not r["done"]]
         steps_done = sum(r["step"] for r in self.runs.values())
         new_steps = steps_done - self.steps_at_start
-        rate = new_steps / max(now - self.t0, 1e-9) if new_steps > 0 else None
+        rate = new_steps / max(self.busy, 1e-9) if new_steps > 0 and self.busy > 0 else None
         finished = done >= self.plan.runs and not running
         # a stage without a planned count (01's base model, built only when not cached) counts its running runs
         left_in_running = sum(max(r["steps"] - r["step"], 0) for r in running)
@@ -108,7 +118,7 @@ class StageView:
         if running:
             parts.append(", ".join(f"step {r['step']}/{r['steps']}" for r in running[:4]))
         if self.plan.esteps:
-            parts.append(f"E-steps {self.esteps_done}/{self.plan.esteps}")
+            parts.append(f"E-steps {self.esteps_done}/{self.plan.esteps}" + ("" if running else " (sampling or scoring)"))
         if tps:
             parts.append(f"{tps / 1000:.1f}k tok/s")
         parts.append(f"elapsed {_duration(now - self.t0)}")

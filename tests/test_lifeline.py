@@ -91,10 +91,20 @@ def test_progress_events_reach_the_view(tmp_path, monkeypatch):
 def test_eta_of_a_stage_without_a_plan_counts_its_running_run():
     # stage 01 plans no steps (its base model is built only when not cached); its ETA must not read 0 s
     view = StageView("01_data_prep", Plan(), later_steps=0)
-    view.t0 -= 100
-    view.update({"event": "run_start", "name": "base", "step": 0, "steps": 1500})
-    view.update({"event": "train", "name": "base", "step": 500, "steps": 1500, "tokens_per_s": 1000.0})
-    assert "ETA stage 3 min 20 s" in view.status(now=view.t0 + 100)   # 1000 steps left at 5 steps/s
+    t0 = view.t0
+    view.update({"event": "run_start", "name": "base", "step": 0, "steps": 1500, "time": t0})
+    view.update({"event": "train", "name": "base", "step": 500, "steps": 1500, "tokens_per_s": 1000.0, "time": t0 + 100})
+    assert "ETA stage 3 min 20 s" in view.status(now=t0 + 100)   # 1000 steps left at 5 steps/s
+
+
+def test_eta_rate_counts_only_time_with_a_run_in_flight():
+    # an E-step between training pools must not slow the rate the ETA is computed from
+    view = StageView("03_bootstrap_em", Plan(runs=2, steps=200, esteps=1), later_steps=0)
+    t0 = view.t0
+    view.update({"event": "run_start", "name": "warmstart/seed0", "step": 0, "steps": 100, "time": t0})
+    view.update({"event": "run_done", "name": "warmstart/seed0", "steps": 100, "time": t0 + 100})
+    during_estep = view.status(now=t0 + 1000)              # 900 s of sampling, no run in flight
+    assert "ETA stage 1 min 40 s" in during_estep and "(sampling or scoring)" in during_estep
 
 
 LAUNCHING_STAGE = """
