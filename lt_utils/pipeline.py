@@ -281,6 +281,23 @@ def _stop_on_signal(locks: list) -> dict:
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
+def print_claims(profile: str, overrides: dict, sets: list[str], only: list[str] | None) -> None:
+    """After the analysis stage ran: the claims table at the terminal (from the claims.csv it stored)."""
+    if only and "04_analysis" not in only or "04_analysis" not in profile_stages(profile):
+        return
+    import pandas as pd
+
+    from .stages.claims import terminal_text
+
+    own = [item for item in sets or [] if item.startswith("04_analysis.")]
+    params = load_stage_params(profile, "04_analysis", overrides, parse_sets(own, ["04_analysis"]).get("04_analysis"))
+    cfg = config_lib.load(stage_config_class("04_analysis"), params)
+    path = resolve(cfg.run_root) / cfg.study / "04_analysis" / "claims.csv"
+    if path.is_file():
+        print(f"[{profile}] the paper's claims, measured ({path}):")
+        print(terminal_text(pd.read_csv(path, dtype={"values_a": str, "values_b": str})))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="cpu", help="params/<profile>/ (smoke, cpu, paper)")
@@ -322,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         for sig, old in previous.items():
             signal.signal(sig, old)
     total = time.perf_counter() - t0
+    print_claims(args.profile, overrides, args.set, args.only)
     print(f"[{args.profile}] all stages done in {total:.0f} s ({', '.join(f'{k} {v:.0f}s' for k, v in times.items())})")
     return 0
 

@@ -85,3 +85,23 @@ def test_socket_dirs_of_dead_pipelines_are_swept(tmp_path):
         d.mkdir()
     assert remove_orphan_socket_dirs(tmp_path) == [orphan]
     assert not orphan.exists() and mine.exists() and unnamed.exists()
+
+
+def test_the_claims_table_ends_a_run_that_included_the_analysis(tmp_path, capsys):
+    import shutil
+
+    from lt_utils.paths import FIGURES_DIR
+    from lt_utils.pipeline import print_claims
+
+    out = tmp_path / "smoke" / "04_analysis"
+    out.mkdir(parents=True)
+    shutil.copy(FIGURES_DIR / "data" / "claims.csv", out / "claims.csv")
+    overrides = {"run_root": str(tmp_path), "study": "smoke"}
+    print_claims("smoke", overrides, [], ["02_synthetic_thoughts"])     # the analysis did not run: nothing
+    assert capsys.readouterr().out == ""
+    print_claims("smoke", overrides, ["02_synthetic_thoughts.steps=3"], None)
+    lines = capsys.readouterr().out.splitlines()
+    assert "claims" in lines[0] and lines[1].split()[:2] == ["claim", "comparison"]
+    body = lines[2:]
+    assert [ln.split()[0] for ln in body][:2] == ["C1", "C2"] and all(
+        any(v in ln for v in ("supported", "reversed", "not measurable")) for ln in body)

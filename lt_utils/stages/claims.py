@@ -282,3 +282,15 @@ def write_claims(claims: pd.DataFrame, *dirs) -> list:
         paths.append(write_text(Path(d) / "claims.csv", claims.to_csv(index=False, lineterminator="\n")))
         paths.append(write_text(Path(d) / "claims.md", markdown_table(formatted(claims)) + "\n"))
     return paths
+
+
+def terminal_text(claims: pd.DataFrame) -> str:
+    """The claims table as aligned plain text for the terminal (the end of `make study`): no notes, CI in one column."""
+    f = formatted(claims)
+    f["95% CI"] = [f"{lo} to {hi}" for lo, hi in zip(f["ci95_low"], f["ci95_high"])]
+    f["per seed (first side | second)"] = [f"{a} | {b}" if isinstance(b, str) and b else str(a)
+                                           for a, b in zip(f["values_a"], f["values_b"].fillna(""))]
+    cols = ["claim", "comparison", "n", "diff", "95% CI", "p", "verdict", "bimodal", "per seed (first side | second)"]
+    rows = [cols] + [[str(v) for v in r] for r in f[cols].fillna("").itertuples(index=False)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
