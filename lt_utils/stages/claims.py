@@ -291,6 +291,6 @@ def terminal_text(claims: pd.DataFrame) -> str:
     f["per seed (first side | second)"] = [f"{a} | {b}" if isinstance(b, str) and b else str(a)
                                            for a, b in zip(f["values_a"], f["values_b"].fillna(""))]
     cols = ["claim", "comparison", "n", "diff", "95% CI", "p", "verdict", "bimodal", "per seed (first side | second)"]
-    rows = [cols] + [[str(v) for v in r] for r in f[cols].fillna("").itertuples(index=False)]
+    rows = [cols] + [["" if v != v else str(v) for v in r] for r in f[cols].itertuples(index=False)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
