@@ -283,7 +283,7 @@ def _stop_on_signal(locks: list) -> dict:
 
 def print_claims(profile: str, overrides: dict, sets: list[str], only: list[str] | None) -> None:
     """After the analysis stage ran: the claims table at the terminal (from the claims.csv it stored)."""
-    if only and "04_analysis" not in only or "04_analysis" not in profile_stages(profile):
+    if (only and "04_analysis" not in only) or "04_analysis" not in profile_stages(profile):
         return
     import pandas as pd
 

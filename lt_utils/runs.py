@@ -337,7 +337,10 @@ class RunDir:
         weights stay out (large, and nothing downstream reads them by path).
         """
         for out in out_dirs:
-            rel = Path(out).resolve().relative_to(self.path.resolve())
+            try:
+                rel = Path(out).resolve().relative_to(self.path.resolve())
+            except ValueError:        # a run kept outside the stage's directory is not the stage's to vouch for
+                continue
             for name in ("run.json", "final.json", "metrics.jsonl"):
                 self.artifacts[f"{rel.as_posix()}/{name}"] = f"training run {rel.as_posix()}: {name}"
         self._write_manifest()

@@ -164,3 +164,22 @@ def test_iter_jsonl_names_the_broken_line(tmp_path):
     p.write_text('{"a": 1}\n{"a": ')
     with pytest.raises(runs.DamagedArtifactError, match=r"m.jsonl:2: not a JSON record"):
         list(runs.iter_jsonl(p))
+
+
+def test_a_training_run_metrics_file_is_checked_like_any_artifact(tmp_path):
+    # the analysis reads every training run's metrics.jsonl: a truncated one must stop it with one line
+    run = open_run(tmp_path)
+    out = run.path / "train" / "raw_repeat" / "seed0"
+    out.mkdir(parents=True)
+    for name in ("run.json", "final.json"):
+        (out / name).write_text("{}\n")
+    (out / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": 1.0 / (i + 1)}) + "\n" for i in range(50)))
+    run.add_training_runs([out, tmp_path / "elsewhere"])   # a run outside the stage is not registered
+    run.finish()
+    assert set(json.loads((run.path / "manifest.json").read_text())["files"]) == {
+        "train/raw_repeat/seed0/run.json", "train/raw_repeat/seed0/final.json", "train/raw_repeat/seed0/metrics.jsonl"}
+    metrics = out / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes()[:100])
+    with pytest.raises(runs.DamagedArtifactError) as err:
+        runs.require_done(run.path)
+    assert "\n" not in str(err.value) and str(metrics) in str(err.value)
