@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 help:
 	@echo "make study    - the default CPU study: every notebook on params/cpu, figures in figures/"
 	@echo "make test     - the test suite (includes a papermill run of every notebook on params/smoke)"
-	@echo "make study-long - raw repeat vs latent thoughts at 2.5x the tokens per run (params/cpu_long, ~25 min)"
+	@echo "make study-long - raw repeat vs latent thoughts at 5x the default tokens per run, same base (params/cpu_long, ~16 min)"
 	@echo "make smoke    - every notebook on the tiny params/smoke profile (runs/smoke/)"
 	@echo "make figures  - redraw every committed figure from its stored tables (figures/data), no study run"
 	@echo "make loop-map - retention and loop gain of the EM loop over base competence x M-step budget (params/loop_map;"
