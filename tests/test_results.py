@@ -196,3 +196,20 @@ def test_analysis_of_an_empty_study_names_the_command(tmp_path):
 
     with pytest.raises(MissingInputError, match="no finished training run .*--profile smoke"):
         analysis.require_evals(analysis.collect_evals(tmp_path / "smoke"), tmp_path / "smoke")
+
+
+def test_every_committed_figure_redraws_byte_identically_from_its_committed_tables(tmp_path):
+    # what `make figures` promises in a fresh clone: every committed figure has its tables committed beside it
+    from lt_utils import figures
+    from lt_utils.paths import FIGURES_DIR
+
+    committed = {p.relative_to(FIGURES_DIR) for p in FIGURES_DIR.rglob("*") if p.suffix in (".png", ".pdf")}
+    redrawn = set()
+    for data in figures.default_data_dirs():
+        out = tmp_path / data.parent.relative_to(FIGURES_DIR)
+        for files in figures.draw(data, out).values():
+            for f in files:
+                rel = f.relative_to(tmp_path)
+                redrawn.add(rel)
+                assert f.read_bytes() == (FIGURES_DIR / rel).read_bytes(), rel
+    assert redrawn == committed
