@@ -369,7 +369,7 @@ class Study:
     def with_generator(self, gen: Path, fn):
         return with_generator(gen, self.tok_dir, fn, backend=self.cfg.estep_backend,
                               engine_args=self.cfg.vllm_engine_args,
-                              threads=self.cfg.workers * self.cfg.threads_per_worker)
+                              threads=self.cfg.n_workers * self.cfg.threads_per_worker)
 
     def sample_and_score(self, gen: Path, chunks: list[Chunk], ecfg: EStepConfig, cache: Path,
                          progress: bool = True) -> list[dict]:
