@@ -144,3 +144,28 @@ def test_loop_diagnostics_follow_the_loops_k_when_the_estep_drew_more(study):
 
     write_json(study.run.file("iter1/estep_summary.json"), s)
     assert study.trained_on_correct(2) == 0.25
+
+
+def test_every_estep_generator_gets_its_fidelity_on_the_corpus_and_dev_problems(study, tmp_path):
+    """`Study.fidelity` in the E-step's layout: f of a (random) generator, its breakdowns, greedy and sampled shares."""
+    import torch
+
+    from lt_utils.model import ModelSpec, build_model
+    from lt_utils.tokens import load_tokenizer
+
+    torch.set_num_threads(1)
+    tok = load_tokenizer(study.tok_dir)
+    gen = tmp_path / "gen"
+    build_model(ModelSpec(n_layer=1, n_embd=16, n_head=2, n_kv_head=2, intermediate_size=32, max_seq_len=512),
+                tok, seed=0).save_pretrained(str(gen))
+    fid = study.fidelity(gen, study.estep_config(k=1, seed=0, max_thought_tokens=4))
+    corpus, dev = fid["bootstrap"], fid["dev"]
+    from lt_utils.runs import read_jsonl
+
+    assert corpus["n_chunks"] == len(study.boot_chunks)
+    assert dev["n_chunks"] == len(read_jsonl(study.data / "dev_problems.jsonl")) > 0
+    for part in (corpus, dev):
+        assert 0.0 <= part["f"] < 1e-3            # a random model puts almost no mass on a 20-token thought
+        assert part["greedy"]["correct"] == 0.0   # and cannot write one in 4 tokens
+        assert set(part["by_family"]) <= {"addition", "linear"}
+    assert dev["sampled"]["n"] == dev["n_chunks"]

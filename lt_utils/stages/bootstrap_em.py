@@ -45,6 +45,7 @@ from .data_prep import (dev_problems_path, eval_exemplars, eval_tasks, is_text, 
 from ..data import Chunk, ThoughtDoc, chunk_document, token_ratio, tokenize_docs
 from ..estep import (EStepConfig, direct_log_px, model_fingerprint, run_estep, sample_prior, save_records,
                     select_first_k, summarize)
+from ..fidelity import dev_chunks, fidelity_report
 from ..loop_diagnostics import Check, estep_diagnostics
 from ..model import load_model
 from ..paths import resolve
@@ -339,6 +340,8 @@ class Study:
         save_records(out, records)
         summary = self.summarize_estep(iteration, records, prior_pos, prior, seed=ecfg.seed)
         summary["k"] = k
+        if not self.text:   # f of this generator: needs the world's oracle thoughts
+            summary["fidelity"] = self.fidelity(gen, ecfg)
         ks = sorted({self.cfg.k, *self.cfg.k_ablation}) if iteration == 1 else [self.cfg.k]
         summary["selected_correct_by_k"] = {}
         for kk in ks:
@@ -358,6 +361,17 @@ class Study:
         progress.emit("estep_done", iteration=iteration, seconds=time.time() - t0,
                       summary={k2: summary[k2] for k2 in ("n_chunks", "mean_ess", "frac_selected_correct") if k2 in summary})
         return summary
+
+    def fidelity(self, gen: Path, ecfg: EStepConfig) -> dict:
+        """Fidelity of generator `gen` (`lt_utils.fidelity`) on the bootstrap corpus and the dev problems,
+        in the E-step's own layout and proposal (prefix, temperature, banned tokens); never on test problems."""
+        path = dev_problems_path(self.data)
+        dev = dev_chunks(read_jsonl(path)) if path else []
+        return with_generator(gen, self.tok_dir, lambda m, tok, _: fidelity_report(
+            m, tok, self.boot_chunks, dev, chunk_is_correct, max_prefix_tokens=ecfg.max_prefix_tokens,
+            ban_special_in_thought=ecfg.ban_special_in_thought, temperature=ecfg.temperature,
+            max_thought_tokens=ecfg.max_thought_tokens, seed=ecfg.seed),
+            threads=self.cfg.n_workers * self.cfg.threads_per_worker)
 
     def estep_config(self, **kw) -> EStepConfig:
         """The stage's proposal settings (cap, temperature, bans, prefix) with `kw` (k, seed, ...) on top."""
