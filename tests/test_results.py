@@ -183,6 +183,18 @@ def test_figure_data_round_trips_exactly_and_redraws_identical_bytes(tmp_path):
         assert [f.read_bytes() for f in files] == [f.read_bytes() for f in first[name]], name
 
 
+def test_loop_diagnostics_are_labelled_with_the_loops_k_and_the_k_drawn(tmp_path):
+    # iteration 1 draws the K ablation's largest K; its loop diagnostics use the loop's first K candidates
+    stage = tmp_path / "03_bootstrap_em"
+    for it, k in ((1, 8), (2, 4)):
+        write_json(stage / f"iter{it}" / "estep_summary.json", {"k": k, "loop_distinct_per_chunk": 4.0})
+    (stage / "config.yaml").write_text("k: 4\nk_ablation: [1, 2, 8]\n")
+    df = analysis.loop_diagnostics(tmp_path).set_index("iteration")
+    assert list(df["k"]) == [4, 4] and list(df["k_drawn"]) == [8, 4] and list(df["distinct_of_k"]) == [4.0, 4.0]
+    (stage / "config.yaml").unlink()   # a stage stored without its config: the E-step's own K
+    assert list(analysis.loop_diagnostics(tmp_path)["k"]) == [8, 4]
+
+
 def test_figures_without_data_stop_with_one_line(tmp_path, capsys):
     from lt_utils import figures
 

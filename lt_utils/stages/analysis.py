@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from ..runs import read_json, read_jsonl
 
@@ -325,17 +326,31 @@ LOOP_COLUMNS = {"trained_on_correct": "trained_on", "posterior_sample_correct": 
                 "auc_log_w_within_chunk": "auc_log_w_within_chunk"}
 
 
+def loop_k(study_dir: str | Path, stage: str = "03_bootstrap_em") -> int | None:
+    """The K the loop selects with (the stage's `k`), from its stored `config.yaml`; None where it is not stored."""
+    path = Path(study_dir) / stage / "config.yaml"
+    k = (yaml.safe_load(path.read_text()) or {}).get("k") if path.exists() else None
+    return int(k) if k is not None else None
+
+
 def loop_diagnostics(study_dir: str | Path, stage: str = "03_bootstrap_em",
                      elbo: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per E-step: retention ρ, lift λ, loop gain G = ρλ and the other loop diagnostics
-    (`lt_utils.loop_diagnostics`), with the validation ELBO and direct log p(x) of the E-step's generator."""
+    (`lt_utils.loop_diagnostics`), with the validation ELBO and direct log p(x) of the E-step's generator.
+
+    ``k`` is the K the diagnostics describe: the loop's, also where the E-step drew more candidates
+    for the K ablation (iteration 1), which ``k_drawn`` records.
+    """
     elbo = em_elbo(study_dir, stage) if elbo is None else elbo
     elbo = {int(r["iteration"]): r for _, r in elbo.iterrows()}
+    k_loop = loop_k(study_dir, stage)
     rows = []
     for path in sorted((Path(study_dir) / stage).glob("iter*/estep_summary.json")):
         s = read_json(path)
         it = int(path.parent.name.removeprefix("iter"))
-        row = {"iteration": it, "k": s.get("k")}
+        drawn = s.get("k")
+        k = min(drawn, k_loop) if drawn is not None and k_loop is not None else drawn
+        row = {"iteration": it, "k": k, "k_drawn": drawn}
         row.update({short: s.get(f"loop_{key}") for key, short in LOOP_COLUMNS.items()})
         gen = elbo.get(it - 1, {})  # the generator of E-step i is the model of iteration i-1 (0 = warmstart)
         row["generator_elbo"] = gen.get("elbo_per_token")
@@ -406,7 +421,7 @@ TABLE_COLUMNS: dict[str, list[str]] = {
     "teacher_quality": ["error_rate", "thought_quality"],
     "k_quality": ["k", "thought_quality"],
 }
-TABLE_COLUMNS["loop_diagnostics"] = ["iteration", "k", *LOOP_COLUMNS.values(), "generator_elbo",
+TABLE_COLUMNS["loop_diagnostics"] = ["iteration", "k", "k_drawn", *LOOP_COLUMNS.values(), "generator_elbo",
                                      "generator_direct_log_px"]
 FIGURE_TABLES = ("evals", "estep_summaries", "em_elbo", "loop_diagnostics", "teacher_quality", "k_quality")
 EVAL_KEY_COLUMNS = ["stage", "arm", "seed", "step", "iteration", "k", "run_dir", "tokens", "raw_tokens",
