@@ -355,6 +355,10 @@ def loop_diagnostics(study_dir: str | Path, stage: str = "03_bootstrap_em",
         gen = elbo.get(it - 1, {})  # the generator of E-step i is the model of iteration i-1 (0 = warmstart)
         row["generator_elbo"] = gen.get("elbo_per_token")
         row["generator_direct_log_px"] = gen.get("direct_log_px_per_token")
+        fid = s.get("fidelity") or {}
+        row["fidelity"] = (fid.get("bootstrap") or {}).get("f")
+        row["greedy_posterior_correct"] = ((fid.get("bootstrap") or {}).get("greedy") or {}).get("correct")
+        row["fidelity_dev"] = (fid.get("dev") or {}).get("f")
         rows.append(row)
     return pd.DataFrame(rows, columns=TABLE_COLUMNS["loop_diagnostics"]).sort_values("iteration", ignore_index=True)
 
@@ -422,7 +426,8 @@ TABLE_COLUMNS: dict[str, list[str]] = {
     "k_quality": ["k", "thought_quality"],
 }
 TABLE_COLUMNS["loop_diagnostics"] = ["iteration", "k", "k_drawn", *LOOP_COLUMNS.values(), "generator_elbo",
-                                     "generator_direct_log_px"]
+                                     "generator_direct_log_px", "fidelity", "greedy_posterior_correct",
+                                     "fidelity_dev"]
 FIGURE_TABLES = ("evals", "estep_summaries", "em_elbo", "loop_diagnostics", "teacher_quality", "k_quality")
 EVAL_KEY_COLUMNS = ["stage", "arm", "seed", "step", "iteration", "k", "run_dir", "tokens", "raw_tokens",
                     "effective_raw_tokens"]
