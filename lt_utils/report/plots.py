@@ -39,6 +39,8 @@ __all__ = [
     "fig_em_k",
     "fig_em_loop_gain",
     "fig_loop_gain_map",
+    "fig_fidelity_curve",
+    "fig_loop_cobweb",
     "fig_teacher_quality",
     "register",
     "render_all",
@@ -651,4 +653,115 @@ def fig_loop_gain_map(df: pd.DataFrame) -> Figure:
         fig.suptitle("Where does the EM loop improve itself? (framed: ≥ 1)")
         if df[["gain", "rho"]].apply(pd.to_numeric, errors="coerce").isna().any().any():
             fig.supxlabel("n/a: undefined, no thought verified in the denominator", fontsize=8, color="0.35")
+    return fig
+
+
+_WIDTH_COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7"]
+
+
+@register("fidelity_curve")
+def fig_fidelity_curve(df: pd.DataFrame) -> Figure:
+    """Fidelity f = mean q(z* | x) against oracle-thought training tokens, one colour per model width.
+
+    `df` is `fidelity_curve.build_table`.  Left: f on the bootstrap corpus
+    (solid) and on dev problems (dashed), with f = 0.9 marked.  Middle: what
+    sampling sees, greedy posterior correctness on the corpus (solid) and one
+    T = 1 sample per dev problem (dotted), beside dev answer accuracy (dashed).
+    Right: per family, each problem's probability of its own steps.
+    """
+    _require(df, ["width", "tokens", "f", "f_dev"], "fidelity_curve")
+    widths = sorted(df["width"].dropna().astype(int).unique())
+    panels = (
+        ("Fidelity f = mean q(z* | x)", (("f", "-", "o", "corpus"), ("f_dev", "--", "s", "dev problems"))),
+        ("Posterior thoughts that verify", (("greedy_correct", "-", "o", "greedy, corpus"),
+                                           ("sampled_dev_correct", ":", "^", "one T = 1 sample, dev"),
+                                           ("dev_accuracy", "--", "s", "dev answer accuracy"))),
+        ("Per family: q of a problem's own steps", (("p_addition", "-", "o", "addition"),
+                                                    ("p_linear", "--", "s", "linear"), ("p_word", ":", "^", "word"))),
+    )
+    with style():
+        fig = _new_figure((13.0, 3.8))
+        axes = fig.subplots(1, 3)
+        for ax, (title, series) in zip(axes, panels):
+            for i, w in enumerate(widths):
+                d = df[df["width"] == w].sort_values("tokens")
+                for col, ls, mk, label in series:
+                    if col not in d:
+                        continue
+                    v = d[["tokens", col]].apply(pd.to_numeric, errors="coerce").dropna()
+                    if len(v):
+                        ax.plot(v["tokens"] / 1e6, v[col], linestyle=ls, marker=mk, color=_WIDTH_COLORS[i % 4],
+                                label=f"d = {w}, {label}")
+            ax.set_xscale("log")
+            ax.set_ylim(0, 1)
+            ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+            ax.set_xlabel("Oracle-thought training tokens (millions)")
+            ax.set_title(title)
+            ax.legend(loc="upper left", fontsize=7)
+        axes[0].axhline(0.9, color="0.5", linewidth=0.8, linestyle=":")
+        fig.suptitle("How sharp is the generator's posterior on the right thought? (warmstarts from the base model)")
+    return fig
+
+
+@register("loop_cobweb")
+def fig_loop_cobweb(df: pd.DataFrame) -> Figure:
+    """The loop as an iterated map c_{t+1} = E(M(c_t)), against the identity line (`lt_utils.cobweb`).
+
+    `df` is `cobweb_map.build_table`: rows of kind ``E`` (x = one sample's
+    correctness s, y = selected correctness), ``M`` (x = correctness of the
+    thoughts an M-step trained on, y = its generator's s) and ``loop`` (x =
+    iteration, y = selected correctness of that iteration's E-step, per
+    seed).  Left: the composite through the measured points (solid where both
+    maps rest on measurements, dotted where held flat beyond them), its fixed
+    points (filled: stable), and each measured loop as a staircase.  Right:
+    the two maps' measured points.
+    """
+    from ..cobweb import Curve, composite, domain, fixed_points, staircase
+
+    _require(df, ["kind", "x", "y"], "loop_cobweb")
+    pts = {k: d[["x", "y"]].apply(pd.to_numeric, errors="coerce").dropna() for k, d in df.groupby("kind")}
+    with style():
+        fig = _new_figure((10.0, 4.4))
+        ax, side = fig.subplots(1, 2)
+        ax.plot([0, 1], [0, 1], color="0.55", linewidth=0.9, linestyle="--", label="identity (G = 1)")
+        if "E" in pts and "M" in pts and len(pts["E"]) and len(pts["M"]):
+            e, m = Curve.of(pts["E"]["x"], pts["E"]["y"]), Curve.of(pts["M"]["x"], pts["M"]["y"])
+            lo, hi = domain(e, m)
+            grid = np.linspace(0, 1, 401)
+            ax.plot(grid, composite(e, m, grid), color="0.35", linewidth=1.0, linestyle=":")
+            inside = grid[(grid >= lo) & (grid <= hi)]
+            ax.plot(inside, composite(e, m, inside), color="black", linewidth=1.8, label="E(M(c)) from measured maps")
+            for fp in fixed_points(e, m, lo, hi) if hi > lo else []:
+                ax.plot([fp.c], [fp.c], marker="o", markersize=9, color="black",
+                        markerfacecolor="black" if fp.stable else "white", zorder=5,
+                        label=f"fixed point c* = {fp.c:.2f} ({'stable' if fp.stable else 'unstable'})")
+        loops = df[df["kind"] == "loop"]
+        for i, (seed, d) in enumerate(loops.groupby("seed")):
+            cs = d.sort_values("x")["y"].astype(float).tolist()
+            if len(cs) >= 2:
+                xs, ys = staircase(cs)
+                ax.plot(xs, ys, color=_WIDTH_COLORS[i % 4], linewidth=1.3, marker=".",
+                        label=f"measured loop, seed {int(seed)} (c_1 → c_{len(cs)})")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+        ax.set_xlabel("c_t: correctness of the thoughts trained on")
+        ax.set_ylabel("c_t+1: correctness of the next selected thoughts")
+        ax.legend(loc="upper left", fontsize=7)
+        ax.set_title("The loop's cobweb")
+        for kind, mk, color, label in (("E", "o", "#CC79A7", "E-step: selected vs one sample (x = s)"),
+                                       ("M", "s", "#009E73", "M-step: one sample after vs trained on (x = c)")):
+            if kind in pts and len(pts[kind]):
+                side.scatter(pts[kind]["x"], pts[kind]["y"], marker=mk, color=color, label=label, zorder=3)
+        side.plot([0, 1], [0, 1], color="0.55", linewidth=0.9, linestyle="--")
+        side.set_xlim(0, 1)
+        side.set_ylim(0, 1)
+        side.set_aspect("equal")
+        side.set_xlabel("input of the map")
+        side.set_ylabel("output of the map")
+        side.legend(loc="upper left", fontsize=7)
+        side.set_title("The two measured maps")
+        for a in (ax, side):
+            a.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+            a.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
     return fig

@@ -362,7 +362,7 @@ class Study:
                       summary={k2: summary[k2] for k2 in ("n_chunks", "mean_ess", "frac_selected_correct") if k2 in summary})
         return summary
 
-    def fidelity(self, gen: Path, ecfg: EStepConfig) -> dict:
+    def fidelity(self, gen: Path, ecfg: EStepConfig, decode_chunks: int = 256) -> dict:
         """Fidelity of generator `gen` (`lt_utils.fidelity`) on the bootstrap corpus and the dev problems,
         in the E-step's own layout and proposal (prefix, temperature, banned tokens); never on test problems."""
         path = dev_problems_path(self.data)
@@ -370,7 +370,7 @@ class Study:
         return with_generator(gen, self.tok_dir, lambda m, tok, _: fidelity_report(
             m, tok, self.boot_chunks, dev, chunk_is_correct, max_prefix_tokens=ecfg.max_prefix_tokens,
             ban_special_in_thought=ecfg.ban_special_in_thought, temperature=ecfg.temperature,
-            max_thought_tokens=ecfg.max_thought_tokens, seed=ecfg.seed),
+            max_thought_tokens=ecfg.max_thought_tokens, seed=ecfg.seed, decode_chunks=decode_chunks),
             threads=self.cfg.n_workers * self.cfg.threads_per_worker)
 
     def estep_config(self, **kw) -> EStepConfig:

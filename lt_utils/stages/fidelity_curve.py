@@ -1,0 +1,215 @@
+"""The fidelity curve: how much training on oracle thoughts makes a generator's posterior sharp on the right one.
+
+    python -m lt_utils.stages.fidelity_curve                   # params/fidelity_curve/curve.yaml (make fidelity)
+    python -m lt_utils.stages.fidelity_curve --widths 64       # one width only
+    python -m lt_utils.stages.fidelity_curve --redraw          # figures/data/fidelity_curve.csv -> the figure
+
+The loop can only select right thoughts its generator proposes, and at T = 1
+it proposes them about as often as f = mean q(z* | x) (`lt_utils.fidelity`).
+This curve trains warmstarts from the shared base model on the warmstart
+corpus with oracle thoughts, at training budgets spanning ≥ 10× (each with its
+own cosine schedule decayed to the floor at its end) and at several model
+widths (each width its own base model), and measures every one's f, its
+greedy and sampled posterior correctness, dev accuracy and thought NLL: what
+compute gives f ≥ 0.9, family by family.
+
+The runs are the loop-gain map's warmstart level (`lt_utils.stages.loop_map`)
+under the map named in the params file, so a warmstart the map trained is
+reused here and the other way round; a width is the map's profile with
+`n_embd`, `intermediate_size` (4×) and their `base_*` twins overridden.
+Dev problems only: a calibration never reads test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import ConfigError, load, require, to_dict
+from ..paths import FIGURES_DIR, PARAMS_DIR, resolve
+from . import loop_map
+
+PARAMS_FILE = "curve.yaml"         # params/<name>/curve.yaml
+TABLE = "fidelity_curve.csv"
+FIGURE = "fidelity_curve"
+COLUMNS = ["width", "steps", "tokens", "f", "f_first_chunks", "f_later_chunks", "f_dev", "greedy_correct",
+           "greedy_dev_correct", "sampled_dev_correct", "dev_accuracy", "thought_nll_per_token",
+           "p_addition", "p_linear", "p_word", "worst_operation", "worst_operation_nll_share", "warmstart"]
+
+
+@dataclass(frozen=True)
+class FidelityCurveConfig:
+    map: str = "loop_map_transfer"       # params/<map>/map.yaml: profile, overrides and run root shared with the map
+    budgets: list[int] = field(default_factory=lambda: [300, 1000, 3000])   # warmstart steps
+    widths: list[int] = field(default_factory=lambda: [64, 128])            # n_embd (heads kept; MLP 4x)
+    decode_chunks: int = 256             # bootstrap chunks decoded greedily per generator
+    workers: int = 0                     # parallel worker processes (0: one per core)
+    figures_dir: str = "figures"         # where the figure and figures/data/fidelity_curve.csv go ("" = none)
+
+    def __post_init__(self):
+        require(len(self.budgets) > 0 and all(b >= 1 for b in self.budgets), "budgets must list steps ≥ 1")
+        require(len(self.widths) > 0 and all(w >= 8 and w % 4 == 0 for w in self.widths),
+                "widths must list n_embd values ≥ 8 divisible by 4")
+        require(self.decode_chunks >= 0 and self.workers >= 0, "decode_chunks and workers must be ≥ 0")
+
+
+def width_overrides(width: int) -> tuple[dict, dict]:
+    """(stage-01, stage-03) overrides that make a model of this width (the base's and every run's)."""
+    size = {"n_embd": width, "intermediate_size": 4 * width}
+    return {f"base_{k}": v for k, v in size.items()}, dict(size)
+
+
+def cells(cfg: FidelityCurveConfig) -> list[tuple[int, loop_map.Cell]]:
+    """(width, cell) for every width × budget, each cell's warmstart level named as the map would name it."""
+    base = loop_map.load_map(cfg.map)
+    out = []
+    for w in cfg.widths:
+        d_over, b_over = width_overrides(w)
+        m = dataclasses.replace(base, data_prep={**base.data_prep, **d_over}, bootstrap={**base.bootstrap, **b_over},
+                                row_param="warmstart_steps", row_values=list(cfg.budgets),
+                                col_param="steps", col_values=base.col_values[:1], ablation={}, ablation_rows=[])
+        out += [(w, c) for c in loop_map.expand(m)]
+    return out
+
+
+def run_fidelity(params: dict, warm_id: str, estep_id: str, decode_chunks: int) -> dict:
+    """Fidelity of one warmstart in one E-step layout (its own run directory, the model linked in),
+    with the warmstart's last dev evaluation."""
+    from ..runs import read_json, write_json
+    from .bootstrap_em import Study
+
+    cfg, run = loop_map._open(loop_map._level_params(params, loop_map.MSTEP_ONLY), f"03_fidelity_{estep_id}")
+    if run.already_done:
+        return read_json(run.file("fidelity.json"))
+    warm = run.path.parent / f"03_warmstart_{warm_id}"
+    seed = cfg.seeds[0]
+    gen = run.file(f"train/warmstart/seed{seed}")
+    loop_map._link(warm / f"train/warmstart/seed{seed}", gen)
+    t0 = time.perf_counter()
+    study = Study(run, cfg)
+    fid = study.fidelity(gen, study.estep_config(k=1, seed=0), decode_chunks=decode_chunks)
+    out = {"fidelity": fid, "dev": _last_dev_eval(gen), "steps": cfg.warmstart_steps,
+           "tokens": cfg.warmstart_steps * cfg.batch_size * cfg.seq_len, "seconds": time.perf_counter() - t0}
+    write_json(run.file("fidelity.json"), out)
+    run.add_artifact("fidelity.json", "the warmstart's fidelity on the bootstrap corpus and dev problems")
+    run.finish()
+    return out
+
+
+def _last_dev_eval(model_dir: Path) -> dict | None:
+    from ..runs import read_jsonl
+
+    path = Path(model_dir) / "metrics.jsonl"
+    evals = [r for r in read_jsonl(path) if r.get("kind") == "eval" and r.get("split") == "dev"] if path.exists() else []
+    return max(evals, key=lambda r: r["step"]) if evals else None
+
+
+def row(width: int, res: dict, warm: str) -> dict:
+    """One row of the table from a warmstart's `fidelity.json`."""
+    fid = res["fidelity"]
+    b, d = fid.get("bootstrap", {}), fid.get("dev", {})
+    fam = b.get("by_family", {})
+    ops = b.get("by_operation", {})
+    worst = max(ops, key=lambda k: ops[k]["nll_share"]) if ops else ""
+    return {"width": width, "steps": res["steps"], "tokens": res["tokens"], "f": b.get("f"),
+            "f_first_chunks": b.get("by_position", {}).get("first", {}).get("f"),
+            "f_later_chunks": b.get("by_position", {}).get("later", {}).get("f"), "f_dev": d.get("f"),
+            "greedy_correct": b.get("greedy", {}).get("correct"), "greedy_dev_correct": d.get("greedy", {}).get("correct"),
+            "sampled_dev_correct": d.get("sampled", {}).get("correct"),
+            "dev_accuracy": (res.get("dev") or {}).get("accuracy"), "thought_nll_per_token": b.get("nll_per_token"),
+            **{f"p_{f}": fam.get(f, {}).get("p") for f in ("addition", "linear", "word")},
+            "worst_operation": worst, "worst_operation_nll_share": ops[worst]["nll_share"] if worst else None,
+            "warmstart": warm}
+
+
+def build_table(rows: list[dict]):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=COLUMNS).sort_values(["width", "steps"], kind="mergesort").reset_index(drop=True)
+
+
+def run_curve(cfg: FidelityCurveConfig):
+    """Base models, warmstarts (reused where the map has them) and their fidelity; writes the table and figure."""
+    from ..parallel import available_cores, run_parallel
+
+    todo = loop_map._unique([c for _, c in cells(cfg)], "estep_id")
+    width_of = {c.warm_id: w for w, c in cells(cfg)}
+    workers = cfg.workers or available_cores()
+
+    def par(fn, args, desc):
+        return run_parallel(loop_map._star, [(fn, a) for a in args], workers=workers, desc=desc,
+                            names=[f"{fn.__name__}{i}" for i in range(len(args))])
+
+    par(loop_map.run_data, [(c.data_params,) for c in loop_map._unique(todo, "data_id")], "data and base models")
+    par(loop_map.run_warmstart, [(c.boot_params, c.warm_id) for c in loop_map._unique(todo, "warm_id")], "warmstarts")
+    outs = par(run_fidelity, [(c.boot_params, c.warm_id, c.estep_id, cfg.decode_chunks) for c in todo], "fidelity")
+    df = build_table([row(width_of[c.warm_id], o, f"{c.data_id}/03_warmstart_{c.warm_id}") for c, o in zip(todo, outs)])
+    root = resolve(loop_map.load_map(cfg.map).run_root) / loop_map.load_map(cfg.map).name
+    loop_map.write_table(df, root / TABLE)
+    if cfg.figures_dir:
+        fig_dir = resolve(cfg.figures_dir)
+        loop_map.write_table(df, fig_dir / "data" / TABLE)
+        draw(read_table(fig_dir / "data" / TABLE), fig_dir)
+    return df
+
+
+def read_table(path: str | Path):
+    import pandas as pd
+
+    from ..runs import MissingInputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"{path} not found (written by the fidelity curve: make fidelity)")
+    return pd.read_csv(path)
+
+
+def draw(df, out_dir: str | Path) -> list[Path]:
+    from ..report import plots
+
+    return plots.render_all({FIGURE: df}, out_dir)[FIGURE]
+
+
+def load_curve(name: str = "fidelity_curve", **overrides) -> FidelityCurveConfig:
+    path = PARAMS_DIR / name / PARAMS_FILE
+    if not path.is_file():
+        raise ConfigError(f"fidelity-curve params file not found: {path}")
+    params = yaml.safe_load(path.read_text()) or {}
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    return load(FidelityCurveConfig, params, where=str(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="fidelity_curve", help=f"params/<name>/{PARAMS_FILE}")
+    ap.add_argument("--widths", type=int, nargs="+", help="override the widths")
+    ap.add_argument("--budgets", type=int, nargs="+", help="override the budgets (warmstart steps)")
+    ap.add_argument("--workers", type=int, help="override workers")
+    ap.add_argument("--redraw", action="store_true", help="redraw the figure from figures/data/fidelity_curve.csv")
+    args = ap.parse_args(argv)
+    from ..runs import MissingInputError
+
+    try:
+        if args.redraw:
+            table = FIGURES_DIR / "data" / TABLE
+            paths = draw(read_table(table), FIGURES_DIR)
+            print(f"{FIGURE} from {table} -> {', '.join(str(p) for p in paths)}")
+            return 0
+        cfg = load_curve(args.params, widths=args.widths, budgets=args.budgets, workers=args.workers)
+        df = run_curve(cfg)
+    except (ConfigError, MissingInputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(df[["width", "steps", "f", "f_dev", "greedy_correct", "sampled_dev_correct", "dev_accuracy"]].to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
