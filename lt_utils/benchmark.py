@@ -1,29 +1,36 @@
-"""Throughput benchmark: is lt_utils' training loop as fast as plain torch, and how fast is sampling?
+"""Throughput benchmark: training against plain torch, and the E-step and evaluation against the model's forward.
 
-    python -m lt_utils.benchmark [--steps 60] [--threads 1]
+    python -m lt_utils.benchmark [--steps 60] [--threads 1] [--estep-threads 0] [--old c2e619a]
 
-Prints, measured in one run on this machine:
-  * training tokens/s of `train.run_train_job` (transformers Llama + accelerate)
-    against a minimal plain-torch causal LM of the same size (same batch, same
-    threads), and their ratio;
-  * sampling tokens/s of `sample.sample` (temperature 1, exact log-probs)
-    against transformers' `generate` on the same prompts;
-  * E-step tokens/s (`estep.run_estep`: K posterior samples per chunk, joint
-    scoring, weights, resampling, records) against bare sampling of the same
-    posterior prompts with the same K, i.e. what the E-step's second pass and
-    bookkeeping cost on top of the unavoidable sampling (fastest of three
-    interleaved rounds each).  Bare sampling is
-    timed twice: with each prompt copied K times and encoded per copy (what
-    the E-step did before it shared the prompt's KV cache) and with the
-    sharing the E-step now uses.  A short warm-up runs first, so neither
-    pays for one-off initialisation.
-Numbers are figures to read, not assertions.
+Prints, measured in one run on this machine, on the study's model size
+(Llama, 4 layers, d = 64, vocabulary 384) trained briefly so that thoughts end:
+  * training tokens/s of `train.run_train_job` against a minimal plain-torch
+    causal LM of the same size (same batch, `--threads`), and their ratio;
+  * forward_tokens_per_s: a no-grad forward of the same model at the
+    E-step's batch (its rows × 128 tokens);
+  * decode_tokens_per_s: bare sampling (`sample.sample`) of the E-step's
+    posterior prompts, K rows each, in new tokens per second;
+  * estep_tokens_per_s: `estep.run_estep` (K posterior samples per chunk,
+    joint scoring, weights, resampling, records) in sampled plus scored
+    tokens (the continuation tokens whose log p is taken) per second;
+  * the same E-step work and a greedy evaluation with the sampler of commit
+    `--old` (read from git), the E-step on one thread as the study ran it
+    then, the evaluation on one thread as training workers run it, and the
+    speed-ups;
+  * last, ``estep_vs_forward``: E-step tokens/s ÷ forward tokens/s.
+The E-step, decoding and forward run on `--estep-threads` threads (0: every
+available core, as the study's ``workers: 0``).  Each figure is the fastest
+of `--rounds` interleaved rounds, so a burst of load from another process
+skews neither side of a ratio.  Numbers are figures to read, not assertions.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -84,13 +91,55 @@ def bench_plain(vocab, spec, train, steps: int) -> float:
     return steps * train.batch_size * train.seq_len / (time.perf_counter() - t0)
 
 
-def bench_estep(model, tok, docs, *, k: int, max_thought_tokens: int, repeats: int = 3) -> dict:
-    """E-step vs bare sampling of the same posterior prompts (K each), in sampled tokens per second.
+def load_old_sampler(commit: str):
+    """`lt_utils/sample.py` as it was at `commit`, loaded as a module of its own (None without git or the commit)."""
+    try:
+        src = subprocess.run(["git", "show", f"{commit}:lt_utils/sample.py"], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).resolve().parent).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = Path(tempfile.mkdtemp(prefix="lt-old-sampler-")) / "old_sample.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"lt_old_sample_{commit}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod     # dataclasses look their module up while the class is built
+    spec.loader.exec_module(mod)
+    return mod
 
-    The three are timed in turn `repeats` times and each keeps its fastest
-    round, so a burst of load from another process on a shared machine skews
-    neither side of the ratio.
-    """
+
+class _OldBackend:
+    """The old sampler behind `run_estep`'s backend interface (sample/score without the model argument)."""
+
+    name, model_key = "old-sampler", "bench-old"
+
+    def __init__(self, mod, model):
+        self.mod, self.model = mod, model
+
+    def sample(self, prompts, **kw):
+        return self.mod.sample(self.model, prompts, **kw)
+
+    def score(self, contexts, continuations, **kw):
+        return self.mod.score(self.model, contexts, continuations, **kw)
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def estep_tokens(records) -> tuple[int, int]:
+    """(sampled tokens, scored tokens) of E-step records: each candidate's thought (+ the EoL that ended it), and
+    its scored continuation ``SoL PRI z EoL x``."""
+    sampled = sum(c["n_tokens"] + int(c["terminated"]) for r in records for c in r["candidates"])
+    scored = sum(c["n_tokens"] + 3 + r["n_suffix_tokens"] for r in records for c in r["candidates"])
+    return sampled, scored
+
+
+def bench_inference(model, tok, docs, *, k: int, max_thought_tokens: int, threads: int, rounds: int,
+                    old_commit: str) -> dict:
+    """E-step, bare decoding, forward and evaluation throughput (see the module note)."""
+    from . import evaluate
     from .data import chunk_document
     from .estep import EStepConfig, posterior_prompt, run_estep
     from .sample import sample
@@ -100,40 +149,82 @@ def bench_estep(model, tok, docs, *, k: int, max_thought_tokens: int, repeats: i
     chunks = [c for d in docs for c in chunk_document(d.doc_id, d.segments(), mean_units=1.0, max_units=20,
                                                       prefix_chunks=3)[1]]
     cfg = EStepConfig(k=k, max_thought_tokens=max_thought_tokens, seed=0, batch_chunks=64)
+    rows = cfg.batch_chunks * k
+    prompts = [posterior_prompt(tok, c) for c in chunks for _ in range(k)]
+    fwd_ids = torch.randint(0, len(tok), (rows, 128), generator=torch.Generator().manual_seed(0))
+    problems = [u for d in docs for u in d.units]
+    shots = evaluate.exemplar_units(docs[-10:], 3)
+    old = load_old_sampler(old_commit) if old_commit else None
+
+    def forward():
+        with torch.no_grad():
+            model(input_ids=fwd_ids, use_cache=False)
+        return fwd_ids.numel()
+
+    def run_eval():
+        return evaluate.evaluate_problems(model, tok, problems, style="latent", shots=shots)
+
+    torch.set_num_threads(threads)
     run_estep(model, tok, chunks[:8], EStepConfig(k=k, max_thought_tokens=4, seed=1, batch_chunks=8),
               model_key="warm-up", progress=False)
-    prompts = [posterior_prompt(tok, c) for c in chunks for _ in range(k)]
-    best = {"estep": 0.0, False: 0.0, True: 0.0}
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        records = run_estep(model, tok, chunks, cfg, model_key="bench", progress=False)  # a fresh in-memory cache
-        n = sum(c["n_tokens"] + int(c["terminated"]) for r in records for c in r["candidates"])
-        best["estep"] = max(best["estep"], n / (time.perf_counter() - t0))
-        for share in (False, True):
-            t0 = time.perf_counter()
-            out = sample(model, prompts, max_new_tokens=max_thought_tokens, stop_ids=[ids.eol], pad_id=ids.pad,
-                         seed=0, batch_size=64 * k, share=share)
-            best[share] = max(best[share], sum(len(s.tokens) for s in out) / (time.perf_counter() - t0))
-    return {"estep_chunks": len(chunks), "estep_k": k, "estep_rounds": max(1, repeats),
-            "estep_tokens_per_s": round(best["estep"]),
-            "bare_sampling_tokens_per_s": round(best[False]),
-            "bare_sampling_shared_prompt_tokens_per_s": round(best[True]),
-            "estep_ratio_over_bare_sampling": round(best["estep"] / best[False], 3),
-            "estep_ratio_over_bare_shared_sampling": round(best["estep"] / best[True], 3)}
+    best: dict[str, float] = {}
+
+    def keep(name, value, larger=True):
+        best[name] = value if name not in best else (max if larger else min)(best[name], value)
+
+    for _ in range(max(1, rounds)):
+        torch.set_num_threads(threads)
+        n, dt = _timed(forward)
+        keep("forward", n / dt)
+        records, dt = _timed(lambda: run_estep(model, tok, chunks, cfg, model_key="bench", progress=False))
+        sampled, scored = estep_tokens(records)
+        keep("estep", (sampled + scored) / dt)
+        keep("estep_s", dt, larger=False)
+        out, dt = _timed(lambda: sample(model, prompts, max_new_tokens=max_thought_tokens, stop_ids=[ids.eol],
+                                        pad_id=ids.pad, seed=0, batch_size=rows))
+        keep("decode", sum(len(s.tokens) for s in out) / dt)
+        torch.set_num_threads(1)
+        keep("eval_s", _timed(run_eval)[1], larger=False)
+        if old is not None:
+            keep("old_estep_s", _timed(lambda: run_estep(None, tok, chunks, cfg, backend=_OldBackend(old, model),
+                                                         progress=False))[1], larger=False)
+            real = evaluate.sample
+            evaluate.sample = old.sample
+            try:
+                keep("old_eval_s", _timed(run_eval)[1], larger=False)
+            finally:
+                evaluate.sample = real
+    res = {"estep_threads": threads, "estep_chunks": len(chunks), "estep_k": k, "estep_rows_per_batch": rows,
+           "estep_sampled_tokens": sampled, "estep_scored_tokens": scored, "rounds": max(1, rounds),
+           "forward_tokens_per_s": round(best["forward"]), "decode_tokens_per_s": round(best["decode"]),
+           "estep_tokens_per_s": round(best["estep"]), "estep_seconds": round(best["estep_s"], 2),
+           "eval_problems": len(problems), "eval_seconds_1_thread": round(best["eval_s"], 2)}
+    if old is not None:
+        res.update({"old_commit": old_commit,
+                    "old_estep_seconds_1_thread": round(best["old_estep_s"], 2),
+                    "estep_speedup_over_old": round(best["old_estep_s"] / best["estep_s"], 2),
+                    "old_eval_seconds_1_thread": round(best["old_eval_s"], 2),
+                    "eval_speedup_over_old": round(best["old_eval_s"] / best["eval_s"], 2)})
+    res["estep_vs_forward"] = round(best["estep"] / best["forward"], 3)
+    return res
 
 
 def main(argv=None) -> dict:
     from .data import ThoughtDoc
-    from .model import ModelSpec, build_model
+    from .model import ModelSpec, load_model
+    from .parallel import available_cores
     from .runs import write_jsonl
-    from .sample import sample
-    from .tokens import SpecialIds, encode, train_tokenizer
+    from .tokens import train_tokenizer
     from .train import TrainJob, TrainSpec, run_train_job
     from . import world
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="training threads (the study's workers use 1)")
+    ap.add_argument("--estep-threads", type=int, default=0, help="E-step/decoding/forward threads (0: every core)")
+    ap.add_argument("--docs", type=int, default=40, help="documents whose chunks the E-step samples")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--old", default="c2e619a", help="commit whose sampler is timed beside ('' to skip)")
     ap.add_argument("--out", help="write the figures as JSON here too")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -145,43 +236,22 @@ def main(argv=None) -> dict:
     recs = [ThoughtDoc(d.doc_id, d.segments()[0], d.segments()[1:], [u.thought for u in d.units]).to_dict()
             for d in docs]
     write_jsonl(tmp / "corpus.jsonl", recs)
-    spec = ModelSpec(n_layer=3, n_embd=64, n_head=4, n_kv_head=4, intermediate_size=256, max_seq_len=256)
+    spec = ModelSpec(n_layer=4, n_embd=64, n_head=4, n_kv_head=4, intermediate_size=256, max_seq_len=256)
     train = TrainSpec(steps=args.steps, batch_size=16, seq_len=256, eval_every=10 ** 9)
     job = TrainJob(out_dir=str(tmp / "run"), tokenizer_dir=str(tmp / "tok"), corpus_path=str(tmp / "corpus.jsonl"),
                    layout="random", model=spec, train=train, seed=0, threads=args.threads, progress=False)
     ours = run_train_job(job)["tokens_per_s"]
     plain = bench_plain(len(tok), spec, train, args.steps)
-
-    ids = SpecialIds.of(tok)
-    model = build_model(spec, tok).eval()
-    prompts = [[ids.bos] + encode(tok, f"Problem: {u.question} Answer:") + [ids.sol, ids.prior]
-               for d in docs[:64] for u in d.units[:1]]
-    n_new = 48
-    t0 = time.perf_counter()
-    out = sample(model, prompts, max_new_tokens=n_new, seed=0, pad_id=ids.pad, batch_size=64)
-    ours_sample = sum(len(s.tokens) for s in out) / (time.perf_counter() - t0)
-    from transformers import GenerationConfig
-
-    width = max(len(p) for p in prompts)
-    inp = torch.tensor([[ids.pad] * (width - len(p)) + p for p in prompts])
-    mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
-    gc = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=n_new,
-                          min_new_tokens=n_new, pad_token_id=ids.pad, eos_token_id=None)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        gen = model.generate(input_ids=inp, attention_mask=mask, generation_config=gc)
-    hf_sample = (gen.shape[1] - width) * len(prompts) / (time.perf_counter() - t0)
-
-    est = bench_estep(model, tok, docs[:40], k=4, max_thought_tokens=n_new)
-
     res = {"threads": args.threads, "train_tokens_per_s_lt_utils": round(ours), "train_tokens_per_s_plain_torch":
            round(plain), "train_ratio_lt_utils_over_plain": round(ours / plain, 3),
-           "sample_tokens_per_s_lt_utils": round(ours_sample), "sample_tokens_per_s_hf_generate": round(hf_sample),
-           "sample_ratio_lt_utils_over_hf": round(ours_sample / hf_sample, 3),
-           **est,
-           "model": f"Llama d={spec.n_embd} L={spec.n_layer} H={spec.n_head}, batch {train.batch_size}x{train.seq_len}"}
+           "model": f"Llama d={spec.n_embd} L={spec.n_layer} H={spec.n_head} vocab={len(tok)}, "
+                    f"training batch {train.batch_size}x{train.seq_len}"}
+    model = load_model(tmp / "run" / "model").eval()   # trained for a moment: thoughts end at EoL
+    res.update(bench_inference(model, tok, docs[:args.docs], k=4, max_thought_tokens=64,
+                               threads=args.estep_threads or available_cores(), rounds=args.rounds,
+                               old_commit=args.old))
     for k, v in res.items():
-        print(f"{k:36s} {v}")
+        print(f"{k}: {v}" if k == "estep_vs_forward" else f"{k:36s} {v}")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
     return res
