@@ -49,23 +49,27 @@ teacher-forced passes over prefix + thought + suffix (one forward each,
 batched ``score_batch_size`` rows at a time).  At paper scale (K = 4) that is
 about 4× the selected thought tokens generated and 4× (thought + context)
 tokens scored per iteration.  Rows are grouped as ``batch_chunks`` chunks × K
-copies of each prompt; each prompt is encoded once and its KV cache copied
-to its K rows, and each ``BOS prefix`` is encoded once for its K joint
-scores (`lt_utils.sample`; the rows and random stream are those of the
-unshared computation).
+copies of each prompt; each prompt is encoded once and its K rows read that
+one copy of its keys, and each ``BOS prefix`` is encoded once for its K
+joint scores (`lt_utils.sample`; the rows and random streams are those of
+the unshared computation).  The E-step runs on every thread torch is given
+(the stage gives it every core with ``workers: 0``).
 
 Determinism, cache, resume, shards
 ----------------------------------
-``torch.multinomial`` in :func:`lt_utils.sample.sample` draws all rows of a
-call from one Generator, so which random numbers a row gets depends on who
-else is in its batch.  Chunks are therefore sampled in *fixed groups*: the
-canonical chunk list is cut into consecutive groups of ``batch_chunks``, each
-group is one sampling call seeded from a stable hash of (seed, the (doc_id,
-chunk index, candidate index) of every row it samples), and shards take whole
-groups (group g → shard g mod num_shards).  A group's composition thus
-depends only on the chunk list and the configuration, never on sharding,
-order or resumption.  Scoring runs over the same groups, so even the float
-noise of padding is identical.
+Chunks are sampled in *fixed groups*: the canonical chunk list is cut into
+consecutive groups of ``batch_chunks``, each group is one sampling call
+seeded from a stable hash of (seed, the (doc_id, chunk index, candidate
+index) of every row it samples), and shards take whole groups (group g →
+shard g mod num_shards).  Within a call, :func:`lt_utils.sample.sample`
+gives row i its own random stream, seeded by (the call's seed, i), so a
+row's draws do not depend on how the sampler batches, buckets or drops rows;
+a group's composition depends only on the chunk list and the configuration,
+never on sharding, order or resumption.  Scoring runs over the same groups,
+so even the float noise of padding is identical.  (Before the per-row
+streams, every row of a call drew from one torch Generator through
+``torch.multinomial``; the same seeds now draw other candidates than the
+studies committed before that change.)
 
 Every candidate is written to SQLite as soon as its group is sampled
 (committed per group), then its log p once scored.  The key hashes the model
@@ -353,10 +357,10 @@ def _sample_group(model, items: list[tuple[_Prepared, int]], cfg: EStepConfig, i
                   backend=None, banned: Sequence[int] = ()) -> list[dict]:
     """Sample the (chunk, candidate index) rows `items` in one call, seeded by their identities.
 
-    Each prompt appears once per candidate row, in one padded batch, so the
+    Each prompt appears once per candidate row, in one batch, so the
     proposal is exactly that of `lt_utils.sample` (which encodes a repeated
-    prompt once and copies its KV cache to the rows; `make bench` prints the
-    E-step's speed next to bare sampling).
+    prompt once for all its rows; `make bench` prints the E-step's speed next
+    to bare sampling and the model's forward).
     """
     seed = stable_seed("sample", int(cfg.seed), [[p.chunk.doc_id, p.chunk.index, j] for p, j in items])
     sampler = backend.sample if backend is not None else (lambda prompts, **kw: sample(model, prompts, **kw))

@@ -36,6 +36,13 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def torch_threads() -> int:
+    """Threads torch computes with in this process (logged beside each E-step and evaluation)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def default_workers() -> int:
     return max(1, min(available_cores(), 8))
 

@@ -411,7 +411,7 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
         """
         from .evaluate import evaluate_problems, validation_nll
 
-        common: dict[str, Any] = {}
+        common: dict[str, Any] = {"eval_threads": torch.get_num_threads()}   # the worker's share of the cores
         if valid_rows is not None:
             common["val_nll"] = validation_nll(m, valid_rows)
         recs = []

@@ -143,3 +143,92 @@ def test_banned_tokens_renormalise_the_recorded_log_probs(tokenizer, tiny_model)
     for s, w, u in zip(out, want, unbanned):
         assert s.logprobs == pytest.approx(w, abs=1e-4)
         assert all(a > b for a, b in zip(s.logprobs, u))   # renormalised over fewer tokens: every log-prob rises
+
+
+# --------------------------------------------------------------------------- the preallocated, prefix-shared cache
+def _full_forward_logps(model, prompt, tokens, *, temperature=1.0, banned=()):
+    """log softmax((logits with `banned` at −inf) / T) of `tokens` after `prompt`: one plain forward, no cache."""
+    seq = torch.tensor([list(prompt) + list(tokens)])
+    with torch.no_grad():
+        logits = model(input_ids=seq, use_cache=False).logits[0, len(prompt) - 1:-1].float()
+    logits[:, list(banned)] = float("-inf")
+    return torch.log_softmax(logits / temperature, dim=-1).gather(-1, torch.tensor(tokens)[:, None]).squeeze(-1)
+
+
+def mixed_prompts(tokenizer):
+    """Prompts of many lengths (1 to ~40 tokens): repeated ones (one shared copy each, the empty prefix of a lone
+    BOS included) and distinct ones that share only a common head."""
+    ids = SpecialIds.of(tokenizer)
+    head = [ids.bos] + encode(tokenizer, "Problem: 1 + 2 Answer: 3.\n")
+    texts = ["Problem: 347 + 586 Answer:", "Problem: 9 + 9 Answer:", "Problem: 12 + 30 + 7 + 100 + 5 Answer:"]
+    uniq = [head + encode(tokenizer, t) + [ids.sol, ids.prior] for t in texts]
+    single = [head + encode(tokenizer, "Problem: 5 + 5 Answer:"), head + encode(tokenizer, "Problem: 77 Answer:"), head]
+    return [[ids.bos], [ids.bos]] + [p for p in uniq for _ in range(3)] + single, ids
+
+
+def test_kv_cache_path_is_the_one_used_for_llama(tiny_model):
+    from lt_utils.kv_forward import supports
+
+    assert supports(tiny_model)
+
+
+def test_log_q_and_log_p_equal_a_plain_forward_with_bans_stops_early_finishes_and_buckets(tokenizer, tiny_model):
+    """Sampled log q and scored log p against one uncached forward per row: banned tokens renormalised, stop ids
+    ending rows at different steps (finished rows dropped from the batch), batches mixing prompt lengths."""
+    prompts, ids = mixed_prompts(tokenizer)
+    with torch.no_grad():
+        tiny_model.lm_head.weight.mul_(0.3)   # flatter: rows stop at many different steps
+    banned = list(range(5, 60))
+    free = sample(tiny_model, prompts, max_new_tokens=24, seed=4, pad_id=ids.pad, banned_ids=banned)
+    stops = torch.bincount(torch.tensor([t for s in free for t in s.tokens])).topk(4).indices.tolist()
+    for batch_size in (4, 64):
+        out = sample(tiny_model, prompts, max_new_tokens=24, stop_ids=stops, banned_ids=banned, temperature=1.3,
+                     seed=7, pad_id=ids.pad, batch_size=batch_size)
+        lengths = [len(s.tokens) for s in out]
+        assert any(s.finished for s in out) and any(not s.finished for s in out) and len(set(lengths)) >= 4
+        for p, s in zip(prompts, out):
+            assert not set(s.tokens) & set(banned)
+            assert s.finished == (s.tokens[-1] in stops) and not set(s.tokens[:-1]) & set(stops)
+            want = _full_forward_logps(tiny_model, p, s.tokens, temperature=1.3, banned=banned)
+            assert s.logprobs == pytest.approx(want.tolist(), abs=1e-4)
+        for share in (True, False):
+            got = score(tiny_model, prompts, [s.tokens for s in out], pad_id=ids.pad, batch_size=batch_size,
+                        share=share)
+            for p, s, lp in zip(prompts, out, got):
+                assert lp == pytest.approx(_full_forward_logps(tiny_model, p, s.tokens).tolist(), abs=1e-4)
+
+
+def test_a_row_draws_the_same_sample_whatever_its_batch(tokenizer, tiny_model):
+    """Each row has its own random stream (seed, row): batch size, sharing and the other rows change nothing."""
+    prompts, ids = mixed_prompts(tokenizer)
+    kw = dict(max_new_tokens=16, stop_ids=[ids.eol], seed=11, pad_id=ids.pad)
+    ref = [s.tokens for s in sample(tiny_model, prompts, **kw)]
+    assert [s.tokens for s in sample(tiny_model, prompts, batch_size=3, **kw)] == ref
+    assert [s.tokens for s in sample(tiny_model, prompts, share=False, **kw)] == ref
+    assert len({tuple(t) for t in ref[2:5]}) == 3       # copies of one prompt draw different continuations
+
+
+def test_greedy_decoding_matches_a_plain_argmax_loop(tokenizer, tiny_model):
+    """Evaluation's path: greedy continuations equal argmax decoding by uncached forwards, stops and bans included."""
+    prompts, ids = mixed_prompts(tokenizer)
+    banned = list(ids.latent)
+    out = sample(tiny_model, prompts, max_new_tokens=10, greedy=True, stop_ids=[ids.eol, ids.eos],
+                 banned_ids=banned, pad_id=ids.pad, batch_size=5)
+    for p, s in zip(prompts, out):
+        seq = list(p)
+        for _ in range(10):
+            with torch.no_grad():
+                logits = tiny_model(input_ids=torch.tensor([seq]), use_cache=False).logits[0, -1]
+            logits[banned] = float("-inf")
+            seq.append(int(logits.argmax()))
+            if seq[-1] in (ids.eol, ids.eos):
+                break
+        assert s.tokens == seq[len(p):]
+
+
+def test_prompts_and_contexts_must_not_be_empty(tokenizer, tiny_model):
+    with pytest.raises(ValueError, match="at least one token"):
+        sample(tiny_model, [[]], max_new_tokens=2)
+    with pytest.raises(ValueError, match="at least one token"):
+        score(tiny_model, [[]], [[5]])
+    assert score(tiny_model, [[]], [[]]) == [[]]

@@ -48,6 +48,7 @@ from ..estep import (EStepConfig, direct_log_px, model_fingerprint, run_estep, s
 from ..fidelity import dev_chunks, fidelity_report
 from ..loop_diagnostics import Check, estep_diagnostics
 from ..model import load_model
+from ..parallel import torch_threads
 from ..paths import resolve
 from ..runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
 from ..teacher import OracleTeacher, ThoughtCache, chunk_units, split_unit_thoughts, write_thoughts
@@ -340,6 +341,7 @@ class Study:
         save_records(out, records)
         summary = self.summarize_estep(iteration, records, prior_pos, prior, seed=ecfg.seed)
         summary["k"] = k
+        summary["threads"] = 0 if self.cfg.estep_shards else torch_threads()  # 0: shard jobs
         if not self.text:   # f of this generator: needs the world's oracle thoughts
             summary["fidelity"] = self.fidelity(gen, ecfg)
         ks = sorted({self.cfg.k, *self.cfg.k_ablation}) if iteration == 1 else [self.cfg.k]
@@ -553,5 +555,6 @@ class Study:
                           "chunks_without_finite_bound": len(bounds) - len(finite),
                           "direct_log_px_per_token": sum(direct) / max(n_tok, 1)})
         self.run.add_artifact(f"elbo/{name}.json", f"validation ELBO of the {name} generator")
-        self.run.log(kind="elbo", model=name, elbo_per_token=value, direct_log_px_per_token=sum(direct) / max(n_tok, 1))
+        self.run.log(kind="elbo", model=name, elbo_per_token=value, direct_log_px_per_token=sum(direct) / max(n_tok, 1),
+                     threads=torch_threads())
         return value
