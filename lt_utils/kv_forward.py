@@ -201,7 +201,7 @@ class KVLlama:
             rows.bias[:, c0:c1] = torch.where(valid, 0.0, NEG_INF).to(rows.bias.dtype)
         rows.width = c1
         cw = min(rows.bias.shape[1], max(c1, MIN_KEYS))                       # key columns read
-        own = self._own_bias(rows.bias[:, :cw], c0, n_new)                   # (B, 1, L, cw)
+        own = self._own_bias(rows.bias[:, :cw], c0, n_new, valid is None)    # (B, 1, L, cw)
         use_pre = prefixes is not None and prefixes.width > 0
         if n_new > 1:
             mask = own if not use_pre else torch.cat(
@@ -254,9 +254,11 @@ class KVLlama:
         return self.model.lm_head(hidden)
 
 
-    def _own_bias(self, bias: torch.Tensor, c0: int, n_new: int) -> torch.Tensor:
+    def _own_bias(self, bias: torch.Tensor, c0: int, n_new: int, all_valid: bool) -> torch.Tensor:
         """(B, 1, L, cw): a row's valid columns, causal among the new tokens, each new token seeing itself (so a
         padded position never has an empty softmax)."""
+        if n_new == 1 and all_valid:   # a decoding step: the new column is already valid
+            return bias[:, None, None, :]
         if n_new == 1:
             out = bias.clone()
             out[:, c0] = 0.0
@@ -304,7 +306,10 @@ def _bias(linear):
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """transformers' LlamaRMSNorm: normalised in float32, scaled by the weight in the input's dtype."""
+    """transformers' LlamaRMSNorm: normalised in float32, scaled by the weight in the input's dtype (one fused
+    operation for a float32 model)."""
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
     return weight * torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
