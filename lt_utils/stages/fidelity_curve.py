@@ -37,6 +37,7 @@ from ..paths import FIGURES_DIR, PARAMS_DIR, resolve
 from . import loop_map
 
 PARAMS_FILE = "curve.yaml"         # params/<name>/curve.yaml
+DECODE_CHUNKS = 256                # the E-step's own greedy-decoding sample (`Study.fidelity`'s default)
 TABLE = "fidelity_curve.csv"
 FIGURE = "fidelity_curve"
 COLUMNS = ["width", "steps", "tokens", "f", "f_first_chunks", "f_later_chunks", "f_dev", "greedy_correct",
@@ -49,7 +50,7 @@ class FidelityCurveConfig:
     map: str = "loop_map_transfer"       # params/<map>/map.yaml: profile, overrides and run root shared with the map
     budgets: list[int] = field(default_factory=lambda: [300, 1000, 3000])   # warmstart steps
     widths: list[int] = field(default_factory=lambda: [64, 128])            # n_embd (heads kept; MLP 4x)
-    decode_chunks: int = 256             # bootstrap chunks decoded greedily per generator
+    decode_chunks: int = DECODE_CHUNKS   # bootstrap chunks decoded greedily per generator
     workers: int = 0                     # parallel worker processes (0: one per core)
     figures_dir: str = "figures"         # where the figure and figures/data/fidelity_curve.csv go ("" = none)
 
@@ -94,8 +95,13 @@ def run_fidelity(params: dict, warm_id: str, estep_id: str, decode_chunks: int) 
     loop_map._link(warm / f"train/warmstart/seed{seed}", gen)
     t0 = time.perf_counter()
     study = Study(run, cfg)
-    fid = study.fidelity(gen, study.estep_config(k=1, seed=0), decode_chunks=decode_chunks)
-    out = {"fidelity": fid, "dev": _last_dev_eval(gen), "steps": cfg.warmstart_steps,
+    # E-step 1's own settings, so a warmstart whose E-step 1 the map already ran has this very report in its summary
+    estep1 = run.path.parent / f"03_estep1_{estep_id}" / "iter1" / "estep_summary.json"
+    fid = read_json(estep1).get("fidelity") if estep1.is_file() and decode_chunks == DECODE_CHUNKS else None
+    source = "E-step 1 of the loop-gain map" if fid else "computed here"
+    if fid is None:
+        fid = study.fidelity(gen, study.estep_config(k=cfg.k_max, seed=1000), decode_chunks=decode_chunks)
+    out = {"fidelity": fid, "source": source, "dev": _last_dev_eval(gen), "steps": cfg.warmstart_steps,
            "tokens": cfg.warmstart_steps * cfg.batch_size * cfg.seq_len, "seconds": time.perf_counter() - t0}
     write_json(run.file("fidelity.json"), out)
     run.add_artifact("fidelity.json", "the warmstart's fidelity on the bootstrap corpus and dev problems")
