@@ -90,7 +90,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -441,52 +441,103 @@ def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, ca
     base = json.dumps(settings, sort_keys=True)
     cache = CandidateCache(cache_path)
     records: list[dict] = []
-    it: Iterable = groups
+    bar = None
     if progress and groups:
         from tqdm.auto import tqdm
 
-        it = tqdm(groups, desc=f"E-step shard {shard_index}/{num_shards}", unit="group")
+        bar = tqdm(total=len(groups), desc=f"E-step shard {shard_index}/{num_shards}", unit="group")
+    # Groups run side by side, one torch thread each, as many as torch was given threads: the study's model is
+    # too small for torch to split its operations across threads (each small operation would pay a fork and
+    # join, and stall whenever another process holds a core).  A group's results do not depend on the lanes.
+    lanes = max(1, torch.get_num_threads()) if backend is None else 1
+    threads_before = torch.get_num_threads()
+    pool = None
+    if lanes > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(lanes)
+        torch.set_num_threads(1)
+    scorer = backend.score if backend is not None else (lambda a, b, **kw: score(model, a, b, **kw))
+
+    def prepare(group):
+        prepared = []
+        for pos in group:
+            c = chunks[pos]
+            prefix, suffix = chunk_pieces(tokenizer, c, cfg.max_prefix_tokens)
+            prompt = posterior_prompt_ids(ids, prefix, suffix)
+            digest = hashlib.sha256(json.dumps(prompt).encode()).hexdigest()
+            prepared.append(_Prepared(c, pos, prefix, suffix, prompt,
+                                      [_candidate_key(base, digest, c, j) for j in range(cfg.k)]))
+        return prepared, cache.get_many([k for p in prepared for k in p.keys])
+
+    def score_rows(rows):
+        found, unscored = rows
+        pairs = [joint_ids(ids, p.prefix, found[p.keys[j]]["tokens"], p.suffix) for p, j in unscored]
+        return scorer([a for a, _ in pairs], [b for _, b in pairs], pad_id=ids.pad, batch_size=cfg.score_batch_size)
+
     try:
-        for group in it:
-            prepared = []
-            for pos in group:
-                c = chunks[pos]
-                prefix, suffix = chunk_pieces(tokenizer, c, cfg.max_prefix_tokens)
-                prompt = posterior_prompt_ids(ids, prefix, suffix)
-                digest = hashlib.sha256(json.dumps(prompt).encode()).hexdigest()
-                prepared.append(_Prepared(c, pos, prefix, suffix, prompt,
-                                          [_candidate_key(base, digest, c, j) for j in range(cfg.k)]))
-            all_keys = [k for p in prepared for k in p.keys]
-            found = cache.get_many(all_keys)
+        for w in range(0, len(groups), lanes):
+            wave = [prepare(g) for g in groups[w:w + lanes]]
 
-            # 1. proposal: sample the rows not saved yet, as one group, and save them at once
-            todo = [(p, j) for p in prepared for j in range(cfg.k) if p.keys[j] not in found]
-            if todo:
-                new = dict(zip((p.keys[j] for p, j in todo), _sample_group(model, todo, cfg, ids, backend, banned)))
-                faults.hit("estep_sample")
-                cache.put_samples(new)
-                for k, v in new.items():
-                    found.setdefault(k, {**v, "log_p": None})
+            # 1. proposal: sample each group's rows not saved yet, as one call, and save them at once
+            todos = [[(p, j) for p in prepared for j in range(cfg.k) if p.keys[j] not in found]
+                     for prepared, found in wave]
+            outs = _in_order(pool, lambda todo: _sample_group(model, todo, cfg, ids, backend, banned) if todo else [],
+                             todos)
+            for (prepared, found), todo, out in zip(wave, todos, outs):
+                if isinstance(out, BaseException):
+                    raise out
+                if todo:
+                    new = dict(zip((p.keys[j] for p, j in todo), out))
+                    faults.hit("estep_sample")
+                    cache.put_samples(new)
+                    for k, v in new.items():
+                        found.setdefault(k, {**v, "log_p": None})
 
-            # 2. joint score of every saved-but-unscored row of the group
-            unscored = [(p, j) for p in prepared for j in range(cfg.k) if found[p.keys[j]]["log_p"] is None]
-            if unscored:
-                pairs = [joint_ids(ids, p.prefix, found[p.keys[j]]["tokens"], p.suffix) for p, j in unscored]
-                scorer = backend.score if backend is not None else (lambda a, b, **kw: score(model, a, b, **kw))
-                lps = scorer([a for a, _ in pairs], [b for _, b in pairs], pad_id=ids.pad,
-                             batch_size=cfg.score_batch_size)
-                scores = {p.keys[j]: float(sum(lp)) for (p, j), lp in zip(unscored, lps)}
-                faults.hit("estep_score")
-                cache.put_scores(scores)
-                for k, v in scores.items():
-                    found[k]["log_p"] = v
+            # 2. joint score of every saved-but-unscored row of each group
+            unscored = [[(p, j) for p in prepared for j in range(cfg.k) if found[p.keys[j]]["log_p"] is None]
+                        for prepared, found in wave]
+            outs = _in_order(pool, lambda rows: score_rows(rows) if rows[1] else [],
+                             [(found, u) for (_, found), u in zip(wave, unscored)])
+            for (prepared, found), rows, lps in zip(wave, unscored, outs):
+                if isinstance(lps, BaseException):
+                    raise lps
+                if rows:
+                    scores = {p.keys[j]: float(sum(lp)) for (p, j), lp in zip(rows, lps)}
+                    faults.hit("estep_score")
+                    cache.put_scores(scores)
+                    for k, v in scores.items():
+                        found[k]["log_p"] = v
 
-            # 3. weights and selection
-            for p in prepared:
-                records.append(_record(p, [found[k] for k in p.keys], tokenizer, cfg))
+                # 3. weights and selection
+                for p in prepared:
+                    records.append(_record(p, [found[k] for k in p.keys], tokenizer, cfg))
+                if bar is not None:
+                    bar.update(1)
     finally:
+        if pool is not None:
+            pool.shutdown()
+            torch.set_num_threads(threads_before)
+        if bar is not None:
+            bar.close()
         cache.close()
     return records
+
+
+def _in_order(pool, fn, items) -> list:
+    """fn(item) for each item, on `pool`'s threads if any; results in order, an exception in its item's place
+    (without a pool, items after a failure are not run)."""
+    if pool is None:
+        out = []
+        for item in items:
+            try:
+                out.append(fn(item))
+            except Exception as exc:   # the caller saves the items before it, then raises
+                out.append(exc)
+                break
+        return out
+    futures = [pool.submit(fn, item) for item in items]
+    return [f.exception() or f.result() for f in futures]
 
 
 def sample_prior(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, backend=None) -> list[dict]:

@@ -3,6 +3,7 @@
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from lt_utils import parallel, train
@@ -64,3 +65,50 @@ def test_workers_zero_runs_one_training_process_per_core(monkeypatch):
     monkeypatch.setattr(parallel, "run_parallel", fake_parallel)
     train.run_jobs([], BootstrapConfig(workers=0, threads_per_worker=1), Path("jobs"))
     assert got == {"workers": 5, "threads": 1}
+
+
+def _chunks(docs, n):
+    from lt_utils.data import chunk_document
+
+    out = []
+    for d in docs:
+        out.extend(chunk_document(d.doc_id, [d.head, *d.suffixes], mean_units=1.0, prefix_chunks=1)[1])
+    return out[:n]
+
+
+def test_e_step_groups_side_by_side_give_the_records_of_one_lane(tiny_model, tokenizer, docs, tmp_path, monkeypatch):
+    """With n threads the E-step computes n groups at once, one thread each: same records, torch's threads restored;
+    a group that fails still leaves the groups before it saved."""
+    from lt_utils import estep
+    from lt_utils.estep import CandidateCache, EStepConfig, run_estep
+
+    chunks = _chunks(docs, 10)
+    cfg = EStepConfig(k=3, max_thought_tokens=6, batch_chunks=2, seed=5)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run_estep(tiny_model, tokenizer, chunks, cfg, model_key="m", progress=False)
+        torch.set_num_threads(3)
+        three = run_estep(tiny_model, tokenizer, chunks, cfg, model_key="m", progress=False)
+        assert torch.get_num_threads() == 3
+        assert [(r["position"], r["selected"]) for r in one] == [(r["position"], r["selected"]) for r in three]
+        for a, b in zip(one, three):
+            for x, y in zip(a["candidates"], b["candidates"]):
+                assert x["tokens"] == y["tokens"] and x["log_q"] == pytest.approx(y["log_q"], abs=1e-5)
+                assert x["log_p"] == pytest.approx(y["log_p"], abs=1e-5)
+
+        real, second = estep.sample, [estep.posterior_prompt(tokenizer, c) for c in chunks[2:4]]
+
+        def second_call_fails(model, prompts, **kw):   # the second group fails, whichever lane runs it first
+            if list(prompts[0]) in second:
+                raise RuntimeError("killed")
+            return real(model, prompts, **kw)
+
+        monkeypatch.setattr(estep, "sample", second_call_fails)
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="killed"):
+            run_estep(tiny_model, tokenizer, chunks, cfg, model_key="m", cache_path=tmp_path / "c.db", progress=False)
+        assert torch.get_num_threads() == 2
+        assert len(CandidateCache(tmp_path / "c.db")) == 2 * 3   # the first group of the wave was saved
+    finally:
+        torch.set_num_threads(before)
