@@ -18,8 +18,10 @@ Prints, measured in one run on this machine, on the study's model size
     then, the evaluation on one thread as training workers run it, and the
     speed-ups;
   * last, ``estep_vs_forward``: E-step tokens/s ÷ forward tokens/s.
-The E-step, decoding and forward run on `--estep-threads` threads (0: every
-available core, as the study's ``workers: 0``).  Each figure is the fastest
+The E-step, decoding and forward run on `--estep-threads` cores (0: every
+available core, as the study's ``workers: 0``), each as that many lanes of
+one torch thread (the E-step's groups side by side; the forward as one pass
+per lane; decoding one group of rows per lane).  Each figure is the fastest
 of `--rounds` interleaved rounds, so a burst of load from another process
 skews neither side of a ratio.  Numbers are figures to read, not assertions.
 """
@@ -128,6 +130,20 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
+def in_lanes(fn, items, lanes: int) -> list:
+    """fn(item) for each item on `lanes` threads of one torch thread each: how the E-step uses its cores, so the
+    forward and bare decoding beside it are measured the same way."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max(1, lanes)) as pool:
+            return list(pool.map(fn, items))
+    finally:
+        torch.set_num_threads(before)
+
+
 def estep_tokens(records) -> tuple[int, int]:
     """(sampled tokens, scored tokens) of E-step records: each candidate's thought (+ the EoL that ended it), and
     its scored continuation ``SoL PRI z EoL x``."""
@@ -156,10 +172,17 @@ def bench_inference(model, tok, docs, *, k: int, max_thought_tokens: int, thread
     shots = evaluate.exemplar_units(docs[-10:], 3)
     old = load_old_sampler(old_commit) if old_commit else None
 
-    def forward():
+    def forward_one(_):
         with torch.no_grad():
             model(input_ids=fwd_ids, use_cache=False)
         return fwd_ids.numel()
+
+    def decode_one(part):
+        out = sample(model, part, max_new_tokens=max_thought_tokens, stop_ids=[ids.eol], pad_id=ids.pad, seed=0,
+                     batch_size=rows)
+        return sum(len(s.tokens) for s in out)
+
+    parts = [prompts[s:s + rows] for s in range(0, len(prompts), rows)]
 
     def run_eval():
         return evaluate.evaluate_problems(model, tok, problems, style="latent", shots=shots)
@@ -173,16 +196,15 @@ def bench_inference(model, tok, docs, *, k: int, max_thought_tokens: int, thread
         best[name] = value if name not in best else (max if larger else min)(best[name], value)
 
     for _ in range(max(1, rounds)):
-        torch.set_num_threads(threads)
-        n, dt = _timed(forward)
+        n, dt = _timed(lambda: sum(in_lanes(forward_one, range(threads), threads)))
         keep("forward", n / dt)
+        torch.set_num_threads(threads)
         records, dt = _timed(lambda: run_estep(model, tok, chunks, cfg, model_key="bench", progress=False))
         sampled, scored = estep_tokens(records)
         keep("estep", (sampled + scored) / dt)
         keep("estep_s", dt, larger=False)
-        out, dt = _timed(lambda: sample(model, prompts, max_new_tokens=max_thought_tokens, stop_ids=[ids.eol],
-                                        pad_id=ids.pad, seed=0, batch_size=rows))
-        keep("decode", sum(len(s.tokens) for s in out) / dt)
+        n, dt = _timed(lambda: sum(in_lanes(decode_one, parts, threads)))
+        keep("decode", n / dt)
         torch.set_num_threads(1)
         keep("eval_s", _timed(run_eval)[1], larger=False)
         if old is not None:
