@@ -52,8 +52,9 @@ tokens scored per iteration.  Rows are grouped as ``batch_chunks`` chunks × K
 copies of each prompt; each prompt is encoded once and its K rows read that
 one copy of its keys, and each ``BOS prefix`` is encoded once for its K
 joint scores (`lt_utils.sample`; the rows and random streams are those of
-the unshared computation).  The E-step runs on every thread torch is given
-(the stage gives it every core with ``workers: 0``).
+the unshared computation).  On CPU the E-step computes as many groups at once
+as torch has threads, one thread each (the stage gives it every core with
+``workers: 0``); a group's results do not depend on how many run beside it.
 
 Determinism, cache, resume, shards
 ----------------------------------
@@ -446,10 +447,11 @@ def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, ca
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(groups), desc=f"E-step shard {shard_index}/{num_shards}", unit="group")
-    # Groups run side by side, one torch thread each, as many as torch was given threads: the study's model is
+    # On CPU, groups run side by side, one torch thread each, as many as torch was given threads: the model is
     # too small for torch to split its operations across threads (each small operation would pay a fork and
     # join, and stall whenever another process holds a core).  A group's results do not depend on the lanes.
-    lanes = max(1, torch.get_num_threads()) if backend is None else 1
+    on_cpu = backend is None and next(model.parameters()).device.type == "cpu"
+    lanes = max(1, torch.get_num_threads()) if on_cpu else 1   # a GPU runs one group at a time
     threads_before = torch.get_num_threads()
     pool = None
     if lanes > 1:
