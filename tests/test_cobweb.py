@@ -59,3 +59,26 @@ def test_the_domain_is_where_both_maps_rest_on_measurements():
 def test_the_staircase_alternates_vertical_and_horizontal_moves():
     xs, ys = staircase([0.2, 0.5, 0.6])
     assert list(zip(xs, ys)) == [(0.2, 0.2), (0.2, 0.5), (0.5, 0.5), (0.5, 0.6), (0.6, 0.6)]
+
+
+def test_the_selection_map_recovers_best_of_k_and_passes_through_its_ends():
+    from lt_utils.cobweb import SelectionMap
+
+    s = np.linspace(0.05, 0.95, 10)
+    e = SelectionMap.fit(s, 1 - (1 - s) ** 4)        # best of 4 independent samples
+    assert e.gamma == pytest.approx(4.0, rel=1e-3) and e.span == pytest.approx((0.05, 0.95))
+    assert e(0.0) == 0.0 and e(1.0) == 1.0
+    assert SelectionMap.fit(s, s).gamma == pytest.approx(1.0, rel=1e-3)   # no lift
+
+
+def test_the_training_map_fits_retention_and_repair_and_the_cobweb_solves_it():
+    from lt_utils.cobweb import SelectionMap, TrainingMap
+
+    c = np.array([0.1, 0.4, 0.9])
+    m = TrainingMap.fit(c, 0.8 * c + 0.1)
+    assert (m.a, m.b) == (pytest.approx(0.1), pytest.approx(0.8)) and m(2.0) == 1.0
+    e = SelectionMap(1.0, (0.0, 1.0))
+    (fp,) = fixed_points(e, m)
+    assert fp.c == pytest.approx(0.5, abs=1e-4) and fp.slope == pytest.approx(0.8, abs=1e-3)
+    one = TrainingMap.fit([0.5, 0.5], [0.4, 0.3])   # a single setting: retention only
+    assert (one.a, one.b) == (0.0, pytest.approx(0.7))

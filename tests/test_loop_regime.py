@@ -56,8 +56,14 @@ def test_a_loops_estep_summaries_give_e_points_m_points_and_its_trajectory(tmp_p
     assert list(e["x"]) == [0.8, 0.82, 0.84] and list(e["y"]) == [0.9, 0.91, 0.92]
     assert list(m["x"]) == [0.9, 0.91] and list(m["y"]) == [0.82, 0.84]   # the warmstart is no M-step point
     assert list(loop["y"]) == [0.9, 0.91, 0.92] and set(loop["seed"]) == {1}
-    (pred,) = [p for p in cobweb_map.predictions(df) if "source" in p]
-    assert pred["measured"] == [0.9, 0.91, 0.92] and len(pred["predicted"]) == 3 and pred["predicted"][0] == 0.9
+    fit, pred = cobweb_map.predictions(df)
+    assert fit["M"].endswith(" c") and fit["E"].startswith("1 - (1 - s)^")
+    # one loop alone cannot be predicted out of sample: its own points are all the maps have
+    assert pred["measured"] == [0.9, 0.91, 0.92] and pred["predicted"] is None
+    other = df.assign(source="another loop", y=df["y"] - 0.01)
+    both = cobweb_map.build_table(df.to_dict("records") + other.to_dict("records"))
+    preds = {p["source"]: p for p in cobweb_map.predictions(both) if "source" in p}
+    assert len(preds["loopA seed 1"]["predicted"]) == 3 and preds["loopA seed 1"]["predicted"][0] == 0.9
 
 
 def test_map_cells_give_points_from_both_esteps(tmp_path):

@@ -77,9 +77,9 @@ def _cobweb_frame():
 def test_the_cobweb_marks_the_fixed_point_of_the_measured_maps():
     fig = plots.fig_loop_cobweb(_cobweb_frame())
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
-    assert "E(M(c)) from measured maps" in labels and "identity (G = 1)" in labels
+    assert "E(M(c)), fitted maps" in labels and "identity (G = 1)" in labels
     assert "fixed point c* = 0.60 (stable)" in labels
-    assert sum(lbl.startswith("measured loop") for lbl in labels) == 2
+    assert sum(lbl.startswith("measured:") for lbl in labels) == 2
     frame = _cobweb_frame()
     frame = frame[frame["kind"] != "M"]
     assert not any(lbl.startswith("fixed point") for lbl in

@@ -711,57 +711,64 @@ def fig_loop_cobweb(df: pd.DataFrame) -> Figure:
     correctness s, y = selected correctness), ``M`` (x = correctness of the
     thoughts an M-step trained on, y = its generator's s) and ``loop`` (x =
     iteration, y = selected correctness of that iteration's E-step, per
-    seed).  Left: the composite through the measured points (solid where both
-    maps rest on measurements, dotted where held flat beyond them), its fixed
-    points (filled: stable), and each measured loop as a staircase.  Right:
-    the two maps' measured points.
+    loop).  Left: the composite of the two fitted maps (solid where both rest
+    on measurements, dotted elsewhere), its fixed points (filled: stable), each
+    measured loop as a staircase (solid) and its prediction from maps fitted
+    without its own points (dashed).  Right: the measured points and the
+    fitted maps.
     """
-    from ..cobweb import Curve, composite, domain, fixed_points, staircase
+    from ..cobweb import composite, domain, fit_maps, fixed_points, loop_predictions, staircase
 
-    _require(df, ["kind", "x", "y"], "loop_cobweb")
-    pts = {k: d[["x", "y"]].apply(pd.to_numeric, errors="coerce").dropna() for k, d in df.groupby("kind")}
+    _require(df, ["kind", "source", "x", "y"], "loop_cobweb")
+    df = df.assign(x=pd.to_numeric(df["x"], errors="coerce"), y=pd.to_numeric(df["y"], errors="coerce")).dropna(
+        subset=["x", "y"])
+    e, m = fit_maps(df["kind"], df["x"], df["y"])
+    grid = np.linspace(0, 1, 401)
     with style():
-        fig = _new_figure((10.0, 4.4))
+        fig = _new_figure((10.0, 4.6))
         ax, side = fig.subplots(1, 2)
         ax.plot([0, 1], [0, 1], color="0.55", linewidth=0.9, linestyle="--", label="identity (G = 1)")
-        if "E" in pts and "M" in pts and len(pts["E"]) and len(pts["M"]):
-            e, m = Curve.of(pts["E"]["x"], pts["E"]["y"]), Curve.of(pts["M"]["x"], pts["M"]["y"])
+        if e is not None and m is not None:
             lo, hi = domain(e, m)
-            grid = np.linspace(0, 1, 401)
             ax.plot(grid, composite(e, m, grid), color="0.35", linewidth=1.0, linestyle=":")
             inside = grid[(grid >= lo) & (grid <= hi)]
-            ax.plot(inside, composite(e, m, inside), color="black", linewidth=1.8, label="E(M(c)) from measured maps")
+            ax.plot(inside, composite(e, m, inside), color="black", linewidth=1.8, label="E(M(c)), fitted maps")
             for fp in fixed_points(e, m, lo, hi) if hi > lo else []:
                 ax.plot([fp.c], [fp.c], marker="o", markersize=9, color="black",
-                        markerfacecolor="black" if fp.stable else "white", zorder=5,
+                        markerfacecolor="black" if fp.stable else "white", zorder=5, linestyle="none",
                         label=f"fixed point c* = {fp.c:.2f} ({'stable' if fp.stable else 'unstable'})")
-        loops = df[df["kind"] == "loop"]
-        for i, (seed, d) in enumerate(loops.groupby("seed")):
-            cs = d.sort_values("x")["y"].astype(float).tolist()
-            if len(cs) >= 2:
-                xs, ys = staircase(cs)
-                ax.plot(xs, ys, color=_WIDTH_COLORS[i % 4], linewidth=1.3, marker=".",
-                        label=f"measured loop, seed {int(seed)} (c_1 → c_{len(cs)})")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_aspect("equal")
-        ax.set_xlabel("c_t: correctness of the thoughts trained on")
-        ax.set_ylabel("c_t+1: correctness of the next selected thoughts")
-        ax.legend(loc="upper left", fontsize=7)
-        ax.set_title("The loop's cobweb")
-        for kind, mk, color, label in (("E", "o", "#CC79A7", "E-step: selected vs one sample (x = s)"),
-                                       ("M", "s", "#009E73", "M-step: one sample after vs trained on (x = c)")):
-            if kind in pts and len(pts[kind]):
-                side.scatter(pts[kind]["x"], pts[kind]["y"], marker=mk, color=color, label=label, zorder=3)
-        side.plot([0, 1], [0, 1], color="0.55", linewidth=0.9, linestyle="--")
-        side.set_xlim(0, 1)
-        side.set_ylim(0, 1)
-        side.set_aspect("equal")
-        side.set_xlabel("input of the map")
-        side.set_ylabel("output of the map")
-        side.legend(loc="upper left", fontsize=7)
-        side.set_title("The two measured maps")
-        for a in (ax, side):
+        preds = loop_predictions(df["kind"], df["source"], df["x"], df["y"])
+        for i, (src, p) in enumerate(preds.items()):
+            color = _WIDTH_COLORS[i % 4]
+            if len(p["measured"]) >= 2:
+                xs, ys = staircase(p["measured"])
+                ax.plot(xs, ys, color=color, linewidth=1.4, marker=".", label=f"measured: {src}")
+            if p["predicted"] is not None and len(p["predicted"]) >= 2:
+                xs, ys = staircase(p["predicted"])
+                ax.plot(xs, ys, color=color, linewidth=1.0, linestyle="--", label="predicted without its points")
+        for a, title, xl, yl in ((ax, "The loop's cobweb", "c_t: correctness of the thoughts trained on",
+                                  "c_t+1: correctness of the next selected thoughts"),
+                                 (side, "The two maps: measured and fitted", "input of the map",
+                                  "output of the map")):
+            a.set_xlim(0, 1)
+            a.set_ylim(0, 1)
+            a.set_aspect("equal")
+            a.set_xlabel(xl)
+            a.set_ylabel(yl)
+            a.set_title(title)
             a.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
             a.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+        side.plot([0, 1], [0, 1], color="0.55", linewidth=0.9, linestyle="--")
+        for kind, mk, color, fitted, label in (
+                ("E", "o", "#CC79A7", e, "E-step: selected c vs one sample's s"),
+                ("M", "s", "#009E73", m, "M-step: new s vs trained-on c")):
+            d = df[df["kind"] == kind]
+            if len(d):
+                side.scatter(d["x"], d["y"], marker=mk, color=color, label=label, zorder=3)
+            if fitted is not None:
+                name = (f"fit 1 − (1 − s)^{fitted.gamma:.2f}" if kind == "E"
+                        else f"fit {fitted.a:+.2f} + {fitted.b:.2f} c")
+                side.plot(grid, fitted(grid), color=color, linewidth=1.2, label=name)
+        ax.legend(loc="upper left", fontsize=6.5)
+        side.legend(loc="upper left", fontsize=6.5)
     return fig

@@ -98,20 +98,19 @@ def build_table(rows: list[dict]):
 
 
 def predictions(df) -> list[dict]:
-    """Each measured loop beside the trajectory the maps predict from its first selected correctness."""
-    from ..cobweb import Curve, domain, fixed_points, trajectory
+    """The fitted maps (all points), their fixed points, and each measured loop beside the trajectory predicted
+    from its first selected correctness by maps fitted without that loop's points."""
+    from ..cobweb import domain, fit_maps, fixed_points, loop_predictions
 
-    e_pts, m_pts = df[df["kind"] == "E"], df[df["kind"] == "M"]
-    if e_pts.empty or m_pts.empty:
+    e, m = fit_maps(df["kind"], df["x"], df["y"])
+    if e is None or m is None:
         return []
-    e, m = Curve.of(e_pts["x"], e_pts["y"]), Curve.of(m_pts["x"], m_pts["y"])
     lo, hi = domain(e, m)
-    out = [{"fixed_points": [(round(f.c, 4), round(f.slope, 3), f.stable) for f in fixed_points(e, m, lo, hi)],
-            "domain": (round(lo, 4), round(hi, 4))}]
-    for source, d in df[df["kind"] == "loop"].groupby("source"):
-        cs = d.sort_values("x")["y"].astype(float).tolist()
-        out.append({"source": source, "measured": [round(c, 4) for c in cs],
-                    "predicted": [round(c, 4) for c in trajectory(e, m, cs[0], len(cs) - 1)]})
+    out = [{"E": f"1 - (1 - s)^{e.gamma:.3f}", "M": f"{m.a:.3f} + {m.b:.3f} c", "domain": (round(lo, 4), round(hi, 4)),
+            "fixed_points": [(round(f.c, 4), round(f.slope, 3), f.stable) for f in fixed_points(e, m, lo, hi)]}]
+    for source, p in loop_predictions(df["kind"], df["source"], df["x"], df["y"]).items():
+        out.append({"source": source, "measured": [round(c, 4) for c in p["measured"]],
+                    "predicted": None if p["predicted"] is None else [round(c, 4) for c in p["predicted"]]})
     return out
 
 
