@@ -91,17 +91,17 @@ def run_fidelity(params: dict, warm_id: str, estep_id: str, decode_chunks: int) 
         return read_json(run.file("fidelity.json"))
     warm = run.path.parent / f"03_warmstart_{warm_id}"
     seed = cfg.seeds[0]
-    gen = run.file(f"train/warmstart/seed{seed}")
-    loop_map._link(warm / f"train/warmstart/seed{seed}", gen)
+    loop_map._link(warm / f"train/warmstart/seed{seed}", run.file(f"train/warmstart/seed{seed}"))
     t0 = time.perf_counter()
     study = Study(run, cfg)
+    gen = study.model_dir("warmstart")
     # E-step 1's own settings, so a warmstart whose E-step 1 the map already ran has this very report in its summary
     estep1 = run.path.parent / f"03_estep1_{estep_id}" / "iter1" / "estep_summary.json"
     fid = read_json(estep1).get("fidelity") if estep1.is_file() and decode_chunks == DECODE_CHUNKS else None
     source = "E-step 1 of the loop-gain map" if fid else "computed here"
     if fid is None:
         fid = study.fidelity(gen, study.estep_config(k=cfg.k_max, seed=1000), decode_chunks=decode_chunks)
-    out = {"fidelity": fid, "source": source, "dev": _last_dev_eval(gen), "steps": cfg.warmstart_steps,
+    out = {"fidelity": fid, "source": source, "dev": _last_dev_eval(gen.parent), "steps": cfg.warmstart_steps,
            "tokens": cfg.warmstart_steps * cfg.batch_size * cfg.seq_len, "seconds": time.perf_counter() - t0}
     write_json(run.file("fidelity.json"), out)
     run.add_artifact("fidelity.json", "the warmstart's fidelity on the bootstrap corpus and dev problems")
