@@ -25,7 +25,8 @@ from .runs import MissingInputError
 # The command that writes each committed set of figure tables.
 MAKERS = {FIGURES_DIR / "data": "make study",
           FIGURES_DIR / "long_budget" / "data": "make study-long",
-          FIGURES_DIR / "warmstart_map" / "data": "make loop-map MAP=loop_map_warmstart"}
+          FIGURES_DIR / "warmstart_map" / "data": "make loop-map MAP=loop_map_warmstart",
+          FIGURES_DIR / "transfer_map" / "data": "make loop-map MAP=loop_map_transfer"}
 
 
 def draw(data_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, list[Path]]:

@@ -693,6 +693,9 @@ def fig_fidelity_curve(df: pd.DataFrame) -> Figure:
                         ax.plot(v["tokens"] / 1e6, v[col], linestyle=ls, marker=mk, color=_WIDTH_COLORS[i % 4],
                                 label=f"d = {w}, {label}")
             ax.set_xscale("log")
+            ticks = sorted(pd.to_numeric(df["tokens"], errors="coerce").dropna().unique() / 1e6)
+            ax.set_xticks(ticks, [f"{t:.1f}" for t in ticks])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.set_ylim(0, 1)
             ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
             ax.set_xlabel("Oracle-thought training tokens (millions)")
