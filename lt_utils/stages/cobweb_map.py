@@ -18,6 +18,7 @@ own c_t are drawn over the map they are predicted by.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +27,12 @@ import yaml
 
 from ..config import ConfigError, load, require
 from ..paths import FIGURES_DIR, PARAMS_DIR, resolve
+from ..report import tables
 
 PARAMS_FILE = "cobweb.yaml"
 TABLE = "loop_cobweb.csv"
 FIGURE = "loop_cobweb"
+MAKER = "make cobweb"
 COLUMNS = ["kind", "source", "seed", "iteration", "x", "y"]
 
 
@@ -130,29 +133,12 @@ def run(cfg: CobwebConfig):
         rows += map_rows(path)
     df = build_table(rows)
     if cfg.figures_dir:
-        from .loop_map import write_table
-
-        fig_dir = resolve(cfg.figures_dir)
-        write_table(df, fig_dir / "data" / TABLE)
-        draw(read_table(fig_dir / "data" / TABLE), fig_dir)
+        tables.publish(df, resolve(cfg.figures_dir), TABLE, FIGURE, MAKER)
     return df
 
 
-def read_table(path: str | Path):
-    import pandas as pd
-
-    from ..runs import MissingInputError
-
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(f"{path} not found (written by make cobweb)")
-    return pd.read_csv(path)
-
-
-def draw(df, out_dir: str | Path) -> list[Path]:
-    from ..report import plots
-
-    return plots.render_all({FIGURE: df}, out_dir)[FIGURE]
+read_table = functools.partial(tables.read_table, maker=MAKER)   # read_table(path)
+draw = functools.partial(tables.draw, figure=FIGURE)              # draw(df, out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ Dev problems only: a calibration never reads test.
 from __future__ import annotations
 
 import argparse
+import functools
 import dataclasses
 import sys
 import time
@@ -34,12 +35,14 @@ import yaml
 
 from ..config import ConfigError, load, require, to_dict
 from ..paths import FIGURES_DIR, PARAMS_DIR, resolve
+from ..report import tables
 from . import loop_map
 
 PARAMS_FILE = "curve.yaml"         # params/<name>/curve.yaml
 DECODE_CHUNKS = 256                # the E-step's own greedy-decoding sample (`Study.fidelity`'s default)
 TABLE = "fidelity_curve.csv"
 FIGURE = "fidelity_curve"
+MAKER = "the fidelity curve: make fidelity"
 COLUMNS = ["width", "steps", "tokens", "f", "f_first_chunks", "f_later_chunks", "f_dev", "greedy_correct",
            "greedy_dev_correct", "sampled_dev_correct", "dev_accuracy", "thought_nll_per_token",
            "p_addition", "p_linear", "p_word", "worst_operation", "worst_operation_nll_share", "warmstart"]
@@ -160,27 +163,12 @@ def run_curve(cfg: FidelityCurveConfig):
     root = resolve(loop_map.load_map(cfg.map).run_root) / loop_map.load_map(cfg.map).name
     loop_map.write_table(df, root / TABLE)
     if cfg.figures_dir:
-        fig_dir = resolve(cfg.figures_dir)
-        loop_map.write_table(df, fig_dir / "data" / TABLE)
-        draw(read_table(fig_dir / "data" / TABLE), fig_dir)
+        tables.publish(df, resolve(cfg.figures_dir), TABLE, FIGURE, MAKER)
     return df
 
 
-def read_table(path: str | Path):
-    import pandas as pd
-
-    from ..runs import MissingInputError
-
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(f"{path} not found (written by the fidelity curve: make fidelity)")
-    return pd.read_csv(path)
-
-
-def draw(df, out_dir: str | Path) -> list[Path]:
-    from ..report import plots
-
-    return plots.render_all({FIGURE: df}, out_dir)[FIGURE]
+read_table = functools.partial(tables.read_table, maker=MAKER)   # read_table(path)
+draw = functools.partial(tables.draw, figure=FIGURE)              # draw(df, out_dir)
 
 
 def load_curve(name: str = "fidelity_curve", **overrides) -> FidelityCurveConfig:

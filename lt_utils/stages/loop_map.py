@@ -368,26 +368,21 @@ def build_table(rows: list[dict]):
 
 
 def write_table(df, path: str | Path) -> Path:
-    from ..runs import write_text
+    from ..report import tables
 
-    return write_text(path, df.to_csv(index=False, lineterminator="\n"))
+    return tables.write_table(df, path)
 
 
 def read_table(path: str | Path):
-    import pandas as pd
+    from ..report import tables
 
-    from ..runs import MissingInputError
-
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(f"{path} not found (written by the loop-gain map: make loop-map)")
-    return pd.read_csv(path)
+    return tables.read_table(path, "the loop-gain map: make loop-map")
 
 
 def draw(df, out_dir: str | Path) -> list[Path]:
-    from ..report import plots
+    from ..report import tables
 
-    return plots.render_all({FIGURE: df}, out_dir)[FIGURE]
+    return tables.draw(df, out_dir, FIGURE)
 
 
 # --------------------------------------------------------------------------- what a map costs
@@ -523,9 +518,9 @@ def run_map(cfg: LoopMapConfig):
     write_table(df, root / TABLE)
     draw(df, root / "figures")
     if cfg.figures_dir:
-        fig_dir = resolve(cfg.figures_dir)
-        write_table(df, fig_dir / "data" / TABLE)
-        draw(read_table(fig_dir / "data" / TABLE), fig_dir)
+        from ..report import tables
+
+        tables.publish(df, resolve(cfg.figures_dir), TABLE, FIGURE, "the loop-gain map: make loop-map")
     write_json(root / "DONE", {"cells": len(cells), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return df
 
