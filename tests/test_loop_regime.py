@@ -84,3 +84,12 @@ def test_missing_runs_are_one_line_errors(tmp_path):
         cobweb_map.run(cobweb_map.CobwebConfig(loops=[str(tmp_path / "nothing")], figures_dir=""))
     with pytest.raises(ConfigError, match="at least one"):
         cobweb_map.CobwebConfig()
+
+
+def test_a_width_may_have_its_own_budgets():
+    cfg = fidelity_curve.FidelityCurveConfig(map="loop_map_transfer", budgets=[300, 3000], widths=[64, 128],
+                                             budgets_by_width={128: [300]})
+    assert [(w, c.row_value) for w, c in fidelity_curve.cells(cfg)] == [(64, 300), (64, 3000), (128, 300)]
+    with pytest.raises(ConfigError, match="budgets_by_width"):
+        fidelity_curve.FidelityCurveConfig(widths=[64], budgets_by_width={128: [300]})
+    assert fidelity_curve.load_curve().budgets_of(128) == [300, 1000]

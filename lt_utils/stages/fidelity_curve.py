@@ -53,6 +53,7 @@ class FidelityCurveConfig:
     map: str = "loop_map_transfer"       # params/<map>/map.yaml: profile, overrides and run root shared with the map
     budgets: list[int] = field(default_factory=lambda: [300, 1000, 3000])   # warmstart steps
     widths: list[int] = field(default_factory=lambda: [64, 128])            # n_embd (heads kept; MLP 4x)
+    budgets_by_width: dict[int, list[int]] = field(default_factory=dict)    # a width's own budgets, if not `budgets`
     decode_chunks: int = DECODE_CHUNKS   # bootstrap chunks decoded greedily per generator
     workers: int = 0                     # parallel worker processes (0: one per core)
     figures_dir: str = "figures"         # where the figure and figures/data/fidelity_curve.csv go ("" = none)
@@ -62,6 +63,11 @@ class FidelityCurveConfig:
         require(len(self.widths) > 0 and all(w >= 8 and w % 4 == 0 for w in self.widths),
                 "widths must list n_embd values ≥ 8 divisible by 4")
         require(self.decode_chunks >= 0 and self.workers >= 0, "decode_chunks and workers must be ≥ 0")
+        bad = [w for w, b in self.budgets_by_width.items() if w not in self.widths or not b or min(b) < 1]
+        require(not bad, f"budgets_by_width: {bad[0] if bad else ''} is not one of widths, or lists no budget ≥ 1")
+
+    def budgets_of(self, width: int) -> list[int]:
+        return list(self.budgets_by_width.get(width, self.budgets))
 
 
 def width_overrides(width: int) -> tuple[dict, dict]:
@@ -77,7 +83,7 @@ def cells(cfg: FidelityCurveConfig) -> list[tuple[int, loop_map.Cell]]:
     for w in cfg.widths:
         d_over, b_over = width_overrides(w)
         m = dataclasses.replace(base, data_prep={**base.data_prep, **d_over}, bootstrap={**base.bootstrap, **b_over},
-                                row_param="warmstart_steps", row_values=list(cfg.budgets),
+                                row_param="warmstart_steps", row_values=cfg.budgets_of(w),
                                 col_param="steps", col_values=base.col_values[:1], ablation={}, ablation_rows=[])
         out += [(w, c) for c in loop_map.expand(m)]
     return out
@@ -177,6 +183,9 @@ def load_curve(name: str = "fidelity_curve", **overrides) -> FidelityCurveConfig
         raise ConfigError(f"fidelity-curve params file not found: {path}")
     params = yaml.safe_load(path.read_text()) or {}
     params.update({k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("widths") or overrides.get("budgets"):   # a command-line grid replaces the file's per-width one
+        params["budgets_by_width"] = {w: b for w, b in (params.get("budgets_by_width") or {}).items()
+                                      if w in params["widths"] and not overrides.get("budgets")}
     return load(FidelityCurveConfig, params, where=str(path))
 
 
