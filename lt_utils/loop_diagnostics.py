@@ -132,3 +132,18 @@ def estep_diagnostics(records: Sequence[Mapping], checks: Sequence[Sequence[Chec
             "posterior_sample_correct_same_chunks": _mean(v.correct for i in idx for v in checks[i]),
         })
     return out
+
+
+def retention_repair(trained_right: Sequence[bool], sample_right: Sequence[Sequence[bool]]) -> dict:
+    """ρ split by what each chunk was trained on: ρ = s / c = r₁ + r₀ (1 − c) / c.
+
+    `trained_right[i]`: chunk i's trained thought verified; `sample_right[i]`: the verdicts of the new
+    generator's samples for chunk i.  r₁ (retention) is the share of samples right on chunks trained right,
+    r₀ (repair) on chunks trained wrong; a loop that only retains settles, growth needs repair.
+    """
+    if len(trained_right) != len(sample_right):
+        raise ValueError("one trained verdict per chunk's samples")
+    right = [float(np.mean(s)) for t, s in zip(trained_right, sample_right) if t and len(s)]
+    wrong = [float(np.mean(s)) for t, s in zip(trained_right, sample_right) if not t and len(s)]
+    return {"retention": _mean(right), "repair": _mean(wrong), "n_trained_right": len(right),
+            "n_trained_wrong": len(wrong)}

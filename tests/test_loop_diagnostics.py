@@ -58,3 +58,20 @@ def test_missing_denominators_give_none():
     assert ratio(1.0, 0.0) is None
     with pytest.raises(ValueError, match="checks"):
         estep_diagnostics(RECORDS, CHECKS[:2], trained_on_correct=0.5)
+
+
+def test_retention_and_repair_split_rho_by_what_each_chunk_was_trained_on():
+    import pytest
+
+    from lt_utils.loop_diagnostics import retention_repair
+
+    trained = [True, True, True, False]            # c = 0.75
+    samples = [[True, True], [True, False], [False, False], [True, False]]
+    out = retention_repair(trained, samples)
+    assert out == {"retention": 0.5, "repair": 0.5, "n_trained_right": 3, "n_trained_wrong": 1}
+    # the identity of the loop notes: rho = s / c = r1 + r0 (1 - c) / c
+    s, c = 4 / 8, 0.75   # 4 of the 8 samples are right
+    assert s / c == pytest.approx(out["retention"] + out["repair"] * (1 - c) / c)
+    assert retention_repair([True], [[True]])["repair"] is None
+    with pytest.raises(ValueError):
+        retention_repair([True], [])

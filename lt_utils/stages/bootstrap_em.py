@@ -46,7 +46,7 @@ from ..data import Chunk, ThoughtDoc, chunk_document, token_ratio, tokenize_docs
 from ..estep import (EStepConfig, direct_log_px, model_fingerprint, run_estep, sample_prior, save_records,
                     select_first_k, summarize)
 from ..fidelity import dev_chunks, fidelity_report
-from ..loop_diagnostics import Check, estep_diagnostics
+from ..loop_diagnostics import Check, estep_diagnostics, retention_repair
 from ..model import load_model
 from ..parallel import torch_threads
 from ..paths import resolve
@@ -420,8 +420,22 @@ class Study:
                         for r in records]
         diag = estep_diagnostics(loop_records, [cs[:k] for cs in checks],
                                  trained_on_correct=self.trained_on_correct(iteration), prior_checks=prior_checks)
+        diag.update(self.retention_repair(iteration, records, checks))
         summary.update({f"loop_{k}": v for k, v in diag.items()})
         return summary
+
+    def retention_repair(self, iteration: int, records: list[dict], checks: list[list[Check]]) -> dict:
+        """ρ split over chunks by whether the thought the generator trained on verified (iteration ≥ 2)."""
+        prev_path = self.run.file(f"iter{iteration - 1}/estep.jsonl")
+        if iteration < 2 or not prev_path.exists():
+            return {}
+        k = self.cfg.k
+        trained = {p["position"]: chunk_is_correct(self.boot_chunks[p["position"]],
+                                                   p["candidates"][select_first_k(p, k, 1000 * (iteration - 1))]["text"])
+                   for p in read_jsonl(prev_path)}
+        pairs = [(trained[r["position"]], [c.correct for c in cs[:k]]) for r, cs in zip(records, checks)
+                 if r["position"] in trained]
+        return retention_repair([t for t, _ in pairs], [s for _, s in pairs])
 
     def trained_on_correct(self, iteration: int) -> float | None:
         """Correctness of the thoughts the iteration's generator was trained on (warmstart: the teacher's)."""
