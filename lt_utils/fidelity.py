@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .data import Chunk
-from .estep import chunk_pieces, posterior_prompt_ids, thought_banned_ids
+from .estep import posterior_prompt, thought_banned_ids
 from .teacher import OracleTeacher, chunk_units
 from .tokens import SpecialIds, encode
 
@@ -143,13 +143,12 @@ def score_oracle(model, tokenizer, chunks: Sequence[Chunk], *, max_prefix_tokens
         if not units:
             continue
         thought = teacher.thought_for(c)
-        prefix, suffix = chunk_pieces(tokenizer, c, max_prefix_tokens)
         enc = tokenizer(thought, add_special_tokens=False, return_offsets_mapping=True)
         if list(enc["input_ids"]) != encode(tokenizer, thought):
             raise ValueError(f"offsets disagree with the tokenizer's encoding of {thought!r}")
         steps = thought_steps(thought, [u.family for u in units])
         owner = [_step_of(end, steps) for _, end in enc["offset_mapping"]]
-        prompts.append(posterior_prompt_ids(ids, prefix, suffix))
+        prompts.append(posterior_prompt(tokenizer, c, max_prefix_tokens=max_prefix_tokens))
         targets.append([*enc["input_ids"], ids.eol])
         spans.append((steps, owner + [len(steps) - 1]))
         rows.append({"position": pos, "doc_id": c.doc_id, "index": c.index, "families": [u.family for u in units]})
@@ -221,7 +220,7 @@ def _decoded_correct(model, tokenizer, chunks: Sequence[Chunk], check: Callable[
     from .sample import sample
 
     ids = SpecialIds.of(tokenizer)
-    prompts = [posterior_prompt_ids(ids, *chunk_pieces(tokenizer, c, max_prefix_tokens)) for c in chunks]
+    prompts = [posterior_prompt(tokenizer, c, max_prefix_tokens=max_prefix_tokens) for c in chunks]
     outs = sample(model, prompts, max_new_tokens=max_thought_tokens, stop_ids=[ids.eol], greedy=greedy,
                   temperature=temperature, banned_ids=thought_banned_ids(tokenizer, ids) if ban else [],
                   pad_id=ids.pad, seed=seed, batch_size=batch_size)

@@ -29,11 +29,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from ..config import ConfigError, load, require, to_dict
+from ..config import ConfigError, load, require
 from ..paths import FIGURES_DIR, PARAMS_DIR, resolve
 from ..report import tables
 from . import loop_map
@@ -154,8 +153,9 @@ def run_curve(cfg: FidelityCurveConfig):
     """Base models, warmstarts (reused where the map has them) and their fidelity; writes the table and figure."""
     from ..parallel import available_cores, run_parallel
 
-    todo = loop_map._unique([c for _, c in cells(cfg)], "estep_id")
-    width_of = {c.warm_id: w for w, c in cells(cfg)}
+    grid = cells(cfg)
+    todo = loop_map._unique([c for _, c in grid], "estep_id")
+    width_of = {c.warm_id: w for w, c in grid}
     workers = cfg.workers or available_cores()
 
     def par(fn, args, desc):
@@ -166,7 +166,8 @@ def run_curve(cfg: FidelityCurveConfig):
     par(loop_map.run_warmstart, [(c.boot_params, c.warm_id) for c in loop_map._unique(todo, "warm_id")], "warmstarts")
     outs = par(run_fidelity, [(c.boot_params, c.warm_id, c.estep_id, cfg.decode_chunks) for c in todo], "fidelity")
     df = build_table([row(width_of[c.warm_id], o, f"{c.data_id}/03_warmstart_{c.warm_id}") for c, o in zip(todo, outs)])
-    root = resolve(loop_map.load_map(cfg.map).run_root) / loop_map.load_map(cfg.map).name
+    m = loop_map.load_map(cfg.map)
+    root = resolve(m.run_root) / m.name
     loop_map.write_table(df, root / TABLE)
     if cfg.figures_dir:
         tables.publish(df, resolve(cfg.figures_dir), TABLE, FIGURE, MAKER)
