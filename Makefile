@@ -5,10 +5,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: study study-long smoke figures loop-map loop-confirm loop-climb fidelity cobweb test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
+.PHONY: study study-full study-proportions study-long smoke figures loop-map loop-confirm loop-climb fidelity cobweb test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
 
 help:
-	@echo "make study    - the default CPU study: every notebook on params/cpu, figures in figures/"
+	@echo "make study    - the default CPU study, set by competence: every notebook on params/cpu, figures in figures/ (< 2 h)"
+	@echo "make study-full - the default's whole design: + degraded-teacher arms, K = 2 and 8 (params/cpu_full, figures/full)"
+	@echo "make study-proportions - the study in the paper's token proportions (params/cpu_proportions, ~42 min)"
 	@echo "make test     - the test suite (includes a papermill run of every notebook on params/smoke)"
 	@echo "make study-long - raw repeat vs latent thoughts at 5x the default tokens per run, same base (params/cpu_long, ~16 min)"
 	@echo "make smoke    - every notebook on the tiny params/smoke profile (runs/smoke/)"
@@ -38,6 +40,12 @@ install: $(STAMP)
 
 study: $(STAMP)
 	$(PY) -m lt_utils.pipeline --profile cpu
+
+study-full: $(STAMP)
+	$(PY) -m lt_utils.pipeline --profile cpu_full
+
+study-proportions: $(STAMP)
+	$(PY) -m lt_utils.pipeline --profile cpu_proportions
 
 study-long: $(STAMP)
 	$(PY) -m lt_utils.pipeline --profile cpu_long

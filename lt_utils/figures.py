@@ -25,6 +25,8 @@ from .runs import MissingInputError
 # The command that writes each committed set of figure tables.
 MAKERS = {FIGURES_DIR / "data": "make study",
           FIGURES_DIR / "long_budget" / "data": "make study-long",
+          FIGURES_DIR / "paper_proportions" / "data": "make study-proportions",
+          FIGURES_DIR / "full" / "data": "make study-full",
           FIGURES_DIR / "warmstart_map" / "data": "make loop-map MAP=loop_map_warmstart",
           FIGURES_DIR / "transfer_map" / "data": "make loop-map MAP=loop_map_transfer"}
 
@@ -38,7 +40,9 @@ def draw(data_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, l
     out_dir = out_dir or data_dir.parent
     loop_table = data_dir / loop_map.TABLE   # the loop-gain map's table, where `make loop-map` stored one
     if not (data_dir / "evals.csv").is_file() and loop_table.is_file():
-        return {loop_map.FIGURE: loop_map.draw(loop_map.read_table(loop_table), out_dir)}
+        produced = {loop_map.FIGURE: loop_map.draw(loop_map.read_table(loop_table), out_dir)}
+        produced.update(draw_loop_regime(data_dir, out_dir))
+        return produced
     tables = analysis.read_figure_data(data_dir, MAKERS.get(data_dir, ""))
     produced = plots.render_all(analysis.figure_frames(None, tables=tables), out_dir)
     if loop_table.is_file():
