@@ -35,7 +35,7 @@ HASHED_WHEN_SET = frozenset({
     "init", "base_steps", "base_docs", "base_families", "base_difficulty", "base_worked_share", "base_n_layer",
     "base_n_embd", "base_n_head", "base_n_kv_head", "base_intermediate_size", "base_tie_embeddings", "base_init_std",
     "base_batch_size", "base_seq_len", "base_lr", "base_min_lr_ratio", "base_warmup_steps", "base_weight_decay",
-    "base_eval_shots",
+    "base_eval_shots", "k_ablation_train",
 })
 
 
@@ -119,7 +119,8 @@ def load(cls: type[T], params: Mapping[str, Any], *, where: str | None = None) -
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def load_yaml(cls: type[T], path: str | Path) -> T:
+def read_params(path: str | Path) -> dict[str, Any]:
+    """The mapping a params file holds (not yet validated); one-line errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
@@ -127,13 +128,42 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
         data = yaml.safe_load(fh) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of parameter names to values")
-    return load(cls, data, where=str(path))
+    return data
 
 
-def from_namespace(cls: type[T], namespace: Mapping[str, Any]) -> T:
-    """Build a config from a notebook's globals (the names of the `parameters` cell)."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    return load(cls, {n: namespace[n] for n in names if n in namespace})
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    return load(cls, read_params(path), where=str(path))
+
+
+def profile_params(profile: str, stage: str) -> dict[str, Any]:
+    """params/<profile>/<stage>.yaml as a dict: what a profile says about one stage."""
+    from .paths import PARAMS_DIR
+
+    return read_params(PARAMS_DIR / profile / f"{stage}.yaml")
+
+
+NOTEBOOK_PROFILE = "smoke"   # what a notebook opened in Jupyter runs: make smoke's stage
+
+
+def notebook_config(cls: type[T], stage: str, namespace: Mapping[str, Any]) -> T:
+    """The config of a notebook's stage, the same whether papermill ran it or a user stepped through it.
+
+    A parameters cell holds only `profile` and `overrides`, so every field comes
+    from one place: params/<profile>/<stage>.yaml, then the fields papermill
+    injected (the pipeline injects the whole resolved file), then `overrides`;
+    anything set nowhere keeps its dataclass default.  Opened in Jupyter with
+    the cell's defaults, a notebook is make smoke's stage (same config hash, so
+    it reuses that run directory).
+    """
+    profile = namespace.get("profile") or NOTEBOOK_PROFILE
+    params = profile_params(profile, stage)
+    names = {f.name for f in dataclasses.fields(cls)}
+    params.update({n: namespace[n] for n in names if n in namespace})
+    overrides = namespace.get("overrides") or {}
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"overrides must be a dict of parameter names to values, got {type(overrides).__name__}")
+    params.update(overrides)
+    return load(cls, params, where=f"params/{profile}/{stage}.yaml with the notebook's parameters")
 
 
 def _plain(v: Any) -> Any:

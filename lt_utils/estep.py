@@ -107,7 +107,7 @@ from .tokens import SpecialIds, encode
 @dataclass(frozen=True)
 class EStepConfig:
     k: int = 4                    # Monte Carlo samples per chunk
-    max_thought_tokens: int = 96  # cap on a sampled thought (EoL not counted)
+    max_thought_tokens: int = 64  # cap on a sampled thought (EoL not counted)
     temperature: float = 1.0      # proposal temperature (1.0 = the model's own posterior)
     seed: int = 0
     batch_chunks: int = 64        # chunks per sampling call (rows = batch_chunks × k)

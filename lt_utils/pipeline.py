@@ -89,11 +89,7 @@ def load_stage_params(profile: str, stage: str, overrides: dict | None = None,
                       stage_overrides: dict | None = None) -> dict:
     """The stage's params file merged with overrides (study-wide, then this stage's `--set`), validated."""
     path = PARAMS_DIR / profile / f"{stage}.yaml"
-    if not path.is_file():
-        raise config_lib.ConfigError(f"params file not found: {path}")
-    params = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(params, dict):
-        raise config_lib.ConfigError(f"{path}: expected a mapping of parameter names to values")
+    params = config_lib.read_params(path)
     fields = {f.name for f in dataclasses.fields(stage_config_class(stage))}
     params.update({k: v for k, v in (overrides or {}).items() if k in fields})
     params.update(stage_overrides or {})
@@ -161,6 +157,8 @@ def run_stage(profile: str, stage: str, overrides: dict | None = None, stage_ove
     # the notebook's cell output (papermill logs it) goes to the same file, not to the terminal
     handler = logging.FileHandler(log_path)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    # a parameters cell names only `profile` and `overrides` while every field is injected: not worth a warning each
+    handler.addFilter(lambda record: not record.getMessage().startswith("Passed unknown parameter"))
     pm_log = logging.getLogger("papermill")
     pm_log.addHandler(handler)
     pm_log.setLevel(logging.INFO)
@@ -174,7 +172,7 @@ def run_stage(profile: str, stage: str, overrides: dict | None = None, stage_ove
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(NOTEBOOKS_DIR / f"{stage}.ipynb"), str(out_dir / "executed.ipynb"),
-                            parameters=params, cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=True,
+                            parameters={**params, "profile": profile}, cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=True,
                             kernel_name="python3", kernel_manager_class=kernel_manager_class(log_path, socket_dir))
     finally:
         shutil.rmtree(socket_dir, ignore_errors=True)

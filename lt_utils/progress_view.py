@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from . import em_plan
+
 
 @dataclass
 class Plan:
@@ -31,9 +33,7 @@ def stage_plan(stage: str, cfg: Any) -> Plan:
         n = (len(cfg.arms) + len(cfg.teacher_sweep)) * len(cfg.seeds)
         return Plan(runs=n, steps=n * cfg.steps)
     if stage == "03_bootstrap_em":
-        seeds = len(cfg.seeds)
-        per_seed = cfg.iterations + len(cfg.baselines) + len(set(cfg.k_ablation) - {cfg.k})
-        return Plan(runs=seeds * (1 + per_seed), steps=seeds * (cfg.warmstart_steps + per_seed * cfg.steps),
+        return Plan(runs=len(em_plan.all_runs(cfg)), steps=em_plan.estimated_steps(cfg, token_ratio=1.0),
                     esteps=cfg.iterations)
     return Plan()
 

@@ -33,43 +33,6 @@ KEEP_CHECKPOINTS = ("last", "all")
 
 
 @dataclass(frozen=True)
-class TrainSpec:
-    """Optimisation settings of one run (names match the notebooks' parameters)."""
-
-    steps: int = 300                 # optimizer steps
-    batch_size: int = 16             # rows per micro-batch (per process)
-    grad_accum: int = 1              # micro-batches per optimizer step
-    seq_len: int = 256               # tokens per row
-    lr: float = 3e-3                 # peak learning rate
-    min_lr_ratio: float = 0.1        # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 50           # linear warmup
-    weight_decay: float = 0.01       # AdamW weight decay (all parameters, as the paper's code)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    eval_every: int = 100            # steps between evaluations (and checkpoints)
-    attend_across_docs: bool = False  # True = the paper's packing; False = positions reset + per-document attention
-    cut_at_chunks: bool = True       # per-document packing: cut long documents between chunks, question carried along
-    compile: bool = False            # torch.compile the model (GPU)
-    keep_checkpoints: str = "last"   # "last": only what resume needs, then the final model; "all": every eval step's
-
-    def __post_init__(self):
-        require(self.steps > 0, f"steps must be > 0, got {self.steps}")
-        require(self.batch_size > 0 and self.seq_len > 0, "batch_size and seq_len must be > 0")
-        require(self.grad_accum >= 1, f"grad_accum must be ≥ 1, got {self.grad_accum}")
-        require(0 < self.lr < 1, f"lr must be in (0, 1), got {self.lr}")
-        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]")
-        require(self.eval_every > 0, "eval_every must be > 0")
-        require(self.keep_checkpoints in KEEP_CHECKPOINTS,
-                f"keep_checkpoints must be one of {', '.join(KEEP_CHECKPOINTS)}, got '{self.keep_checkpoints}'")
-
-    @property
-    def tokens_per_step(self) -> int:
-        """Tokens per optimizer step and process."""
-        return self.batch_size * self.grad_accum * self.seq_len
-
-
-@dataclass(frozen=True)
 class TrainingParams:
     """Model and optimisation parameters shared by every stage that trains models.
 
@@ -143,6 +106,43 @@ class TrainingParams:
         from .parallel import available_cores
 
         return self.workers or available_cores()
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Optimisation settings of one run, picked from a stage's flat `TrainingParams` (whose defaults it shares)."""
+
+    steps: int = 300                 # optimizer steps (a stage states its own)
+    batch_size: int = TrainingParams.batch_size
+    grad_accum: int = TrainingParams.grad_accum
+    seq_len: int = TrainingParams.seq_len
+    lr: float = TrainingParams.lr
+    min_lr_ratio: float = TrainingParams.min_lr_ratio
+    warmup_steps: int = TrainingParams.warmup_steps
+    weight_decay: float = TrainingParams.weight_decay   # all parameters, as the paper's code
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = TrainingParams.grad_clip
+    eval_every: int = TrainingParams.eval_every          # steps between evaluations (and checkpoints)
+    attend_across_docs: bool = TrainingParams.attend_across_docs
+    cut_at_chunks: bool = TrainingParams.cut_at_chunks
+    compile: bool = False            # torch.compile the model (GPU)
+    keep_checkpoints: str = TrainingParams.keep_checkpoints
+
+    def __post_init__(self):
+        require(self.steps > 0, f"steps must be > 0, got {self.steps}")
+        require(self.batch_size > 0 and self.seq_len > 0, "batch_size and seq_len must be > 0")
+        require(self.grad_accum >= 1, f"grad_accum must be ≥ 1, got {self.grad_accum}")
+        require(0 < self.lr < 1, f"lr must be in (0, 1), got {self.lr}")
+        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]")
+        require(self.eval_every > 0, "eval_every must be > 0")
+        require(self.keep_checkpoints in KEEP_CHECKPOINTS,
+                f"keep_checkpoints must be one of {', '.join(KEEP_CHECKPOINTS)}, got '{self.keep_checkpoints}'")
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens per optimizer step and process."""
+        return self.batch_size * self.grad_accum * self.seq_len
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from lt_utils import config, world
+from lt_utils import config, em_plan, world
 from lt_utils.config import ConfigError
 from lt_utils.runs import RunDir, read_json, read_jsonl
 from lt_utils.stages import base_model, bootstrap_em, data_prep as corpus, synthetic_thoughts
@@ -121,7 +121,7 @@ def test_every_stage_starts_from_the_base(studies):
     assert len(jobs) == 4 and all(j.model.init_from == model_dir for j in jobs)
     cfg3 = config.load(bootstrap_em.BootstrapConfig, {**common, "seeds": [0, 1], "steps": 2, "warmstart_steps": 2})
     st = bootstrap_em.Study(RunDir.open(cfg3, "03_bootstrap_em"), cfg3)
-    em_jobs = st.warmstart_jobs() + [st.job("raw_flop_match", st.raw_corpus("bootstrap"), "raw", 2, 0),
+    em_jobs = [st.job_of(r) for r in em_plan.warmstarts(cfg3)] + [st.job("raw_flop_match", st.raw_corpus("bootstrap"), "raw", 2, 0),
                                      st.job("iter1", st.raw_corpus("bootstrap"), "random", 2, 1)]
     assert all(j.model.init_from == model_dir for j in em_jobs)
     # a run records the base it continued, and starts from exactly its weights

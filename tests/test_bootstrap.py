@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from lt_utils import config
+from lt_utils import config, em_plan
 from lt_utils.runs import RunDir
-from lt_utils.stages import bootstrap_em, data_prep
+from lt_utils.stages import bootstrap_em, data_prep, em_estep
 from lt_utils.teacher import OracleTeacher, ThoughtCache, write_thoughts
 
 
@@ -27,25 +27,34 @@ def study(tmp_path):
     thoughts = write_thoughts(OracleTeacher(), st.boot_chunks, cache, progress=False)
     cache.close()
     for name in ("corpus", "corpus_k1", "corpus_k2", "corpus_k8"):
-        bootstrap_em._write_corpus(st.run.file(f"iter1/{name}.jsonl"), st.boot_docs, st.boot_heads, st.boot_chunks,
+        em_estep.write_corpus(st.run.file(f"iter1/{name}.jsonl"), st.boot_docs, st.boot_heads, st.boot_chunks,
                                 st.boot_spans, thoughts)
     return st
 
 
-def test_fillers_spread_every_extra_run_over_the_iterations_once(study):
-    first_pool = study.warmstart_jobs()[:study.cfg.workers]
-    assert [j.seed for j in first_pool] == [0, 1]       # the E-step needs seed 0; a second core takes seed 1
-    extras = study.extra_jobs()
-    names = [j.info["name"] for j in extras]
+def test_side_runs_spread_every_extra_run_over_the_iterations_once(study):
+    cfg = study.cfg
+    first_pool = em_plan.warmstarts(cfg)[:cfg.workers]
+    assert [r.seed for r in first_pool] == [0, 1]       # the E-step needs seed 0; a second core takes seed 1
+    extras = em_plan.side_runs(cfg, cfg.workers)
+    names = [f"{r.name}/seed{r.seed}" for r in extras]
     assert names[0] == "warmstart/seed2"
     assert len(names) == 1 + 2 * 3 + 3 * 3 and len(set(names)) == len(names)   # warmstart, baselines, K ablation
-    shares = [study.fillers(it) for it in (1, 2, 3)]
-    assert [j.info["name"] for s in shares for j in s] == names
+    shares = [em_plan.side_runs_of_iteration(cfg, it, cfg.workers) for it in (1, 2, 3)]
+    assert [r for s in shares for r in s] == extras
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    # the plan is every run once: the progress view and the compute estimate count these
+    every = em_plan.all_runs(cfg)
+    assert len(every) == len(cfg.seeds) * (1 + cfg.iterations + 2 + 3)
+    assert len({(r.name, r.seed) for r in every}) == len(every)
+
+
+def _side_jobs(study):
+    return {j.info["name"]: j for j in map(study.job_of, em_plan.side_runs(study.cfg, study.cfg.workers))}
 
 
 def test_runs_are_evaluated_few_shot_in_their_own_style(study):
-    jobs = {j.info["name"]: j for j in study.extra_jobs()}
+    jobs = _side_jobs(study)
     assert jobs["raw_flop_match/seed0"].eval_style == "direct"
     assert jobs["iter1_k8/seed0"].eval_style == "latent"
     assert len(jobs["iter1_k8/seed0"].eval_shots) == 2
@@ -55,8 +64,10 @@ def test_runs_are_evaluated_few_shot_in_their_own_style(study):
 def test_token_match_baseline_sees_the_raw_tokens_of_one_m_step(study):
     ratio = study.write_token_ratios()["bolt_iter1"]
     assert ratio > 1.2
-    assert study.token_match_steps() == max(1, round(study.cfg.steps / ratio))
+    assert _side_jobs(study)["raw_token_match/seed0"].train.steps == max(1, round(study.cfg.steps / ratio))
     assert math.isclose(study.write_token_ratios()["raw_flop_match"], 1.0)
+    with pytest.raises(ValueError, match="token ratio"):
+        em_plan.baselines(study.cfg)[0].steps(study.cfg)
 
 
 def test_warmstart_documents_come_from_a_split_disjoint_from_the_bootstrap_corpus(tmp_path, study):
@@ -86,17 +97,17 @@ def _break_first_step(thought: str) -> str:
 
 def test_chunk_check_tells_a_wrong_step_behind_a_right_answer(study):
     chunk, thought = study.boot_chunks[0], _oracle(study)[0]
-    assert bootstrap_em.chunk_check(chunk, thought) == bootstrap_em.Check(True, True, False)
-    assert bootstrap_em.chunk_check(chunk, _break_first_step(thought)) == bootstrap_em.Check(False, True, True)
-    assert bootstrap_em.chunk_check(chunk, "so 1.") == bootstrap_em.Check(False, False, False)
-    assert bootstrap_em.spread_positions(10, 3) == [0, 4, 9]   # linspace 0, 4.5, 9 rounds half to even
-    assert bootstrap_em.spread_positions(3, 8) == [0, 1, 2] and bootstrap_em.spread_positions(5, 0) == []
+    assert em_estep.chunk_check(chunk, thought) == em_estep.Check(True, True, False)
+    assert em_estep.chunk_check(chunk, _break_first_step(thought)) == em_estep.Check(False, True, True)
+    assert em_estep.chunk_check(chunk, "so 1.") == em_estep.Check(False, False, False)
+    assert em_estep.spread_positions(10, 3) == [0, 4, 9]   # linspace 0, 4.5, 9 rounds half to even
+    assert em_estep.spread_positions(3, 8) == [0, 1, 2] and em_estep.spread_positions(5, 0) == []
 
 
 def test_estep_summary_carries_the_loop_diagnostics(study):
     """Candidates: the oracle's thought (selected) and a broken copy; the oracle warmstart scores 1.0."""
     study.warmstart_corpus()
-    assert study.trained_on_correct(1) == 1.0
+    assert em_estep.trained_on_correct(study, 1) == 1.0
     oracle = _oracle(study)
     records = []
     for pos, (c, t) in enumerate(zip(study.boot_chunks, oracle)):
@@ -110,7 +121,7 @@ def test_estep_summary_carries_the_loop_diagnostics(study):
     prior_pos = [0, len(records) - 1]
     prior = [{"text": _break_first_step(oracle[0]), "tokens": [3], "log_q": -2.0, "terminated": True},
              {"text": oracle[-1], "tokens": [4], "log_q": -2.0, "terminated": True}]
-    s = study.summarize_estep(1, records, prior_pos, prior)
+    s = em_estep.summarize_with_verifier(study, 1, records, prior_pos, prior)
     assert s["frac_selected_correct"] == 1.0 and s["loop_selected_correct"] == 1.0
     assert s["loop_posterior_sample_correct"] == 0.5 and s["loop_trained_on_correct"] == 1.0
     assert s["loop_rho"] == 0.5 and s["loop_lift"] == 2.0 and s["loop_gain"] == 1.0
@@ -135,7 +146,7 @@ def test_loop_diagnostics_follow_the_loops_k_when_the_estep_drew_more(study):
         records.append({"position": pos, "doc_id": c.doc_id, "index": c.index, "candidates": cands, "selected": 7,
                         "weights": [1 / 8] * 8, "ess": 8.0, "n_unterminated": 0, "no_terminated": False,
                         "n_suffix_tokens": 3, "elbo": {"1": 0.0}})
-    s = study.summarize_estep(1, records, [], [], seed=5)
+    s = em_estep.summarize_with_verifier(study, 1, records, [], [], seed=5)
     assert s["frac_selected_correct"] == 1.0 and s["frac_candidates_correct"] == 0.5   # the whole E-step
     assert s["loop_selected_correct"] == 0.0 and s["loop_posterior_sample_correct"] == 0.0   # the loop's K = 4
     assert s["loop_distinct_per_chunk"] == 4.0 and s["loop_gain"] == 0.0
@@ -143,11 +154,11 @@ def test_loop_diagnostics_follow_the_loops_k_when_the_estep_drew_more(study):
     from lt_utils.runs import write_json
 
     write_json(study.run.file("iter1/estep_summary.json"), s)
-    assert study.trained_on_correct(2) == 0.25
+    assert em_estep.trained_on_correct(study, 2) == 0.25
 
 
 def test_every_estep_generator_gets_its_fidelity_on_the_corpus_and_dev_problems(study, tmp_path):
-    """`Study.fidelity` in the E-step's layout: f of a (random) generator, its breakdowns, greedy and sampled shares."""
+    """`em_estep.fidelity` in the E-step's layout: f of a (random) generator, its breakdowns, greedy and sampled shares."""
     import torch
 
     from lt_utils.model import ModelSpec, build_model
@@ -158,7 +169,7 @@ def test_every_estep_generator_gets_its_fidelity_on_the_corpus_and_dev_problems(
     gen = tmp_path / "gen"
     build_model(ModelSpec(n_layer=1, n_embd=16, n_head=2, n_kv_head=2, intermediate_size=32, max_seq_len=512),
                 tok, seed=0).save_pretrained(str(gen))
-    fid = study.fidelity(gen, study.estep_config(k=1, seed=0, max_thought_tokens=4))
+    fid = em_estep.fidelity(study, gen, em_estep.estep_config(study.cfg, k=1, seed=0, max_thought_tokens=4))
     corpus, dev = fid["bootstrap"], fid["dev"]
     from lt_utils.runs import read_jsonl
 

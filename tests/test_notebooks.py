@@ -20,10 +20,34 @@ def test_committed_notebooks_have_a_parameters_cell_and_no_outputs():
         assert not any("def " in c.source or "class " in c.source for c in code), f"{path.name} defines code"
 
 
-def test_parameters_cell_lists_every_stage_parameter():
-    """A notebook's parameters cell names exactly its stage config's fields, so a reader sees every knob."""
+def _cells(stage: str, parameters: dict | None = None) -> list[str]:
+    """The sources a kernel runs up to the stage's config: parameters, papermill's injected cell if any, config."""
+    import tempfile
+
+    import nbformat
+    import papermill as pm
+
+    path = NOTEBOOKS_DIR / f"{stage}.ipynb"
+    if parameters is None:
+        nb = nbformat.read(path, as_version=4)
+    else:   # papermill's own preparation, as run_stage calls it, without starting a kernel
+        with tempfile.TemporaryDirectory() as tmp:
+            nb = pm.execute_notebook(str(path), f"{tmp}/out.ipynb", parameters=parameters, prepare_only=True,
+                                     kernel_name="python3", progress_bar=False)
+    end = next(i for i, c in enumerate(nb.cells) if "config" in c.metadata.get("tags", []))
+    return [c.source for c in nb.cells[:end + 1] if c.cell_type == "code"]
+
+
+def _run_cells(sources: list[str], edit: str = "") -> object:
+    ns: dict = {}
+    for i, src in enumerate(sources):
+        exec(src + ("\n" + edit if i == 0 and edit else ""), ns)   # `edit`: what a user types into the cell
+    return ns["cfg"]
+
+
+def test_parameters_cell_holds_only_the_profile_and_overrides():
+    """Every other field comes from the profile's params file or the dataclass: each default is stated once."""
     import ast
-    import dataclasses
 
     import nbformat
 
@@ -31,8 +55,35 @@ def test_parameters_cell_lists_every_stage_parameter():
         nb = nbformat.read(NOTEBOOKS_DIR / f"{stage}.ipynb", as_version=4)
         cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
         names = {t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets}
-        fields = {f.name for f in dataclasses.fields(pipeline.stage_config_class(stage))}
-        assert names == fields, (stage, sorted(names ^ fields))
+        assert names == {"profile", "overrides"}, (stage, sorted(names))
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu"])
+@pytest.mark.parametrize("stage", pipeline.STAGES)
+def test_a_notebook_stepped_through_is_the_same_stage_as_a_batch_run(stage, profile):
+    """Run top to bottom in Jupyter (smoke: untouched; cpu: one edit) or by the pipeline: one config, one hash."""
+    from lt_utils import config as config_lib
+
+    expected = config_lib.load(pipeline.stage_config_class(stage), pipeline.load_stage_params(profile, stage))
+    edit = "" if profile == "smoke" else f'profile = "{profile}"'
+    stepped = _run_cells(_cells(stage), edit)
+    injected = {**pipeline.load_stage_params(profile, stage), "profile": profile}   # what run_stage passes
+    batch = _run_cells(_cells(stage, injected))
+    assert config_lib.to_dict(stepped) == config_lib.to_dict(batch) == config_lib.to_dict(expected)
+    assert config_lib.config_hash(stepped) == config_lib.config_hash(batch) == config_lib.config_hash(expected)
+
+
+def test_overrides_and_papermill_parameters_change_the_profile_the_same_way():
+    from lt_utils.config import ConfigError
+
+    stage = "02_synthetic_thoughts"
+    by_cell = _run_cells(_cells(stage), 'overrides = {"steps": 7}')
+    by_papermill = _run_cells(_cells(stage, {"steps": 7}))
+    assert by_cell == by_papermill and by_cell.steps == 7
+    with pytest.raises(ConfigError, match="unknown parameter 'stpes'"):
+        _run_cells(_cells(stage), 'overrides = {"stpes": 7}')
+    with pytest.raises(ConfigError, match="params file not found: .*params/nowhere/02_synthetic_thoughts.yaml"):
+        _run_cells(_cells(stage), 'profile = "nowhere"')
 
 
 @pytest.mark.slow

@@ -1,14 +1,13 @@
 """`workers: 0` means every core: the E-step, the ELBO's E-step and evaluation along training get all of them."""
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from lt_utils import parallel, train
-from lt_utils.stages import bootstrap_em
-from lt_utils.stages.bootstrap_em import BootstrapConfig, Study
+from lt_utils.stages import em_estep
+from lt_utils.stages.bootstrap_em import BootstrapConfig
 
 
 def fake_cores(monkeypatch, n: int) -> None:
@@ -22,31 +21,31 @@ def captured_threads(monkeypatch) -> dict:
         got["threads"] = threads
         return "ran"
 
-    monkeypatch.setattr(bootstrap_em, "with_generator", fake)
-    monkeypatch.setattr(bootstrap_em, "sample_and_score", fake)
+    monkeypatch.setattr(em_estep, "with_generator", fake)
+    monkeypatch.setattr(em_estep, "sample_and_score", fake)
     return got
 
 
 def test_workers_zero_gives_the_e_step_every_core(monkeypatch):
     fake_cores(monkeypatch, 3)
     got = captured_threads(monkeypatch)
-    study = SimpleNamespace(cfg=BootstrapConfig(workers=0, threads_per_worker=1), tok_dir=Path("tok"))
-    assert Study.with_generator(study, Path("gen"), lambda *a: None) == "ran"   # E-step, prior samples, ELBO
+    cfg = BootstrapConfig(workers=0, threads_per_worker=1)
+    assert em_estep.with_stage_generator(cfg, Path("tok"), Path("gen"), lambda *a: None) == "ran"   # E-step, ELBO
     assert got["threads"] == 3
     got.clear()
-    Study.sample_and_score(study, Path("gen"), [], None, Path("cache"))          # the sharded E-step's workers
+    em_estep.stage_sample_and_score(cfg, Path("tok"), Path("gen"), [], None, Path("cache"))   # shard workers
     assert got["threads"] == 3
-    study.cfg = BootstrapConfig(workers=2, threads_per_worker=2)
-    Study.with_generator(study, Path("gen"), lambda *a: None)
+    cfg = BootstrapConfig(workers=2, threads_per_worker=2)
+    em_estep.with_stage_generator(cfg, Path("tok"), Path("gen"), lambda *a: None)
     assert got["threads"] == 4
 
 
 def test_the_generator_runs_on_the_threads_it_is_given(monkeypatch):
-    monkeypatch.setattr(bootstrap_em, "load_tokenizer", lambda path: "tok")
-    monkeypatch.setattr(bootstrap_em, "load_model", lambda path, device="cpu": "model")
+    monkeypatch.setattr(em_estep, "load_tokenizer", lambda path: "tok")
+    monkeypatch.setattr(em_estep, "load_model", lambda path, device="cpu": "model")
     before = torch.get_num_threads()
     try:
-        seen = bootstrap_em.with_generator(Path("gen"), Path("tok"), lambda m, tok, be: torch.get_num_threads(),
+        seen = em_estep.with_generator(Path("gen"), Path("tok"), lambda m, tok, be: torch.get_num_threads(),
                                            threads=2)
         assert seen == 2
     finally:

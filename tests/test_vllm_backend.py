@@ -168,8 +168,8 @@ def test_estep_log_q_log_p_log_w_agree_across_backends(engine, hf_model, tokeniz
 
 
 def test_stage_three_e_step_on_vllm(ckpt, docs, tmp_path):
-    """`bootstrap.sample_and_score`, what notebook 03 calls with `estep_backend: vllm`, on a CPU engine."""
-    from lt_utils.stages.bootstrap_em import sample_and_score
+    """`em_estep.sample_and_score`, what notebook 03 calls with `estep_backend: vllm`, on a CPU engine."""
+    from lt_utils.stages.em_estep import sample_and_score
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

@@ -28,6 +28,7 @@ import re
 import sys
 from dataclasses import dataclass
 
+from .. import em_plan
 from .gpu_check import ArchSpec
 
 
@@ -85,29 +86,30 @@ def estimate(params: dict[str, dict], arch: ArchSpec, a: Assumptions = Assumptio
         train_row("02", "training: every arm x seed", runs, s02["steps"], s02)
     s03 = params.get("03_bootstrap_em")
     if s03:
-        seeds, k = len(s03.get("seeds", [0])), int(s03.get("k", 4))
-        its = int(s03.get("iterations", 1))
-        train_row("03", "warmstart", seeds, s03["warmstart_steps"], s03)
-        train_row("03", f"M-steps ({its} iterations)", its * seeds, s03["steps"], s03)
-        extra_k = sorted(set(s03.get("k_ablation", [])) - {k})
-        if extra_k:
-            train_row("03", f"K ablation {extra_k}", len(extra_k) * seeds, s03["steps"], s03)
-        base = s03.get("baselines", ["raw_token_match", "raw_flop_match"])
-        if "raw_token_match" in base:
-            train_row("03", "raw token-match baseline", seeds, s03["steps"] / a.latent_ratio, s03)
-        if "raw_flop_match" in base:
-            train_row("03", "raw FLOP-match baseline", seeds, s03["steps"], s03)
+        from ..config import load
+        from ..stages.bootstrap_em import BootstrapConfig
+
+        cfg = load(BootstrapConfig, s03, where="03_bootstrap_em")   # the stage's own defaults, not literals here
+        its = cfg.iterations
+        groups: dict[str, list] = {}
+        for r in em_plan.all_runs(cfg):
+            what = {"warmstart": "warmstart", "m_step": f"M-steps ({its} iterations)",
+                    "k_ablation": f"K ablation {sorted(set(cfg.k_ablation) - {cfg.k})}"}.get(r.role) \
+                or {"raw_token_match": "raw token-match baseline", "raw_flop_match": "raw FLOP-match baseline"}[r.arm]
+            steps = cfg.steps / a.latent_ratio if r.steps_of == em_plan.TOKEN_MATCH else r.steps(cfg)
+            groups.setdefault(what, []).append(steps)
+        for what, steps in groups.items():
+            train_row("03", what, len(steps), steps[0], s03)
         raw = float(data.get("bootstrap_tokens", 0))
-        k1 = max([k, *s03.get("k_ablation", [])])
-        gen = raw * a.thought_ratio * (k1 + (its - 1) * k)
-        prefix = min(3 * 8 * a.tokens_per_sentence, s03.get("max_prefix_tokens") or 1e12) \
-            * int(s03.get("prefix_chunks", 3)) / 3
-        chunks = raw / (float(s03.get("chunk_mean_units", 8)) * a.tokens_per_sentence)
-        scored = (k1 + (its - 1) * k) * (raw * (a.thought_ratio + 1) + chunks * prefix)
+        samples = sum(em_plan.k_drawn(cfg, i) for i in range(1, its + 1))   # per chunk, over every E-step
+        gen = raw * a.thought_ratio * samples
+        prefix = min(3 * 8 * a.tokens_per_sentence, cfg.max_prefix_tokens or 1e12) * cfg.prefix_chunks / 3
+        chunks = raw / (cfg.chunk_mean_units * a.tokens_per_sentence)
+        scored = samples * (raw * (a.thought_ratio + 1) + chunks * prefix)
         hours = gen / a.gen_tokens_per_s / 3600 + scored * fpt / 3 / (a.peak_flops * a.mfu) / 3600
         rows.append({"stage": "03", "work": f"E-steps: sample + score ({its} iterations)", "runs": its,
-                     "tokens": gen, "gpus_per_run": int(s03.get("estep_shards", 0)) or 1, "gpu_hours": hours,
-                     "wall_hours_per_run": hours / its / max(int(s03.get("estep_shards", 0)), 1)})
+                     "tokens": gen, "gpus_per_run": cfg.estep_shards or 1, "gpu_hours": hours,
+                     "wall_hours_per_run": hours / its / max(cfg.estep_shards, 1)})
     api = {}
     if s02 and s02.get("teacher") == "api":
         raw = float(data.get("comparison_tokens", 0))

@@ -57,7 +57,8 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError, load, require, to_dict
+from .. import em_plan
+from ..config import ConfigError, load, profile_params, require, to_dict
 from ..paths import FIGURES_DIR, PARAMS_DIR, resolve
 
 MAP_FILE = "map.yaml"          # params/<map>/map.yaml
@@ -149,13 +150,6 @@ class Cell:
         return f"{self.data_id}/03_cell_{self.cell_id}"
 
 
-def _profile_params(profile: str, stage: str) -> dict:
-    path = PARAMS_DIR / profile / f"{stage}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"profile: params file not found: {path}")
-    return yaml.safe_load(path.read_text()) or {}
-
-
 def _defaults(cls) -> dict:
     return to_dict(load(cls, {"study": "x"}))
 
@@ -174,8 +168,8 @@ def expand(cfg: LoopMapConfig) -> list[Cell]:
     from .data_prep import DataPrepConfig
 
     root = str(Path(cfg.run_root) / cfg.name)
-    data0 = {**_profile_params(cfg.profile, DATA_STAGE), **cfg.data_prep}
-    boot0 = {**_profile_params(cfg.profile, "03_bootstrap_em"), **cfg.bootstrap}
+    data0 = {**profile_params(cfg.profile, DATA_STAGE), **cfg.data_prep}
+    boot0 = {**profile_params(cfg.profile, "03_bootstrap_em"), **cfg.bootstrap}
     for section, params, stage in (("data_prep", cfg.data_prep, "01"), ("bootstrap", cfg.bootstrap, "03")):
         wrong = [k for k in params if stage_of(k) != stage]
         require(not wrong, f"{section}: '{wrong[0] if wrong else ''}' is a parameter of the other stage")
@@ -292,10 +286,8 @@ def run_cell(params: dict, estep_id: str, meta: dict) -> dict:
             run.file(name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src / name, run.file(name))
     study = Study(run, cfg)
-    seed = cfg.seeds[0]
     t0 = time.perf_counter()
-    final = study.train([study.job("iter1", run.file("iter1/corpus.jsonl"), "random", cfg.steps, seed,
-                                   arm="bolt_iter1", iteration=1, k=cfg.k)], "M-step")[0]
+    final = study.train([study.job_of(em_plan.m_steps(cfg, 1)[0])], "M-step")[0]
     t1 = time.perf_counter()
     s2 = study.e_step(2)
     t2 = time.perf_counter()

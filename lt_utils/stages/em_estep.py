@@ -1,0 +1,280 @@
+"""The E-step of one BoLT iteration, top to bottom (`run`).
+
+The previous iteration's seed-0 model (the warmstart at iteration 1) samples
+K thoughts per chunk of the fixed bootstrap corpus from its posterior, scores
+them and resamples one (`lt_utils.estep`); then, with the world's verifier,
+every candidate is checked, the loop diagnostics (ρ, λ, G, retention and
+repair) and the generator's fidelity f are computed, and the corpora the next
+M-step trains on are written: the loop's K, plus each K of the ablation at
+iteration 1.  `Study` in `bootstrap_em` holds the stage's paths and the loop's
+order; what happens between two M-steps is here.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import em_plan, progress
+from ..data import Chunk, ThoughtDoc
+from ..estep import (EStepConfig, model_fingerprint, run_estep, sample_prior, save_records, select_first_k,
+                     summarize)
+from ..fidelity import dev_chunks, fidelity_report
+from ..loop_diagnostics import Check, estep_diagnostics, retention_repair
+from ..model import load_model
+from ..parallel import torch_threads
+from ..runs import read_json, read_jsonl, write_json, write_jsonl
+from ..teacher import chunk_units, split_unit_thoughts
+from ..tokens import load_tokenizer
+from .data_prep import dev_problems_path
+
+# `study` below is a `bootstrap_em.Study` and `cfg` its `BootstrapConfig` (not imported: the stage imports this)
+Study = BootstrapConfig = Any
+
+
+def write_corpus(path: Path, docs, heads, chunks, spans, thoughts) -> Path:
+    """Documents with one thought per chunk (None: raw), written once."""
+    if not path.exists():
+        write_jsonl(path, [ThoughtDoc(d.doc_id, h, [c.suffix for c in chunks[a:b]],
+                                      None if thoughts is None else list(thoughts[a:b])).to_dict()
+                           for d, h, (a, b) in zip(docs, heads, spans)])
+    return path
+
+
+def with_generator(gen: Path, tok_dir: Path, fn, *, backend: str = "transformers", engine_args: dict | None = None,
+                   threads: int = 1):
+    """``fn(model, tokenizer, engine)`` with generator `gen` loaded once: a transformers model in this process
+    (GPU if any; engine None) or a vLLM engine (model None).
+
+    The engine is released before returning, so a training run launched next
+    finds the GPU memory free.
+    """
+    tok = load_tokenizer(tok_dir)
+    if backend == "vllm":
+        import gc
+
+        from ..paper.vllm_backend import VLLMBackend
+
+        engine = VLLMBackend(gen, **(engine_args or {}))
+        try:
+            return fn(None, tok, engine)
+        finally:
+            del engine
+            gc.collect()
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return fn(load_model(gen, device=device), tok, None)
+
+
+def sample_and_score(gen: Path, tok_dir: Path, chunks: list[Chunk], ecfg: EStepConfig, cache: Path, *,
+                     backend: str = "transformers", engine_args: dict | None = None, threads: int = 1,
+                     progress: bool = True) -> list[dict]:
+    """`run_estep` with generator `gen` (see :func:`with_generator`)."""
+    key = model_fingerprint(gen)
+    return with_generator(gen, tok_dir, lambda m, tok, be: run_estep(m, tok, chunks, ecfg, backend=be, cache_path=cache,
+                                                                     model_key=key, progress=progress),
+                          backend=backend, engine_args=engine_args, threads=threads)
+
+
+def chunk_check(chunk: Chunk, thought: str) -> Check:
+    """The verifier's verdict on a chunk thought: every problem correct, every final answer right, any false step."""
+    from .. import world
+
+    units = chunk_units(chunk)
+    pieces = split_unit_thoughts(thought, len(units))
+    verdicts = [world.verify(u.question, p) for u, p in zip(units, pieces)]
+    complete = len(pieces) == len(units)
+    return Check(correct=complete and all(v.correct for v in verdicts),
+                 right_answer=complete and all(v.final_answer == str(u.answer) for u, v in zip(units, verdicts)),
+                 wrong_step=any(v.n_wrong_steps > 0 for v in verdicts))
+
+
+def chunk_is_correct(chunk: Chunk, thought: str) -> bool:
+    """Every problem the chunk answers has a thought the world's verifier accepts."""
+    return chunk_check(chunk, thought).correct
+
+
+def spread_positions(n: int, m: int) -> list[int]:
+    """`m` positions spread evenly over range(n) (all of them when m ≥ n)."""
+    if m <= 0 or n <= 0:
+        return []
+    return sorted({int(x) for x in np.linspace(0, n - 1, min(m, n)).round()})
+
+
+def run(study: Study, iteration: int) -> dict:
+    """Thoughts for the bootstrap corpus from the previous iteration's seed-0 model; returns their summary.
+
+    Skipped (its summary read back) once the iteration's summary exists: every file it writes comes before it.
+    """
+    out = study.run.file(f"iter{iteration}/estep.jsonl")
+    summary_path = study.run.file(f"iter{iteration}/estep_summary.json")
+    if summary_path.exists():
+        return read_json(summary_path)
+    t0 = time.time()
+    gen = study.model_dir("warmstart" if iteration == 1 else f"iter{iteration - 1}")
+    k = em_plan.k_drawn(study.cfg, iteration)
+    ecfg = estep_config(study.cfg, k=k, seed=1000 * iteration)
+    # prior thoughts for a spread of chunks: only a verifier can tell how good they are
+    prior_pos = [] if study.text else spread_positions(len(study.boot_chunks), study.cfg.prior_sample_chunks)
+    prior_chunks = [study.boot_chunks[i] for i in prior_pos]
+    if study.cfg.estep_shards:
+        records = sharded(study, iteration, gen, ecfg)
+        prior = with_stage_generator(study.cfg, study.tok_dir, gen, lambda m, tok, be: sample_prior(m, tok, prior_chunks, ecfg, backend=be)
+                                    ) if prior_chunks else []
+    else:
+        key, cache = model_fingerprint(gen), study.run.file(f"iter{iteration}/candidates.sqlite")
+
+        def work(m, tok, be):
+            recs = run_estep(m, tok, study.boot_chunks, ecfg, backend=be, cache_path=cache, model_key=key)
+            return recs, sample_prior(m, tok, prior_chunks, ecfg, backend=be)
+
+        records, prior = with_stage_generator(study.cfg, study.tok_dir, gen, work)
+    save_records(out, records)
+    summary = summarize_with_verifier(study, iteration, records, prior_pos, prior, seed=ecfg.seed)
+    summary["k"] = k
+    summary["threads"] = 0 if study.cfg.estep_shards else torch_threads()  # 0: shard jobs
+    if not study.text:   # f of this generator: needs the world's oracle thoughts
+        summary["fidelity"] = fidelity(study, gen, ecfg)
+    ks = em_plan.selected_ks(study.cfg, iteration)
+    summary["selected_correct_by_k"] = {}
+    for kk in ks:
+        thoughts = [r["candidates"][select_first_k(r, kk, ecfg.seed)]["text"] for r in records]
+        name = f"iter{iteration}/corpus.jsonl" if kk == study.cfg.k else f"iter{iteration}/corpus_k{kk}.jsonl"
+        write_corpus(study.run.file(name), study.boot_docs, study.boot_heads, study.boot_chunks,
+                      study.boot_spans, thoughts)
+        if not study.text:
+            summary["selected_correct_by_k"][str(kk)] = float(np.mean(
+                [chunk_is_correct(c, t) for c, t in zip(study.boot_chunks, thoughts)]))
+    write_json(summary_path, summary)
+    study.run.add_artifact(f"iter{iteration}/estep.jsonl", "every chunk's K candidates with log q, log p, log w")
+    study.run.add_artifact(f"iter{iteration}/corpus.jsonl", "bootstrap corpus with the selected thoughts")
+    study.run.add_artifact(f"iter{iteration}/estep_summary.json", "weights, ESS, verifier scores, loop diagnostics")
+    study.run.log(kind="estep", iteration=iteration, **{k2: v for k2, v in summary.items()
+                                                       if isinstance(v, (int, float))})
+    progress.emit("estep_done", iteration=iteration, seconds=time.time() - t0,
+                  summary={k2: summary[k2] for k2 in ("n_chunks", "mean_ess", "frac_selected_correct") if k2 in summary})
+    return summary
+
+
+def fidelity(study: Study, gen: Path, ecfg: EStepConfig, decode_chunks: int = 256) -> dict:
+    """Fidelity of generator `gen` (`lt_utils.fidelity`) on the bootstrap corpus and the dev problems,
+    in the E-step's own layout and proposal (prefix, temperature, banned tokens); never on test problems."""
+    path = dev_problems_path(study.data)
+    dev = dev_chunks(read_jsonl(path)) if path else []
+    return with_generator(gen, study.tok_dir, lambda m, tok, _: fidelity_report(
+        m, tok, study.boot_chunks, dev, chunk_is_correct, max_prefix_tokens=ecfg.max_prefix_tokens,
+        ban_special_in_thought=ecfg.ban_special_in_thought, temperature=ecfg.temperature,
+        max_thought_tokens=ecfg.max_thought_tokens, seed=ecfg.seed, decode_chunks=decode_chunks),
+        threads=study.cfg.n_workers * study.cfg.threads_per_worker)
+
+
+def estep_config(cfg: BootstrapConfig, **kw) -> EStepConfig:
+    """The stage's proposal settings (cap, temperature, bans, prefix) with `kw` (k, seed, ...) on top."""
+    base = dict(max_thought_tokens=cfg.max_thought_tokens, batch_chunks=cfg.estep_batch_chunks,
+                max_prefix_tokens=cfg.max_prefix_tokens, temperature=cfg.estep_temperature,
+                ban_special_in_thought=cfg.ban_special_in_thought)
+    return EStepConfig(**{**base, **kw})
+
+
+def with_stage_generator(cfg: BootstrapConfig, tok_dir: Path, gen: Path, fn):
+    """`with_generator` on the stage's backend and every core its training pools use."""
+    return with_generator(gen, tok_dir, fn, backend=cfg.estep_backend,
+                          engine_args=cfg.vllm_engine_args,
+                          threads=cfg.n_workers * cfg.threads_per_worker)
+
+
+def stage_sample_and_score(cfg: BootstrapConfig, tok_dir: Path, gen: Path, chunks: list[Chunk], ecfg: EStepConfig, cache: Path,
+                     progress: bool = True) -> list[dict]:
+    return sample_and_score(gen, tok_dir, chunks, ecfg, cache, backend=cfg.estep_backend,
+                            engine_args=cfg.vllm_engine_args,
+                            threads=cfg.n_workers * cfg.threads_per_worker, progress=progress)
+
+
+def summarize_with_verifier(study: Study, iteration: int, records: list[dict], prior_pos: list[int], prior: list[dict],
+                    seed: int = 0) -> dict:
+    """`estep.summarize` plus, with a verifier, the loop diagnostics (prior samples saved beside the records).
+
+    The loop diagnostics follow the loop itself: when the E-step drew more
+    candidates than `k` (for the K ablation), they use the first `k` and the
+    thought selected among them, which is what the next M-step trains on.
+    """
+    if study.text:
+        return summarize(records)
+    chunks = {r["position"]: c for r, c in zip(records, study.boot_chunks)}
+    checks = [[chunk_check(chunks[r["position"]], c["text"]) for c in r["candidates"]] for r in records]
+    verdict = {(r["position"], c["text"]): v.correct for r, cs in zip(records, checks)
+               for c, v in zip(r["candidates"], cs)}
+    summary = summarize(records, verify_fn=lambda r, t: verdict[(r["position"], t)])
+    row = {r["position"]: i for i, r in enumerate(records)}
+    prior_checks = {row[pos]: chunk_check(study.boot_chunks[pos], p["text"])
+                    for pos, p in zip(prior_pos, prior) if pos in row}
+    write_jsonl(study.run.file(f"iter{iteration}/prior_samples.jsonl"),
+                [{"position": pos, **p, "correct": chunk_check(study.boot_chunks[pos], p["text"]).correct}
+                 for pos, p in zip(prior_pos, prior)])
+    k = study.cfg.k
+    loop_records = [r if len(r["candidates"]) <= k else
+                    {**r, "candidates": r["candidates"][:k], "selected": select_first_k(r, k, seed)}
+                    for r in records]
+    diag = estep_diagnostics(loop_records, [cs[:k] for cs in checks],
+                             trained_on_correct=trained_on_correct(study, iteration), prior_checks=prior_checks)
+    diag.update(retention_and_repair(study, iteration, records, checks))
+    summary.update({f"loop_{k}": v for k, v in diag.items()})
+    return summary
+
+
+def retention_and_repair(study: Study, iteration: int, records: list[dict], checks: list[list[Check]]) -> dict:
+    """ρ split over chunks by whether the thought the generator trained on verified (iteration ≥ 2)."""
+    prev_path = study.run.file(f"iter{iteration - 1}/estep.jsonl")
+    if iteration < 2 or not prev_path.exists():
+        return {}
+    k = study.cfg.k
+    trained = {p["position"]: chunk_is_correct(study.boot_chunks[p["position"]],
+                                               p["candidates"][select_first_k(p, k, 1000 * (iteration - 1))]["text"])
+               for p in read_jsonl(prev_path)}
+    pairs = [(trained[r["position"]], [c.correct for c in cs[:k]]) for r, cs in zip(records, checks)
+             if r["position"] in trained]
+    return retention_repair([t for t, _ in pairs], [s for _, s in pairs])
+
+
+def trained_on_correct(study: Study, iteration: int) -> float | None:
+    """Correctness of the thoughts the iteration's generator was trained on (warmstart: the teacher's)."""
+    if iteration > 1:  # the thoughts selected with the loop's K (iteration 1 may have drawn more for the ablation)
+        prev = read_json(study.run.file(f"iter{iteration - 1}/estep_summary.json"))
+        return prev.get("selected_correct_by_k", {}).get(str(study.cfg.k), prev.get("frac_selected_correct"))
+    path = study.run.file("corpora/warmstart_thoughts.jsonl")
+    if not path.exists():
+        return None
+    ok = []
+    for rec in read_jsonl(path):
+        d = ThoughtDoc.from_dict(rec)
+        for i, (suffix, thought) in enumerate(zip(d.suffixes, d.thoughts or [])):
+            prefix = d.head + "".join(d.suffixes[:i])
+            ok.append(chunk_is_correct(Chunk(d.doc_id, i, prefix, suffix), thought or ""))
+    return float(np.mean(ok)) if ok else None
+
+
+def sharded(study: Study, iteration: int, gen: Path, ecfg: EStepConfig) -> list[dict]:
+    """The E-step as `estep_shards` independent jobs: prepare them, or merge them once all have run."""
+    from ..paper import estep_jobs
+
+    out = study.run.file(f"iter{iteration}/shards")
+    if not (out / "estep.json").exists():
+        estep_jobs.prepare(out, study.boot_chunks, model=str(gen), tokenizer=str(study.tok_dir), cfg=ecfg,
+                           num_shards=study.cfg.estep_shards)
+    missing = estep_jobs.missing_shards(out)
+    if missing:
+        raise RuntimeError(
+            f"E-step {iteration} is prepared as {study.cfg.estep_shards} shard jobs in {out}; {len(missing)} have "
+            f"not run. Submit them (bash params/paper/slurm/estep_array.sh {out}, or "
+            f"python -m lt_utils.paper.estep_jobs shard --out {out} --shard-index I --backend "
+            f"{study.cfg.estep_backend} for each I), then rerun this notebook")
+    return read_jsonl(estep_jobs.merge(out))
