@@ -291,99 +291,132 @@ def _latest_ckpt(out: Path) -> Path | None:
 def run_train_job(job: TrainJob) -> dict[str, Any]:
     """Train (or resume, or skip if finished) one run; returns its final metrics."""
     out = Path(job.out_dir)
-    name = job.info.get("name", out.name)
     if (out / "DONE").exists():
-        progress.emit("run_skipped", name=name, steps=job.train.steps)
+        progress.emit("run_skipped", name=job.info.get("name", out.name), steps=job.train.steps)
         return read_json(out / "final.json")
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(job.threads)
-    from accelerate import Accelerator
-    from transformers.utils import logging as hf_logging
+    run = _TrainRun(job)
+    if run.step == 0:
+        run.evaluate(final=False)
+    run.start_clock()
+    spec = run.spec
+    while run.step < spec.steps:
+        batch = run.train_step()
+        if run.step % 25 == 0 or run.step == spec.steps:
+            run.log_train(batch)
+        if run.step % spec.eval_every == 0 or run.step == spec.steps:
+            run.evaluate(final=run.step == spec.steps)
+            if run.step < spec.steps:
+                run.checkpoint()
+    return run.finish()
 
-    hf_logging.disable_progress_bar()  # per-save "Writing model shards" bars would drown the run's own bar
-    from accelerate.utils import set_seed
 
-    use_cuda = torch.cuda.is_available()
-    bf16 = use_cuda and torch.cuda.is_bf16_supported()
-    from datetime import timedelta
+class _TrainRun:
+    """One training run in its phases: set up (or resume), evaluate, step, checkpoint, finish.
 
-    from accelerate.utils import InitProcessGroupKwargs
+    `run_train_job` calls them in order; the state they share (model,
+    optimizer, stream, counters) lives here instead of in nested closures.
+    """
 
-    # other ranks wait while the main process evaluates: a few-shot MATH/GSM8K pass can outlast NCCL's default timeout
-    acc = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if bf16 else "no",
-                      kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=3))])
-    set_seed(job.seed)
-    seed_everything(job.seed)
+    def __init__(self, job: TrainJob):
+        """Everything before the first step: processes, data, evaluation sets, model, optimizer, resume state."""
+        self.job, self.out = job, Path(job.out_dir)
+        self.name = job.info.get("name", self.out.name)
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(job.threads)
+        from accelerate import Accelerator
+        from transformers.utils import logging as hf_logging
 
-    tokenizer = load_tokenizer(job.tokenizer_dir)
-    ids = SpecialIds.of(tokenizer)
-    if job.train.attend_across_docs:
-        # the paper's packing: tokenized once to disk, memory-mapped by every rank, rows laid out on demand
-        from .token_store import StreamingEpochs, open_store
+        hf_logging.disable_progress_bar()  # per-save "Writing model shards" bars would drown the run's own bar
+        from accelerate.utils import set_seed
 
-        with acc.main_process_first():
-            store = open_store(job.corpus_path, tokenizer, progress=job.progress and acc.is_main_process)
-        stream = StreamingEpochs(store, job.layout, ids, seq_len=job.train.seq_len,
-                                 batch_size=job.train.batch_size, seed=job.seed, rank=acc.process_index,
-                                 world_size=acc.num_processes)
-    else:
-        stream = EpochStream(tokenize_docs(tokenizer, load_docs(job.corpus_path)), job.layout, ids,
-                             seq_len=job.train.seq_len, batch_size=job.train.batch_size, seed=job.seed,
-                             attend_across_docs=False, cut_at_chunks=job.train.cut_at_chunks,
-                             rank=acc.process_index, world_size=acc.num_processes)
-    problems = load_problems(job.eval_problems_path, job.max_eval_problems) if job.eval_problems_path else []
-    dev = load_problems(job.dev_problems_path, job.max_dev_problems) if job.dev_problems_path else []
-    style = job.eval_style or ("latent" if job.latent_eval else "direct")
-    valid_rows = None
-    if job.valid_path:
-        vdocs = tokenize_docs(tokenizer, load_docs(job.valid_path))
-        valid_rows = pack_rows([layout_ids(d, "raw", ids) for d in vdocs], job.train.seq_len, ids.pad,
-                               attend_across_docs=False)
+        use_cuda = torch.cuda.is_available()
+        bf16 = use_cuda and torch.cuda.is_bf16_supported()
+        from datetime import timedelta
 
-    ckpt = _latest_ckpt(out)
-    model = load_model(ckpt) if ckpt else build_model(job.model, tokenizer, seed=job.seed)
-    n_shots = len(job.eval_shots)
-    if job.eval_shots and (problems or dev):
-        from .evaluate import common_shot_count
+        from accelerate.utils import InitProcessGroupKwargs
 
-        # one count for dev and test, and (from the same problems and context) for every arm
-        n_shots = common_shot_count(tokenizer, [p.question for p in dev + problems], job.eval_shots,
-                                    int(getattr(model.config, "max_position_embeddings", 0) or 0))
-    spec = job.train
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(spec.beta1, spec.beta2),
-                                  weight_decay=spec.weight_decay, eps=1e-8)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(spec))
-    step, tokens, raw_tokens = 0, 0, 0
-    state = None
-    if ckpt:
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        if "optimizer" in state:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        step, tokens, raw_tokens = state["step"], state["tokens"], state["raw_tokens"]
-        # drop records logged after the checkpoint, so the resumed run's log has no duplicates
+        # other ranks wait while the main process evaluates: a few-shot MATH/GSM8K pass can outlast NCCL's default
+        # timeout
+        self.acc = acc = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if bf16 else "no",
+                                     kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=3))])
+        set_seed(job.seed)
+        seed_everything(job.seed)
+
+        self.tokenizer = tokenizer = load_tokenizer(job.tokenizer_dir)
+        ids = SpecialIds.of(tokenizer)
+        if job.train.attend_across_docs:
+            # the paper's packing: tokenized once to disk, memory-mapped by every rank, rows laid out on demand
+            from .token_store import StreamingEpochs, open_store
+
+            with acc.main_process_first():
+                store = open_store(job.corpus_path, tokenizer, progress=job.progress and acc.is_main_process)
+            self.stream = StreamingEpochs(store, job.layout, ids, seq_len=job.train.seq_len,
+                                          batch_size=job.train.batch_size, seed=job.seed, rank=acc.process_index,
+                                          world_size=acc.num_processes)
+        else:
+            self.stream = EpochStream(tokenize_docs(tokenizer, load_docs(job.corpus_path)), job.layout, ids,
+                                      seq_len=job.train.seq_len, batch_size=job.train.batch_size, seed=job.seed,
+                                      attend_across_docs=False, cut_at_chunks=job.train.cut_at_chunks,
+                                      rank=acc.process_index, world_size=acc.num_processes)
+        self.problems = load_problems(job.eval_problems_path, job.max_eval_problems) if job.eval_problems_path else []
+        self.dev = load_problems(job.dev_problems_path, job.max_dev_problems) if job.dev_problems_path else []
+        self.style = job.eval_style or ("latent" if job.latent_eval else "direct")
+        self.valid_rows = None
+        if job.valid_path:
+            vdocs = tokenize_docs(tokenizer, load_docs(job.valid_path))
+            self.valid_rows = pack_rows([layout_ids(d, "raw", ids) for d in vdocs], job.train.seq_len, ids.pad,
+                                        attend_across_docs=False)
+
+        ckpt = _latest_ckpt(self.out)
+        model = load_model(ckpt) if ckpt else build_model(job.model, tokenizer, seed=job.seed)
+        self.n_shots = len(job.eval_shots)
+        if job.eval_shots and (self.problems or self.dev):
+            from .evaluate import common_shot_count
+
+            # one count for dev and test, and (from the same problems and context) for every arm
+            self.n_shots = common_shot_count(tokenizer, [p.question for p in self.dev + self.problems],
+                                             job.eval_shots,
+                                             int(getattr(model.config, "max_position_embeddings", 0) or 0))
+        self.spec = spec = job.train
+        optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(spec.beta1, spec.beta2),
+                                      weight_decay=spec.weight_decay, eps=1e-8)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(spec))
+        self.step, self.tokens, self.raw_tokens = 0, 0, 0
+        state = None
+        if ckpt:
+            state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+            if "optimizer" in state:
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            self.step, self.tokens, self.raw_tokens = state["step"], state["tokens"], state["raw_tokens"]
+            # drop records logged after the checkpoint, so the resumed run's log has no duplicates
+            if acc.is_main_process:
+                write_jsonl(self.out / "metrics.jsonl",
+                            [r for r in read_jsonl(self.out / "metrics.jsonl") if r["step"] <= self.step])
+        elif (self.out / "metrics.jsonl").exists() and acc.is_main_process:
+            (self.out / "metrics.jsonl").unlink()
+        acc.wait_for_everyone()
         if acc.is_main_process:
-            write_jsonl(out / "metrics.jsonl", [r for r in read_jsonl(out / "metrics.jsonl") if r["step"] <= step])
-    elif (out / "metrics.jsonl").exists() and acc.is_main_process:
-        (out / "metrics.jsonl").unlink()
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        write_json(out / "run.json", {"layout": job.layout, "seed": job.seed, "model": asdict(job.model),
-                                      "eval": {"style": style, "shots": n_shots,
-                                               "dev_problems": len(dev), "test_problems": len(problems),
-                                               **({"tasks": sorted(job.eval_tasks)} if job.eval_tasks else {})},
-                                      "train": asdict(spec), "packing": packing_stats(stream), **job.info})
-    if spec.compile:
-        model = torch.compile(model)
-    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
-    if state is not None and "optimizer" not in state:   # saved by several processes: sharded optimizer state
-        acc.load_state(str(ckpt / "acc_state"))
-    model.train()
-    if acc.is_main_process:
-        progress.emit("run_start", name=name, step=step, steps=spec.steps)
+            write_json(self.out / "run.json", {
+                "layout": job.layout, "seed": job.seed, "model": asdict(job.model),
+                "eval": {"style": self.style, "shots": self.n_shots, "dev_problems": len(self.dev),
+                         "test_problems": len(self.problems),
+                         **({"tasks": sorted(job.eval_tasks)} if job.eval_tasks else {})},
+                "train": asdict(spec), "packing": packing_stats(self.stream), **job.info})
+        if spec.compile:
+            model = torch.compile(model)
+        self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        if state is not None and "optimizer" not in state:   # saved by several processes: sharded optimizer state
+            acc.load_state(str(ckpt / "acc_state"))
+        self.model.train()
+        if acc.is_main_process:
+            progress.emit("run_start", name=self.name, step=self.step, steps=spec.steps)
+        self.bar = None
+        self.loss_acc, self.n_acc = 0.0, 0
 
-    def eval_model():
+    # ------------------------------------------------------------------ evaluate
+    def eval_model(self):
         """The model the main process evaluates; every rank calls this.
 
         Under FSDP no rank holds the whole model, and a forward on one rank alone
@@ -392,18 +425,19 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
         """
         from accelerate.utils import DistributedType
 
+        acc = self.acc
         if acc.distributed_type != DistributedType.FSDP:
-            return acc.unwrap_model(model)
-        weights = acc.get_state_dict(model)
+            return acc.unwrap_model(self.model)
+        weights = acc.get_state_dict(self.model)
         if not acc.is_main_process:
             return None
         from transformers import AutoModelForCausalLM
 
-        copy = AutoModelForCausalLM.from_config(acc.unwrap_model(model).config)
+        copy = AutoModelForCausalLM.from_config(acc.unwrap_model(self.model).config)
         copy.load_state_dict(weights)
         return copy.to(acc.device)
 
-    def evaluate_now(m, final: bool) -> list[dict]:
+    def eval_records(self, m, final: bool) -> list[dict]:
         """Eval records: on the dev problems during training; at the end on dev and then test.
 
         Without dev problems (a text corpus: MATH/GSM8K test files only) every
@@ -411,46 +445,54 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
         """
         from .evaluate import evaluate_problems, validation_nll
 
+        job = self.job
         common: dict[str, Any] = {"eval_threads": torch.get_num_threads()}   # the worker's share of the cores
-        if valid_rows is not None:
-            common["val_nll"] = validation_nll(m, valid_rows)
+        if self.valid_rows is not None:
+            common["val_nll"] = validation_nll(m, self.valid_rows)
         recs = []
-        for split in (["dev"] if dev else []) + (["test"] if final or not dev else []):
+        for split in (["dev"] if self.dev else []) + (["test"] if final or not self.dev else []):
             rec: dict[str, Any] = {"split": split}
             if job.eval_tasks and split == "test":
-                rec.update(task_metrics(m, tokenizer, job.eval_tasks, style == "latent", job.max_eval_problems,
-                                        job.eval_options))
-            todo = dev if split == "dev" else problems
+                rec.update(task_metrics(m, self.tokenizer, job.eval_tasks, self.style == "latent",
+                                        job.max_eval_problems, job.eval_options))
+            todo = self.dev if split == "dev" else self.problems
             if todo:
-                rec.update(evaluate_problems(m, tokenizer, todo, style=style, shots=job.eval_shots,
-                                             max_new_tokens=EVAL_NEW_TOKENS[style], n_shots=n_shots).metrics())
+                rec.update(evaluate_problems(m, self.tokenizer, todo, style=self.style, shots=job.eval_shots,
+                                             max_new_tokens=EVAL_NEW_TOKENS[self.style],
+                                             n_shots=self.n_shots).metrics())
             recs.append({**rec, **common})
-        model.train()
+        self.model.train()
         return recs
 
-    if step == 0:
-        m = eval_model()
-        if acc.is_main_process:
-            for rec in evaluate_now(m, final=False):
-                append_jsonl(out / "metrics.jsonl", {"kind": "eval", "step": 0, "tokens": 0, "raw_tokens": 0, **rec})
+    def evaluate(self, final: bool) -> None:
+        """Evaluate now (every rank takes part) and log the records at the current step."""
+        m = self.eval_model()
+        if self.acc.is_main_process:
+            counts = {"step": self.step, "tokens": self.tokens, "raw_tokens": self.raw_tokens}
+            for rec in self.eval_records(m, final=final):
+                append_jsonl(self.out / "metrics.jsonl", {"kind": "eval", **counts, **rec})
         del m
-        acc.wait_for_everyone()
-    bar = None
-    if job.progress and acc.is_main_process:
-        from tqdm.auto import tqdm
+        self.acc.wait_for_everyone()
 
-        bar = tqdm(total=spec.steps, initial=step, desc=job.info.get("name", out.name), unit="step",
-                   dynamic_ncols=True, mininterval=2.0)
-    t0, tok0 = time.perf_counter(), tokens
-    loss_acc, n_acc = 0.0, 0
-    device = acc.device
-    from contextlib import nullcontext
+    # ------------------------------------------------------------------ step
+    def start_clock(self) -> None:
+        """The progress bar and the throughput clock start after the step-0 evaluation."""
+        if self.job.progress and self.acc.is_main_process:
+            from tqdm.auto import tqdm
 
-    while step < spec.steps:
+            self.bar = tqdm(total=self.spec.steps, initial=self.step, desc=self.name, unit="step",
+                            dynamic_ncols=True, mininterval=2.0)
+        self.t0, self.tok0 = time.perf_counter(), self.tokens
+
+    def train_step(self) -> dict:
+        """One optimizer step (grad_accum micro-batches); returns the last micro-batch."""
+        from contextlib import nullcontext
+
+        acc, spec, model, device = self.acc, self.spec, self.model, self.acc.device
         # micro-batch m of step s is stream batch s * grad_accum + m: with grad_accum 1 the batches are the
         # ones a run without accumulation sees, and a resumed run sees the same ones
         for micro in range(spec.grad_accum):
-            batch = stream.batch(step * spec.grad_accum + micro)
+            batch = self.stream.batch(self.step * spec.grad_accum + micro)
             inp = torch.as_tensor(batch["input_ids"], device=device)
             last = micro == spec.grad_accum - 1
             with (nullcontext() if last else acc.no_sync(model)), acc.autocast():
@@ -458,56 +500,59 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
                              labels=torch.as_tensor(batch["labels"], device=device), use_cache=False)
                 loss = out_.loss / spec.grad_accum if spec.grad_accum > 1 else out_.loss
             acc.backward(loss)
-            tokens += inp.numel() * acc.num_processes
-            raw_tokens += batch["raw_tokens"] * acc.num_processes
-            loss_acc += float(out_.loss.detach())
-            n_acc += 1
+            self.tokens += inp.numel() * acc.num_processes
+            self.raw_tokens += batch["raw_tokens"] * acc.num_processes
+            self.loss_acc += float(out_.loss.detach())
+            self.n_acc += 1
         if spec.grad_clip > 0:
             acc.clip_grad_norm_(model.parameters(), spec.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
         faults.hit("train_step")
-        if bar is not None:
-            bar.update(1)
-        if step % 25 == 0 or step == spec.steps:
-            dt = time.perf_counter() - t0
-            rec = {"kind": "train", "step": step, "tokens": tokens, "raw_tokens": raw_tokens,
-                   "loss": loss_acc / n_acc, "lr": scheduler.get_last_lr()[0],
-                   "tokens_per_s": (tokens - tok0) / max(dt, 1e-9), "epoch": batch["epoch"]}
-            if acc.is_main_process:
-                append_jsonl(out / "metrics.jsonl", rec)
-                progress.emit("train", name=name, step=step, steps=spec.steps, tokens_per_s=rec["tokens_per_s"])
-            if bar is not None:
-                bar.set_postfix(loss=f"{rec['loss']:.3f}")
-            loss_acc, n_acc = 0.0, 0
-        if step % spec.eval_every == 0 or step == spec.steps:
-            m = eval_model()
-            if acc.is_main_process:
-                for rec in evaluate_now(m, final=step == spec.steps):
-                    append_jsonl(out / "metrics.jsonl", {"kind": "eval", "step": step, "tokens": tokens,
-                                                         "raw_tokens": raw_tokens, **rec})
-            del m
-            acc.wait_for_everyone()
-            if step < spec.steps:
-                _save_ckpt(acc, out, model, optimizer, scheduler,
-                           {"step": step, "tokens": tokens, "raw_tokens": raw_tokens})
-                if spec.keep_checkpoints == "all" and acc.is_main_process:
-                    shutil.copytree(out / "ckpt", out / "checkpoints" / f"step{step}", dirs_exist_ok=True)
-    if bar is not None:
-        bar.close()
-    wall = time.perf_counter() - t0
-    final = {"step": step, "tokens": tokens, "raw_tokens": raw_tokens, "train_seconds": wall,
-             "tokens_per_s": (tokens - tok0) / max(wall, 1e-9),
-             **{k: v for k, v in read_jsonl(out / "metrics.jsonl")[-1].items() if k not in ("kind", "time")}}
-    _save_final(acc, out, model)
-    if acc.is_main_process:
-        write_json(out / "final.json", final)
-        write_json(out / "DONE", {"step": step})
-        shutil.rmtree(out / "ckpt", ignore_errors=True)
-        progress.emit("run_done", name=name, steps=step, accuracy=final.get("accuracy"), seconds=wall)
-    return final
+        if self.bar is not None:
+            self.bar.update(1)
+        return batch
+
+    def log_train(self, batch: dict) -> None:
+        """Mean loss since the last record, learning rate, throughput."""
+        dt = time.perf_counter() - self.t0
+        rec = {"kind": "train", "step": self.step, "tokens": self.tokens, "raw_tokens": self.raw_tokens,
+               "loss": self.loss_acc / self.n_acc, "lr": self.scheduler.get_last_lr()[0],
+               "tokens_per_s": (self.tokens - self.tok0) / max(dt, 1e-9), "epoch": batch["epoch"]}
+        if self.acc.is_main_process:
+            append_jsonl(self.out / "metrics.jsonl", rec)
+            progress.emit("train", name=self.name, step=self.step, steps=self.spec.steps,
+                          tokens_per_s=rec["tokens_per_s"])
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{rec['loss']:.3f}")
+        self.loss_acc, self.n_acc = 0.0, 0
+
+    # ------------------------------------------------------------------ checkpoint, finish
+    def checkpoint(self) -> None:
+        """What resume needs (and, with keep_checkpoints: all, a copy per evaluation step)."""
+        _save_ckpt(self.acc, self.out, self.model, self.optimizer, self.scheduler,
+                   {"step": self.step, "tokens": self.tokens, "raw_tokens": self.raw_tokens})
+        if self.spec.keep_checkpoints == "all" and self.acc.is_main_process:
+            shutil.copytree(self.out / "ckpt", self.out / "checkpoints" / f"step{self.step}", dirs_exist_ok=True)
+
+    def finish(self) -> dict[str, Any]:
+        """The final model and metrics, the DONE marker; the resume checkpoint is removed."""
+        if self.bar is not None:
+            self.bar.close()
+        wall = time.perf_counter() - self.t0
+        out = self.out
+        final = {"step": self.step, "tokens": self.tokens, "raw_tokens": self.raw_tokens, "train_seconds": wall,
+                 "tokens_per_s": (self.tokens - self.tok0) / max(wall, 1e-9),
+                 **{k: v for k, v in read_jsonl(out / "metrics.jsonl")[-1].items() if k not in ("kind", "time")}}
+        _save_final(self.acc, out, self.model)
+        if self.acc.is_main_process:
+            write_json(out / "final.json", final)
+            write_json(out / "DONE", {"step": self.step})
+            shutil.rmtree(out / "ckpt", ignore_errors=True)
+            progress.emit("run_done", name=self.name, steps=self.step, accuracy=final.get("accuracy"), seconds=wall)
+        return final
 
 
 def run_jobs(jobs: list[TrainJob], params: TrainingParams, jobs_dir: Path, desc: str = "runs") -> list[dict]:

@@ -49,6 +49,16 @@ def test_side_runs_spread_every_extra_run_over_the_iterations_once(study):
     assert len({(r.name, r.seed) for r in every}) == len(every)
 
 
+def test_an_ablation_that_only_selects_trains_no_m_step_but_keeps_its_corpora(study):
+    import dataclasses
+
+    cfg = dataclasses.replace(study.cfg, k_ablation_train=False)
+    assert em_plan.k_ablation(cfg) == [] and len(em_plan.k_ablation(study.cfg)) == 3 * 3
+    assert all(r.role != "k_ablation" for r in em_plan.all_runs(cfg))
+    assert em_plan.selected_ks(cfg, 1) == [1, 2, 4, 8] and em_plan.selected_ks(cfg, 2) == [4]
+    assert em_plan.k_drawn(cfg, 1) == 8 and em_plan.k_drawn(cfg, 2) == 4
+
+
 def _side_jobs(study):
     return {j.info["name"]: j for j in map(study.job_of, em_plan.side_runs(study.cfg, study.cfg.workers))}
 
