@@ -1,8 +1,9 @@
 """The runs of stage 03 (BoLT), worked out once from its config.
 
-The stage trains, the progress view counts, the compute estimate prices and
-the loop-gain map keys the same list, so a new kind of run (or a change in
-how many there are) is made here and nowhere else.  Pure: no torch, no files.
+The stage trains, the progress view counts and the compute estimate prices the
+same list, and the loop-gain map trains its cells' M-steps from it, so a new
+kind of run (or a change in how many there are) is made here and nowhere
+else.  Pure: no torch, no files.
 
 Runs, in the order the stage schedules them:
 
@@ -11,7 +12,8 @@ Runs, in the order the stage schedules them:
 * side runs that no E-step waits for: ``raw_token_match`` (as many raw tokens
   as one M-step: its steps are known once the iteration-1 corpus is measured),
   ``raw_flop_match`` (an M-step's steps on raw text) and ``iter1_k<K>`` (the
-  K ablation, iteration 1's samples cut to the first K).
+  K ablation, iteration 1's samples cut to the first K; none with
+  ``k_ablation_train: false``, which keeps only the selected corpora).
 """
 
 from __future__ import annotations
