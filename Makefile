@@ -8,11 +8,12 @@ STAMP  := $(VENV)/.installed
 .PHONY: study study-full study-proportions study-long smoke figures loop-map loop-confirm loop-climb fidelity cobweb test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
 
 help:
-	@echo "make study    - the default CPU study, set by competence: every notebook on params/cpu, figures in figures/ (< 2 h)"
-	@echo "make study-full - the default's whole design: + degraded-teacher arms, K = 2 and 8 (params/cpu_full, figures/full)"
+	@echo "make study    - the default CPU study, set by competence: every notebook on params/cpu, figures in figures/ (1 h 31 min)"
+	@echo "make study-full - the default's whole design: + raw fresh, degraded teachers, FLOP-matched baseline, M-steps per K"
+	@echo "                (params/cpu_full, figures in figures/full; not yet run)"
 	@echo "make study-proportions - the study in the paper's token proportions (params/cpu_proportions, ~42 min)"
 	@echo "make test     - the test suite (includes a papermill run of every notebook on params/smoke)"
-	@echo "make study-long - raw repeat vs latent thoughts at 5x the default tokens per run, same base (params/cpu_long, ~16 min)"
+	@echo "make study-long - raw repeat vs latent thoughts, 1,500 steps x 16 rows (params/cpu_long, ~16 min)"
 	@echo "make smoke    - every notebook on the tiny params/smoke profile (runs/smoke/)"
 	@echo "make figures  - redraw every committed figure from its stored tables (figures/data), no study run"
 	@echo "make loop-map - retention and loop gain of the EM loop over base competence x M-step budget (params/loop_map;"
