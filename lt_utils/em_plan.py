@@ -67,7 +67,7 @@ def baselines(cfg: Any) -> list[PlannedRun]:
 
 
 def k_ablation(cfg: Any) -> list[PlannedRun]:
-    if not getattr(cfg, "k_ablation_train", True):
+    if not cfg.k_ablation_train:
         return []
     return [PlannedRun(f"iter1_k{kk}", f"bolt_iter1_k{kk}", "k_ablation", s, f"iter1/corpus_k{kk}.jsonl", "random",
                        "steps", iteration=1, k=kk)

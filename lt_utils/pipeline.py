@@ -172,8 +172,9 @@ def run_stage(profile: str, stage: str, overrides: dict | None = None, stage_ove
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(NOTEBOOKS_DIR / f"{stage}.ipynb"), str(out_dir / "executed.ipynb"),
-                            parameters={**params, "profile": profile}, cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=True,
-                            kernel_name="python3", kernel_manager_class=kernel_manager_class(log_path, socket_dir))
+                            parameters={**params, "profile": profile}, cwd=str(NOTEBOOKS_DIR), progress_bar=False,
+                            log_output=True, kernel_name="python3",
+                            kernel_manager_class=kernel_manager_class(log_path, socket_dir))
     finally:
         shutil.rmtree(socket_dir, ignore_errors=True)
         if watcher:

@@ -104,10 +104,6 @@ class BootstrapConfig(TrainingParams):
         bad = [b for b in self.baselines if b not in ("raw_token_match", "raw_flop_match")]
         require(not bad, f"baselines: unknown baseline '{bad[0] if bad else ''}' (known: raw_token_match, raw_flop_match)")
 
-    @property
-    def k_max(self) -> int:
-        return max([self.k, *self.k_ablation])
-
 
 def data_dir_of(cfg: BootstrapConfig) -> Path:
     return require_done(resolve(cfg.run_root) / cfg.study / cfg.data_stage, "data-prep run")

@@ -35,6 +35,7 @@ import yaml
 from ..config import ConfigError, load, require
 from ..paths import FIGURES_DIR, PARAMS_DIR, resolve
 from ..report import tables
+from .. import em_plan
 from . import em_estep, loop_map
 
 PARAMS_FILE = "curve.yaml"         # params/<name>/curve.yaml
@@ -108,8 +109,8 @@ def run_fidelity(params: dict, warm_id: str, estep_id: str, decode_chunks: int) 
     fid = read_json(estep1).get("fidelity") if estep1.is_file() and decode_chunks == DECODE_CHUNKS else None
     source = "E-step 1 of the loop-gain map" if fid else "computed here"
     if fid is None:
-        fid = em_estep.fidelity(study, gen, em_estep.estep_config(study.cfg, k=cfg.k_max, seed=1000),
-                                  decode_chunks=decode_chunks)
+        ecfg = em_estep.estep_config(cfg, k=em_plan.k_drawn(cfg, 1), seed=1000)   # E-step 1's proposal
+        fid = em_estep.fidelity(study, gen, ecfg, decode_chunks=decode_chunks)
     out = {"fidelity": fid, "source": source, "dev": _last_dev_eval(gen.parent), "steps": cfg.warmstart_steps,
            "tokens": cfg.warmstart_steps * cfg.batch_size * cfg.seq_len, "seconds": time.perf_counter() - t0}
     write_json(run.file("fidelity.json"), out)
