@@ -40,22 +40,22 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 study: $(STAMP)
-	$(PY) -m lt_utils.pipeline --profile cpu
+	$(PY) -m lt_utils.cli.pipeline --profile cpu
 
 study-full: $(STAMP)
-	$(PY) -m lt_utils.pipeline --profile cpu_full
+	$(PY) -m lt_utils.cli.pipeline --profile cpu_full
 
 study-proportions: $(STAMP)
-	$(PY) -m lt_utils.pipeline --profile cpu_proportions
+	$(PY) -m lt_utils.cli.pipeline --profile cpu_proportions
 
 study-long: $(STAMP)
-	$(PY) -m lt_utils.pipeline --profile cpu_long
+	$(PY) -m lt_utils.cli.pipeline --profile cpu_long
 
 smoke: $(STAMP)
-	$(PY) -m lt_utils.pipeline --profile smoke
+	$(PY) -m lt_utils.cli.pipeline --profile smoke
 
 figures: $(STAMP)
-	$(PY) -m lt_utils.figures
+	$(PY) -m lt_utils.report.redraw
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not gpu and not vllm and not paper_path and not faults" -q
@@ -65,31 +65,31 @@ test-fast: $(STAMP)
 
 MAP ?= loop_map
 loop-map: $(STAMP)
-	$(PY) -m lt_utils.stages.loop_map --map $(MAP) $(if $(REDRAW),--redraw)
+	$(PY) -m lt_utils.sweeps.loop_map --map $(MAP) $(if $(REDRAW),--redraw)
 
 loop-confirm: $(STAMP)
-	$(PY) -m lt_utils.pipeline --profile loop_confirm --study loop_confirm_s0 --only 01_data_prep 03_bootstrap_em \
+	$(PY) -m lt_utils.cli.pipeline --profile loop_confirm --study loop_confirm_s0 --only 01_data_prep 03_bootstrap_em \
 	  --set "03_bootstrap_em.seeds=[0]" & p0=$$!; \
-	$(PY) -m lt_utils.pipeline --profile loop_confirm --study loop_confirm_s1 --only 01_data_prep 03_bootstrap_em \
+	$(PY) -m lt_utils.cli.pipeline --profile loop_confirm --study loop_confirm_s1 --only 01_data_prep 03_bootstrap_em \
 	  --set "03_bootstrap_em.seeds=[1]" & p1=$$!; \
 	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
 
 # the loop started below its fixed point: the same regime from the 1,000-step warmstart of loop-gain map 3
 loop-climb: $(STAMP)
-	$(PY) -m lt_utils.pipeline --profile loop_confirm --study loop_climb_s0 --only 01_data_prep 03_bootstrap_em \
+	$(PY) -m lt_utils.cli.pipeline --profile loop_confirm --study loop_climb_s0 --only 01_data_prep 03_bootstrap_em \
 	  --set "03_bootstrap_em.warmstart_steps=1000" --set "03_bootstrap_em.workers=0"
 
 fidelity: $(STAMP)
-	$(PY) -m lt_utils.stages.fidelity_curve $(if $(WIDTHS),--widths $(WIDTHS)) $(if $(REDRAW),--redraw)
+	$(PY) -m lt_utils.sweeps.fidelity_curve $(if $(WIDTHS),--widths $(WIDTHS)) $(if $(REDRAW),--redraw)
 
 cobweb: $(STAMP)
-	$(PY) -m lt_utils.stages.cobweb_map $(if $(REDRAW),--redraw)
+	$(PY) -m lt_utils.sweeps.cobweb_map $(if $(REDRAW),--redraw)
 
 bench: $(STAMP)
-	$(PY) -m lt_utils.benchmark
+	$(PY) -m lt_utils.cli.benchmark
 
 faults: $(STAMP)
-	$(PY) -m lt_utils.fault_sweep
+	$(PY) -m lt_utils.cli.fault_sweep
 
 clean-runs:
 	rm -rf runs/smoke

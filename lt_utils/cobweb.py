@@ -26,7 +26,7 @@ draw (an M-step can miss a family's learning threshold), so the maps are
 `Curve` (linear between measured points) stays for exact checks.  Fixed
 points are read only inside the range both maps were measured on
 (`domain`); a loop's own trajectory is predicted from maps fitted without
-its points (`lt_utils.stages.cobweb_map`), so the comparison is out of
+its points (`lt_utils.sweeps.cobweb_map`), so the comparison is out of
 sample.
 """
 

@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .tokens import SpecialIds, encode
+from lt_utils.tokens import SpecialIds, encode
 
 LAYOUTS = ("raw", "random", "prior", "posterior", "thought_only")
 

@@ -96,12 +96,12 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import faults
-from .data import Chunk
-from .runs import read_jsonl, write_jsonl
-from .sample import sample, score
-from .sqlite_store import open_cache
-from .tokens import SpecialIds, encode
+from lt_utils.runtime import faults
+from lt_utils.data import Chunk
+from lt_utils.runtime.runs import read_jsonl, write_jsonl
+from lt_utils.sample import sample, score
+from lt_utils.runtime.sqlite_store import open_cache
+from lt_utils.tokens import SpecialIds, encode
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .sample import sample
-from .tokens import EOL, PRIOR, SOL, SpecialIds, encode, newline_ids
+from lt_utils.sample import sample
+from lt_utils.tokens import EOL, PRIOR, SOL, SpecialIds, encode, newline_ids
 
 _NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*\.?\s*$")
 _ANSWER_IS = re.compile(r"answer is\s+(-?\d+(?:\.\d+)?)", re.IGNORECASE)
@@ -103,8 +103,8 @@ def _exemplar_ids(tokenizer, ids: SpecialIds, ex: dict, style: str) -> list[int]
         return head + [ids.sol, ids.prior] + encode(tokenizer, ex["thought"]) + [ids.eol] + \
             encode(tokenizer, f" {ex['answer']}.\n")
     if style == "cot":
-        from .rephrase import cot_unit
-        from .world import Unit
+        from lt_utils.wrap_baselines import cot_unit
+        from lt_utils.world import Unit
 
         return head + encode(tokenizer, f" {cot_unit(Unit.from_dict(ex))} The answer is {ex['answer']}.\n")
     return head + encode(tokenizer, f" {ex['answer']}.\n")

@@ -33,10 +33,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .data import Chunk
-from .estep import posterior_prompt, thought_banned_ids
-from .teacher import OracleTeacher, chunk_units
-from .tokens import SpecialIds, encode
+from lt_utils.data import Chunk
+from lt_utils.estep import posterior_prompt, thought_banned_ids
+from lt_utils.teacher import OracleTeacher, chunk_units
+from lt_utils.tokens import SpecialIds, encode
 
 # One clause of a thought: everything up to and including its closing period.
 _CLAUSE = re.compile(r"[^.]*\.")
@@ -119,7 +119,7 @@ def thought_logprobs(model, prompts: Sequence[Sequence[int]], targets: Sequence[
 
 def dev_chunks(problems: Sequence[Mapping]) -> list[Chunk]:
     """Dev problems as first chunks of one-problem documents: prefix ``Problem: Q Answer:``, chunk `` A.``."""
-    from . import world
+    from lt_utils import world
 
     return [Chunk(doc_id=f"dev:{p.get('uid', i)}", index=0, prefix=world.eval_prompt(p["question"]),
                   suffix=world.eval_target(p["answer"]) + "\n") for i, p in enumerate(problems)]
@@ -217,7 +217,7 @@ def _decoded_correct(model, tokenizer, chunks: Sequence[Chunk], check: Callable[
                      greedy: bool, seed: int, max_thought_tokens: int, max_prefix_tokens: int, ban: bool,
                      temperature: float, batch_size: int) -> dict:
     """One posterior thought per chunk (greedy or sampled), verified: overall and per family of its first problem."""
-    from .sample import sample
+    from lt_utils.sample import sample
 
     ids = SpecialIds.of(tokenizer)
     prompts = [posterior_prompt(tokenizer, c, max_prefix_tokens=max_prefix_tokens) for c in chunks]

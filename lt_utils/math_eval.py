@@ -50,9 +50,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Sequence
 
-from .sample import sample
-from .stats import mean_se
-from .tokens import EOL, PRIOR, SOL, SpecialIds, encode
+from lt_utils.sample import sample
+from lt_utils.stats import mean_se
+from lt_utils.tokens import EOL, PRIOR, SOL, SpecialIds, encode
 
 TASKS = ("math", "gsm8k")
 STOP_STRINGS = ("Problem:", "Question:")
@@ -120,7 +120,7 @@ def load_problems(path: str | Path, task: str, *, limit: int | None = None, reje
     """Problems from a local jsonl file in the hub schema of `task` ("math" or "gsm8k").
 
     A bad line (not UTF-8, not JSON, a field missing, no final answer) raises a
-    one-line error naming file and line; with `rejects` (a `rejects.Rejects`)
+    one-line error naming file and line; with `rejects` (a `skipped_inputs.Rejects`)
     it is counted there by reason and skipped instead.
     """
     _check_task(task)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .config import require
+from lt_utils.runtime.config import require
 
 
 @dataclass(frozen=True)

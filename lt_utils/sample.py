@@ -45,7 +45,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .kv_forward import KVLlama, Rows, right_pad, supports
+from lt_utils.kv_forward import KVLlama, Rows, right_pad, supports
 
 # rows × positions × (heads · keys, or vocabulary) of one forward's largest tensor: bounds memory, not results
 MAX_CELLS = int(os.environ.get("LT_MAX_CELLS", 1 << 24))

@@ -25,9 +25,9 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from . import faults
-from .data import Chunk
-from .sqlite_store import open_cache
+from lt_utils.runtime import faults
+from lt_utils.data import Chunk
+from lt_utils.runtime.sqlite_store import open_cache
 
 _UNIT = re.compile(r"Problem: (?P<q>.*?) Answer: (?P<a>-?\d+)\.")
 
@@ -40,7 +40,7 @@ def chunk_units(chunk: Chunk) -> list:
     prefix) and re-derived with `world.parse_question`; unrecognised questions
     are skipped.
     """
-    from . import world
+    from lt_utils import world
 
     text = chunk.prefix + chunk.suffix
     start = len(chunk.prefix)
@@ -189,7 +189,7 @@ def thought_quality(chunks: Sequence[Chunk], thoughts: Sequence[str]) -> dict:
     for every failed unit ("missing thought" when the chunk thought had too
     few pieces); ``fraction_correct`` is NaN when no chunk covers a unit.
     """
-    from . import world
+    from lt_utils import world
 
     if len(chunks) != len(thoughts):
         raise ValueError(f"{len(chunks)} chunks but {len(thoughts)} thoughts")

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import layout_ids
-from .runs import iter_jsonl, write_json
-from .tokens import SpecialIds
+from lt_utils.data import layout_ids
+from lt_utils.runtime.runs import iter_jsonl, write_json
+from lt_utils.tokens import SpecialIds
 
 
 class StoredDoc:

@@ -18,13 +18,15 @@ from typing import Any
 
 import torch
 
-from . import faults, progress
-from .config import require, require_min
-from .data import EpochStream, ThoughtDoc, pack_rows, layout_ids, tokenize_docs
-from .evaluate import ANSWER_TOKENS
-from .model import ModelSpec, build_model, load_model
-from .runs import append_jsonl, read_json, read_jsonl, seed_everything, write_json, write_jsonl
-from .tokens import SpecialIds, load_tokenizer
+from lt_utils.runtime import faults
+
+from lt_utils.runtime import progress_events
+from lt_utils.runtime.config import require, require_min
+from lt_utils.data import EpochStream, ThoughtDoc, pack_rows, layout_ids, tokenize_docs
+from lt_utils.evaluate import ANSWER_TOKENS
+from lt_utils.model import ModelSpec, build_model, load_model
+from lt_utils.runtime.runs import append_jsonl, read_json, read_jsonl, seed_everything, write_json, write_jsonl
+from lt_utils.tokens import SpecialIds, load_tokenizer
 
 
 # What a run keeps on disk: "last" = the one checkpoint resume needs (removed once the final model is written);
@@ -103,7 +105,7 @@ class TrainingParams:
     @property
     def n_workers(self) -> int:
         """`workers`, with 0 resolved to the cores this process may run on."""
-        from .parallel import available_cores
+        from lt_utils.runtime.parallel import available_cores
 
         return self.workers or available_cores()
 
@@ -186,7 +188,7 @@ def task_metrics(model, tokenizer, tasks: dict, latent: bool, limit: int, option
     `accuracy` is MATH's when MATH is evaluated (the paper's headline task), else GSM8K's, so the
     analysis reads paper-scale runs like the world's; `accuracy/<task>` plays the part of a family.
     """
-    from . import math_eval
+    from lt_utils import math_eval
 
     rec: dict[str, Any] = {}
     for task, path in sorted(tasks.items()):
@@ -292,7 +294,7 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
     """Train (or resume, or skip if finished) one run; returns its final metrics."""
     out = Path(job.out_dir)
     if (out / "DONE").exists():
-        progress.emit("run_skipped", name=job.info.get("name", out.name), steps=job.train.steps)
+        progress_events.emit("run_skipped", name=job.info.get("name", out.name), steps=job.train.steps)
         return read_json(out / "final.json")
     run = _TrainRun(job)
     if run.step == 0:
@@ -346,7 +348,7 @@ class _TrainRun:
         ids = SpecialIds.of(tokenizer)
         if job.train.attend_across_docs:
             # the paper's packing: tokenized once to disk, memory-mapped by every rank, rows laid out on demand
-            from .token_store import StreamingEpochs, open_store
+            from lt_utils.token_store import StreamingEpochs, open_store
 
             with acc.main_process_first():
                 store = open_store(job.corpus_path, tokenizer, progress=job.progress and acc.is_main_process)
@@ -371,7 +373,7 @@ class _TrainRun:
         model = load_model(ckpt) if ckpt else build_model(job.model, tokenizer, seed=job.seed)
         self.n_shots = len(job.eval_shots)
         if job.eval_shots and (self.problems or self.dev):
-            from .evaluate import common_shot_count
+            from lt_utils.evaluate import common_shot_count
 
             # one count for dev and test, and (from the same problems and context) for every arm
             self.n_shots = common_shot_count(tokenizer, [p.question for p in self.dev + self.problems],
@@ -411,7 +413,7 @@ class _TrainRun:
             acc.load_state(str(ckpt / "acc_state"))
         self.model.train()
         if acc.is_main_process:
-            progress.emit("run_start", name=self.name, step=self.step, steps=spec.steps)
+            progress_events.emit("run_start", name=self.name, step=self.step, steps=spec.steps)
         self.bar = None
         self.loss_acc, self.n_acc = 0.0, 0
 
@@ -443,7 +445,7 @@ class _TrainRun:
         Without dev problems (a text corpus: MATH/GSM8K test files only) every
         evaluation is on the test problems, as the paper's in-loop evaluation.
         """
-        from .evaluate import evaluate_problems, validation_nll
+        from lt_utils.evaluate import evaluate_problems, validation_nll
 
         job = self.job
         common: dict[str, Any] = {"eval_threads": torch.get_num_threads()}   # the worker's share of the cores
@@ -523,7 +525,7 @@ class _TrainRun:
                "tokens_per_s": (self.tokens - self.tok0) / max(dt, 1e-9), "epoch": batch["epoch"]}
         if self.acc.is_main_process:
             append_jsonl(self.out / "metrics.jsonl", rec)
-            progress.emit("train", name=self.name, step=self.step, steps=self.spec.steps,
+            progress_events.emit("train", name=self.name, step=self.step, steps=self.spec.steps,
                           tokens_per_s=rec["tokens_per_s"])
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{rec['loss']:.3f}")
@@ -551,7 +553,7 @@ class _TrainRun:
             write_json(out / "final.json", final)
             write_json(out / "DONE", {"step": self.step})
             shutil.rmtree(out / "ckpt", ignore_errors=True)
-            progress.emit("run_done", name=self.name, steps=self.step, accuracy=final.get("accuracy"), seconds=wall)
+            progress_events.emit("run_done", name=self.name, steps=self.step, accuracy=final.get("accuracy"), seconds=wall)
         return final
 
 
@@ -565,7 +567,7 @@ def run_jobs(jobs: list[TrainJob], params: TrainingParams, jobs_dir: Path, desc:
     (a Slurm array over `jobs_dir`) and the stage, rerun, only collects their results.
     """
     if not params.launcher:
-        from .parallel import run_parallel
+        from lt_utils.runtime.parallel import run_parallel
 
         return run_parallel(run_train_job, jobs, workers=params.n_workers, threads_per_worker=params.threads_per_worker,
                             names=[j.info["name"] for j in jobs], desc=desc)
@@ -585,7 +587,7 @@ def run_jobs(jobs: list[TrainJob], params: TrainingParams, jobs_dir: Path, desc:
         # the job file `train_launch.job_from_dict` reads (written here, so train never imports its launcher)
         path = write_json(Path(jobs_dir) / (job.info["name"].replace("/", "_") + ".json"), asdict(job))
         if not (Path(job.out_dir) / "DONE").exists():
-            from .lifeline import bound_command
+            from lt_utils.runtime.die_with_parent import bound_command
 
             argv, env = bound_command([*cmd, "-m", "lt_utils.paper.train_launch", str(path)])
             proc = subprocess.run(argv, env=env)   # the launcher dies with the stage, its ranks with the launcher

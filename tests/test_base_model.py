@@ -7,9 +7,11 @@ import shutil
 import pytest
 import torch
 
-from lt_utils import config, em_plan, world
-from lt_utils.config import ConfigError
-from lt_utils.runs import RunDir, read_json, read_jsonl
+from lt_utils import em_plan, world
+
+from lt_utils.runtime import config
+from lt_utils.runtime.config import ConfigError
+from lt_utils.runtime.runs import RunDir, read_json, read_jsonl
 from lt_utils.stages import base_model, bootstrap_em, data_prep as corpus, synthetic_thoughts
 from lt_utils.world.base_corpus import difficulty_mix, generate_base_documents
 from lt_utils.world.worked import render_worked_unit, working_prose

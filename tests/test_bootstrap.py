@@ -4,8 +4,10 @@ import math
 
 import pytest
 
-from lt_utils import config, em_plan
-from lt_utils.runs import RunDir
+from lt_utils import em_plan
+
+from lt_utils.runtime import config
+from lt_utils.runtime.runs import RunDir
 from lt_utils.stages import bootstrap_em, data_prep, em_estep
 from lt_utils.teacher import OracleTeacher, ThoughtCache, write_thoughts
 
@@ -86,7 +88,7 @@ def test_warmstart_documents_come_from_a_split_disjoint_from_the_bootstrap_corpu
     cfg = config.load(bootstrap_em.BootstrapConfig, {**config.to_dict(study.cfg), "warmstart_split": "fresh",
                                                   "warmstart_max_docs": 1})
     st = bootstrap_em.Study(RunDir.open(cfg, "03_bootstrap_em_fresh"), cfg)
-    from lt_utils.runs import read_jsonl
+    from lt_utils.runtime.runs import read_jsonl
 
     docs = read_jsonl(st.warmstart_corpus())
     assert len(docs) == 1 and docs[0]["doc_id"].startswith("fresh")
@@ -138,7 +140,7 @@ def test_estep_summary_carries_the_loop_diagnostics(study):
     assert s["loop_auc_log_w"] == 1.0 and s["loop_distinct_per_chunk"] == 2.0
     assert s["loop_prior_sample_correct"] == 0.5 and s["loop_posterior_sample_correct_same_chunks"] == 0.5
     assert s["loop_selected_right_answer_wrong_step"] == 0.0
-    from lt_utils.runs import read_jsonl
+    from lt_utils.runtime.runs import read_jsonl
 
     saved = read_jsonl(study.run.file("iter1/prior_samples.jsonl"))
     assert [r["correct"] for r in saved] == [False, True]
@@ -161,7 +163,7 @@ def test_loop_diagnostics_follow_the_loops_k_when_the_estep_drew_more(study):
     assert s["loop_selected_correct"] == 0.0 and s["loop_posterior_sample_correct"] == 0.0   # the loop's K = 4
     assert s["loop_distinct_per_chunk"] == 4.0 and s["loop_gain"] == 0.0
     s["selected_correct_by_k"] = {"4": 0.25}
-    from lt_utils.runs import write_json
+    from lt_utils.runtime.runs import write_json
 
     write_json(study.run.file("iter1/estep_summary.json"), s)
     assert em_estep.trained_on_correct(study, 2) == 0.25
@@ -181,7 +183,7 @@ def test_every_estep_generator_gets_its_fidelity_on_the_corpus_and_dev_problems(
                 tok, seed=0).save_pretrained(str(gen))
     fid = em_estep.fidelity(study, gen, em_estep.estep_config(study.cfg, k=1, seed=0, max_thought_tokens=4))
     corpus, dev = fid["bootstrap"], fid["dev"]
-    from lt_utils.runs import read_jsonl
+    from lt_utils.runtime.runs import read_jsonl
 
     assert corpus["n_chunks"] == len(study.boot_chunks)
     assert dev["n_chunks"] == len(read_jsonl(study.data / "dev_problems.jsonl")) > 0

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from lt_utils.stages import claims
+from lt_utils.report import claims
 from lt_utils.stats import paired_compare
 
 S2, S3 = claims.SYNTHETIC_STAGE, claims.EM_STAGE

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from lt_utils import config
+from lt_utils.runtime import config
 from lt_utils.data import ThoughtDoc, layout_ids, tokenize_docs
-from lt_utils.runs import RunDir, read_json, read_jsonl
+from lt_utils.runtime.runs import RunDir, read_json, read_jsonl
 from lt_utils.stages import data_prep, synthetic_thoughts
 from lt_utils.tokens import SpecialIds, load_tokenizer
 

@@ -2,10 +2,10 @@
 
 import yaml
 
-from lt_utils.paper.compute_estimate import Assumptions, estimate, gpus_of, main, matmul_params, train_flops_per_token
+from lt_utils.cli.compute_estimate import Assumptions, estimate, gpus_of, main, matmul_params, train_flops_per_token
 from lt_utils.paper.gpu_check import TINY, ArchSpec, build, flops_per_token
 from lt_utils.paper.gpu_check import matmul_params as measured_matmul_params
-from lt_utils.paths import PARAMS_DIR
+from lt_utils.runtime.paths import PARAMS_DIR
 
 
 def test_parameter_and_flop_counts_match_a_built_model():

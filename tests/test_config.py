@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 
-from lt_utils import config, pipeline
-from lt_utils.config import ConfigError, require
-from lt_utils.paths import PARAMS_DIR
+from lt_utils.runtime import config
+
+from lt_utils.cli import pipeline
+from lt_utils.runtime.config import ConfigError, require
+from lt_utils.runtime.paths import PARAMS_DIR
 
 
 @dataclass(frozen=True)

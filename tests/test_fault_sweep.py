@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from lt_utils import fault_sweep
+from lt_utils.cli import fault_sweep
 
 
 def _study(root, record):

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from matplotlib.patches import Rectangle
 
-from lt_utils.config import ConfigError
+from lt_utils.runtime.config import ConfigError
 from lt_utils.loop_diagnostics import Check, estep_diagnostics
-from lt_utils.stages import loop_map as lm
+from lt_utils.sweeps import loop_map as lm
 
 OK, WRONG = Check(True, True, False), Check(False, False, False)
 
@@ -212,10 +212,10 @@ def test_tiny_map_end_to_end(tmp_path):
 
 
 def test_make_figures_redraws_a_stored_loop_map_table(tmp_path):
-    from lt_utils import figures
+    from lt_utils.report import redraw
 
     lm.write_table(_table(GAINS), tmp_path / "data" / lm.TABLE)
-    produced = figures.draw(tmp_path / "data")
+    produced = redraw.draw(tmp_path / "data")
     assert list(produced) == [lm.FIGURE]
     assert sorted(p.name for p in produced[lm.FIGURE]) == ["loop_gain_map.pdf", "loop_gain_map.png"]
     assert all(p.parent == tmp_path for p in produced[lm.FIGURE])

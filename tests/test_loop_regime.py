@@ -5,8 +5,9 @@ import json
 import pytest
 import yaml
 
-from lt_utils.config import ConfigError
-from lt_utils.stages import cobweb_map, fidelity_curve
+from lt_utils.runtime.config import ConfigError
+from lt_utils.sweeps import cobweb_map
+from lt_utils.sweeps import fidelity_curve
 
 
 def test_each_width_gets_its_own_base_and_the_curve_shares_the_maps_warmstarts():
@@ -19,7 +20,7 @@ def test_each_width_gets_its_own_base_and_the_curve_shares_the_maps_warmstarts()
     assert wide.data_params["base_n_embd"] == 128 and wide.boot_params["n_embd"] == 128
     assert wide.boot_params["intermediate_size"] == 512
     # the map's own warmstart of 300 steps is the curve's width-64 point: same data group, same warmstart id
-    from lt_utils.stages import loop_map
+    from lt_utils.sweeps import loop_map
 
     m = loop_map.expand(loop_map.load_map("loop_map_transfer"))
     assert {(c.data_id, c.warm_id) for c in m} == {(c.data_id, c.warm_id) for w, c in cells if w == 64}
@@ -78,7 +79,7 @@ def test_map_cells_give_points_from_both_esteps(tmp_path):
 
 
 def test_missing_runs_are_one_line_errors(tmp_path):
-    from lt_utils.runs import MissingInputError
+    from lt_utils.runtime.runs import MissingInputError
 
     with pytest.raises(MissingInputError, match="no stage-03 run here"):
         cobweb_map.run(cobweb_map.CobwebConfig(loops=[str(tmp_path / "nothing")], figures_dir=""))

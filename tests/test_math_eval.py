@@ -297,7 +297,7 @@ def test_latent_tokens_banned_for_raw_models_and_sol_stops_latent_ones(tokenizer
 
 
 def test_problems_without_answers_are_counted_by_reason_when_asked(tmp_path):
-    from lt_utils.rejects import Rejects
+    from lt_utils.runtime.skipped_inputs import Rejects
 
     path = tmp_path / "gsm8k.jsonl"
     path.write_bytes(b"\n".join([json.dumps(GSM8K_ROWS[0]).encode(),

@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from lt_utils import pipeline
-from lt_utils.paths import FIGURES_DIR, NOTEBOOKS_DIR
+from lt_utils.cli import pipeline
+from lt_utils.runtime.paths import FIGURES_DIR, NOTEBOOKS_DIR
 
 
 def test_committed_notebooks_have_a_parameters_cell_and_no_outputs():
@@ -62,7 +62,7 @@ def test_parameters_cell_holds_only_the_profile_and_overrides():
 @pytest.mark.parametrize("stage", pipeline.STAGES)
 def test_a_notebook_stepped_through_is_the_same_stage_as_a_batch_run(stage, profile):
     """Run top to bottom in Jupyter (smoke: untouched; cpu: one edit) or by the pipeline: one config, one hash."""
-    from lt_utils import config as config_lib
+    from lt_utils.runtime import config as config_lib
 
     expected = config_lib.load(pipeline.stage_config_class(stage), pipeline.load_stage_params(profile, stage))
     edit = "" if profile == "smoke" else f'profile = "{profile}"'
@@ -74,7 +74,7 @@ def test_a_notebook_stepped_through_is_the_same_stage_as_a_batch_run(stage, prof
 
 
 def test_overrides_and_papermill_parameters_change_the_profile_the_same_way():
-    from lt_utils.config import ConfigError
+    from lt_utils.runtime.config import ConfigError
 
     stage = "02_synthetic_thoughts"
     by_cell = _run_cells(_cells(stage), 'overrides = {"steps": 7}')
@@ -136,8 +136,8 @@ def test_smoke_profile_runs_every_notebook(tmp_path):
                  "em_k_ablation"):
         assert (figs / f"{name}.png").stat().st_size > 0 and (figs / f"{name}.pdf").stat().st_size > 0
     # the tables beside the figures redraw them byte for byte
-    from lt_utils import figures
-    redrawn = figures.draw(figs / "data", tmp_path / "redrawn")
+    from lt_utils.report import redraw
+    redrawn = redraw.draw(figs / "data", tmp_path / "redrawn")
     assert set(redrawn) == {p.stem for p in figs.glob("*.png")} and len(redrawn) >= 7   # every drawn figure
     for name, files in redrawn.items():
         assert [f.read_bytes() for f in files] == [(figs / f.name).read_bytes() for f in files], name

@@ -14,7 +14,7 @@ from lt_utils.estep import EStepConfig, model_fingerprint, run_estep
 from lt_utils.model import ModelSpec
 from lt_utils.paper import estep_jobs
 from lt_utils.paper.train_launch import job_from_dict, main as launch_main, write_job
-from lt_utils.paths import PARAMS_DIR
+from lt_utils.runtime.paths import PARAMS_DIR
 from lt_utils.train import TrainJob, TrainSpec
 
 torch.set_num_threads(1)

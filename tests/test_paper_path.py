@@ -25,7 +25,7 @@ from lt_utils.estep import EStepConfig, merge_shards, run_estep, save_records  #
 from lt_utils.model import ModelSpec, build_model, load_model  # noqa: E402
 from lt_utils.paper.pretrained import gguf_to_hf, smollm2_gguf  # noqa: E402
 from lt_utils.paper.text_corpus import chunk_text, iter_records, paper_split, to_thought_doc  # noqa: E402
-from lt_utils.runs import read_jsonl, write_jsonl  # noqa: E402
+from lt_utils.runtime.runs import read_jsonl, write_jsonl  # noqa: E402
 from lt_utils.tokens import LATENT_TOKENS, SpecialIds, load_tokenizer  # noqa: E402
 from lt_utils.train import TrainJob, TrainSpec, run_train_job  # noqa: E402
 

@@ -18,9 +18,9 @@ import json
 import pandas as pd
 import pytest
 
-from lt_utils import pipeline
+from lt_utils.cli import pipeline
 from lt_utils.paper import estep_jobs
-from lt_utils.runs import read_json, read_jsonl, write_jsonl
+from lt_utils.runtime.runs import read_json, read_jsonl, write_jsonl
 from lt_utils.tokens import load_tokenizer
 
 pytestmark = pytest.mark.slow

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from lt_utils import config as config_lib
-from lt_utils import pipeline
-from lt_utils.runs import RunDir
+from lt_utils.runtime import config as config_lib
+from lt_utils.cli import pipeline
+from lt_utils.runtime.runs import RunDir
 from lt_utils.stages.synthetic_thoughts import SyntheticThoughtsConfig
 
 STAGES = list(pipeline.STAGES)
@@ -60,7 +60,7 @@ def test_set_is_recorded_and_hashed(tmp_path):
 
 
 def test_analysis_is_never_refused(tmp_path):
-    from lt_utils.stages.analysis import AnalysisConfig
+    from lt_utils.report.results import AnalysisConfig
 
     params = pipeline.load_stage_params("smoke", "04_analysis", {"run_root": str(tmp_path)})
     cfg = config_lib.load(AnalysisConfig, params)
@@ -74,7 +74,7 @@ def test_socket_dirs_of_dead_pipelines_are_swept(tmp_path):
     import subprocess
     import sys
 
-    from lt_utils.pipeline import SOCKET_PREFIX, remove_orphan_socket_dirs
+    from lt_utils.cli.pipeline import SOCKET_PREFIX, remove_orphan_socket_dirs
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -90,8 +90,8 @@ def test_socket_dirs_of_dead_pipelines_are_swept(tmp_path):
 def test_the_claims_table_ends_a_run_that_included_the_analysis(tmp_path, capsys):
     import shutil
 
-    from lt_utils.paths import FIGURES_DIR
-    from lt_utils.pipeline import print_claims
+    from lt_utils.runtime.paths import FIGURES_DIR
+    from lt_utils.cli.pipeline import print_claims
 
     out = tmp_path / "smoke" / "04_analysis"
     out.mkdir(parents=True)

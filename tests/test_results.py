@@ -3,8 +3,8 @@
 
 import pytest
 
-from lt_utils.runs import write_json, write_jsonl
-from lt_utils.stages import analysis
+from lt_utils.runtime.runs import write_json, write_jsonl
+from lt_utils.report import results
 
 
 def fake_run(root, arm, seed, accs, family_accs):
@@ -25,18 +25,18 @@ def test_collect_final_summary_and_comparison(tmp_path):
     # an unfinished run is ignored
     fake_run(tmp_path, "raw_repeat", 9, [0.0, 0.99], [0.0, 0.99])
     (tmp_path / "02_synthetic_thoughts" / "train" / "raw_repeat" / "seed9" / "DONE").unlink()
-    evals = analysis.collect_evals(tmp_path)
+    evals = results.collect_evals(tmp_path)
     assert len(evals) == 12 and set(evals["seed"]) == {0, 1, 2}
-    finals = analysis.final_points(evals)
+    finals = results.final_points(evals)
     assert len(finals) == 6 and (finals["step"] == 10).all()
-    summary = analysis.summary_table(finals).set_index("arm")
+    summary = results.summary_table(finals).set_index("arm")
     assert summary.loc["latent_thoughts", "accuracy_%"] == pytest.approx(85.0)
     assert summary.loc["raw_repeat", "seeds"] == 3
-    rows = analysis.comparison_rows(finals, "latent_thoughts", "raw_repeat").set_index("metric")
+    rows = results.comparison_rows(finals, "latent_thoughts", "raw_repeat").set_index("metric")
     assert rows.loc["all families", "diff_pts"] == pytest.approx(70.0)
     assert rows.loc["addition", "ci95_low"] < 70.0 < rows.loc["addition", "ci95_high"]
     assert rows.loc["all families", "welch_p"] < 0.01
-    fam = analysis.by_family(evals)
+    fam = results.by_family(evals)
     assert set(fam["family"]) == {"addition"} and len(fam) == 12
 
 
@@ -69,22 +69,22 @@ def test_em_tables_read_iterations_baselines_k_and_estep_files(tmp_path):
         write_json(stage / "elbo" / f"{name}.json", {"elbo_per_token": val, "chunks": 10,
                                                      "elbo_finite_per_token": -1.6 if fails else val,
                                                      "chunks_without_finite_bound": fails})
-    finals = analysis.final_points(analysis.collect_evals(tmp_path))
-    em = analysis.em_accuracy(finals)
+    finals = results.final_points(results.collect_evals(tmp_path))
+    em = results.em_accuracy(finals)
     assert list(em.groupby("iteration")["accuracy"].mean().round(3)) == [0.11, 0.21, 0.41, 0.61]
-    cmp = analysis.arm_comparisons(finals, "bolt_iter3", ["raw_token_match", "raw_flop_match", "missing_arm"])
+    cmp = results.arm_comparisons(finals, "bolt_iter3", ["raw_token_match", "raw_flop_match", "missing_arm"])
     assert list(cmp["comparison"]) == ["bolt_iter3 − raw_token_match", "bolt_iter3 − raw_flop_match"]
     assert cmp.iloc[1]["diff_pts"] == pytest.approx(61 - 6) and cmp.iloc[1]["welch_p"] < 1e-3
-    kab = analysis.k_ablation(tmp_path, finals)
+    kab = results.k_ablation(tmp_path, finals)
     assert sorted(kab["k"].unique()) == [1, 2, 4, 8] and (kab.groupby("k").size() == 3).all()
     assert kab.loc[kab["k"] == 8, "thought_quality"].iloc[0] == pytest.approx(0.62)
-    both = analysis.em_estep_and_elbo(tmp_path).set_index("iteration")
+    both = results.em_estep_and_elbo(tmp_path).set_index("iteration")
     assert both.loc[0, "elbo"] == pytest.approx(-1.6) and both.loc[0, "elbo_failures"] == 2   # finite chunks only
     assert both.loc[3, "selected_correct"] == pytest.approx(0.8) and both.loc[3, "elbo"] == pytest.approx(-1.3)
-    answers = analysis.answer_breakdown(finals).set_index("arm")
+    answers = results.answer_breakdown(finals).set_index("arm")
     assert answers.loc["raw_token_match", "unparseable_%"] == pytest.approx(50.0)
     assert answers.loc["raw_token_match", "wrong_%"] == pytest.approx(45.0)
-    frames = analysis.figure_frames(tmp_path, analysis.collect_evals(tmp_path), finals)
+    frames = results.figure_frames(tmp_path, results.collect_evals(tmp_path), finals)
     df, kwargs = frames["em_accuracy_vs_iteration"]
     assert set(kwargs["references"]) == {"raw_token_match", "raw_flop_match"}
     assert "em_k_ablation" in frames and "teacher_quality_sweep" not in frames
@@ -98,11 +98,11 @@ def test_teacher_sweep_pairs_accuracy_with_stored_quality(tmp_path):
     stage = tmp_path / "02_synthetic_thoughts"
     write_json(stage / "teacher_quality_comparison.json", {"fraction_correct": 1.0})
     write_json(stage / "teacher_quality_comparison_latent_err0.5.json", {"fraction_correct": 0.52})
-    finals = analysis.final_points(analysis.collect_evals(tmp_path))
-    sweep = analysis.teacher_sweep(tmp_path, finals)
+    finals = results.final_points(results.collect_evals(tmp_path))
+    sweep = results.teacher_sweep(tmp_path, finals)
     assert set(sweep["arm"]) == {"latent_thoughts", "latent_err0.5"} and len(sweep) == 4
     assert sweep.groupby("error_rate")["thought_quality"].first().to_dict() == {0.0: 1.0, 0.5: 0.52}
-    frames = analysis.figure_frames(tmp_path, analysis.collect_evals(tmp_path), finals)
+    frames = results.figure_frames(tmp_path, results.collect_evals(tmp_path), finals)
     assert "latent_err0.5" not in set(frames["accuracy_vs_tokens"]["arm"])   # sweep arms get their own figure
     assert set(frames["teacher_quality_sweep"][1]["references"]) == {"raw_repeat"}
 
@@ -118,17 +118,17 @@ def test_final_tables_read_test_points_and_curves_read_dev_points(tmp_path):
     write_jsonl(d / "metrics.jsonl", recs)
     (d / "DONE").write_text("{}")
     fake_run(tmp_path, "raw_repeat", 0, [0.0, 0.3], [0.0, 0.3])    # stored before the split: read as test
-    evals = analysis.collect_evals(tmp_path)
-    finals = analysis.final_points(evals).set_index("arm")
+    evals = results.collect_evals(tmp_path)
+    finals = results.final_points(evals).set_index("arm")
     assert (finals["split"] == "test").all()
     assert finals.loc["latent_thoughts", "accuracy"] == 0.5 and finals.loc["raw_repeat", "accuracy"] == 0.3
-    dev = analysis.final_points(evals, "dev")
+    dev = results.final_points(evals, "dev")
     assert list(dev["arm"]) == ["latent_thoughts"] and dev["accuracy"].iloc[0] == pytest.approx(0.2)
-    curves = analysis.curve_points(evals)
+    curves = results.curve_points(evals)
     assert set(curves.loc[curves["arm"] == "latent_thoughts", "split"]) == {"dev"}
     assert len(curves[curves["arm"] == "raw_repeat"]) == 2
-    assert analysis.summary_table(analysis.final_points(evals)).set_index("arm").loc["latent_thoughts", "shots"] == 2
-    pack = analysis.packing_table(tmp_path).set_index("arm")
+    assert results.summary_table(results.final_points(evals)).set_index("arm").loc["latent_thoughts", "shots"] == 2
+    pack = results.packing_table(tmp_path).set_index("arm")
     assert list(pack.index) == ["latent_thoughts"]
     assert pack.loc["latent_thoughts", "share_apart_row_cuts_%"] == 25.0 and pack.loc["latent_thoughts",
                                                                                      "share_apart_%"] == 0.0
@@ -160,17 +160,17 @@ def full_study(root):
 
 
 def test_figure_data_round_trips_exactly_and_redraws_identical_bytes(tmp_path):
-    from lt_utils import figures
+    from lt_utils.report import redraw
 
     full_study(tmp_path / "study")
-    tables = analysis.study_tables(tmp_path / "study")
+    tables = results.study_tables(tmp_path / "study")
     data = tmp_path / "figs" / "data"
-    analysis.write_figure_data(tables, data)
-    again = analysis.write_figure_data(analysis.read_figure_data(data), tmp_path / "again")
+    results.write_figure_data(tables, data)
+    again = results.write_figure_data(results.read_figure_data(data), tmp_path / "again")
     assert [p.read_bytes() for p in again] == [(data / p.name).read_bytes() for p in again]   # exact floats, -inf
-    assert analysis.read_figure_data(data)["em_elbo"]["elbo_per_token"].iloc[0] == float("-inf")
-    first = figures.draw(data, tmp_path / "one")
-    second = figures.draw(data, tmp_path / "two")
+    assert results.read_figure_data(data)["em_elbo"]["elbo_per_token"].iloc[0] == float("-inf")
+    first = redraw.draw(data, tmp_path / "one")
+    second = redraw.draw(data, tmp_path / "two")
     assert set(first) == {"accuracy_vs_tokens", "accuracy_vs_effective_raw_tokens", "accuracy_vs_tokens_by_family",
                           "teacher_quality_sweep", "em_accuracy_vs_iteration", "em_thought_quality_and_elbo",
                           "em_k_ablation"}
@@ -178,7 +178,7 @@ def test_figure_data_round_trips_exactly_and_redraws_identical_bytes(tmp_path):
         assert [f.read_bytes() for f in files] == [f.read_bytes() for f in second[name]], name
     # the figures drawn from the tables equal those drawn straight from the study's stored results
     from lt_utils.report import plots
-    direct = plots.render_all(analysis.figure_frames(tmp_path / "study"), tmp_path / "direct")
+    direct = plots.render_all(results.figure_frames(tmp_path / "study"), tmp_path / "direct")
     for name, files in direct.items():
         assert [f.read_bytes() for f in files] == [f.read_bytes() for f in first[name]], name
 
@@ -189,37 +189,37 @@ def test_loop_diagnostics_are_labelled_with_the_loops_k_and_the_k_drawn(tmp_path
     for it, k in ((1, 8), (2, 4)):
         write_json(stage / f"iter{it}" / "estep_summary.json", {"k": k, "loop_distinct_per_chunk": 4.0})
     (stage / "config.yaml").write_text("k: 4\nk_ablation: [1, 2, 8]\n")
-    df = analysis.loop_diagnostics(tmp_path).set_index("iteration")
+    df = results.loop_diagnostics(tmp_path).set_index("iteration")
     assert list(df["k"]) == [4, 4] and list(df["k_drawn"]) == [8, 4] and list(df["distinct_of_k"]) == [4.0, 4.0]
     (stage / "config.yaml").unlink()   # a stage stored without its config: the E-step's own K
-    assert list(analysis.loop_diagnostics(tmp_path)["k"]) == [8, 4]
+    assert list(results.loop_diagnostics(tmp_path)["k"]) == [8, 4]
 
 
 def test_figures_without_data_stop_with_one_line(tmp_path, capsys):
-    from lt_utils import figures
+    from lt_utils.report import redraw
 
-    assert figures.main(["--data", str(tmp_path / "nowhere")]) == 2
+    assert redraw.main(["--data", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(tmp_path / "nowhere" / "evals.csv") in err and "04_analysis" in err
 
 
 def test_analysis_of_an_empty_study_names_the_command(tmp_path):
-    from lt_utils.runs import MissingInputError
+    from lt_utils.runtime.runs import MissingInputError
 
     with pytest.raises(MissingInputError, match="no finished training run .*--profile smoke"):
-        analysis.require_evals(analysis.collect_evals(tmp_path / "smoke"), tmp_path / "smoke")
+        results.require_evals(results.collect_evals(tmp_path / "smoke"), tmp_path / "smoke")
 
 
 def test_every_committed_figure_redraws_byte_identically_from_its_committed_tables(tmp_path):
     # what `make figures` promises in a fresh clone: every committed figure has its tables committed beside it
-    from lt_utils import figures
-    from lt_utils.paths import FIGURES_DIR
+    from lt_utils.report import redraw
+    from lt_utils.runtime.paths import FIGURES_DIR
 
     committed = {p.relative_to(FIGURES_DIR) for p in FIGURES_DIR.rglob("*") if p.suffix in (".png", ".pdf")}
     redrawn = set()
-    for data in figures.default_data_dirs():
+    for data in redraw.default_data_dirs():
         out = tmp_path / data.parent.relative_to(FIGURES_DIR)
-        for files in figures.draw(data, out).values():
+        for files in redraw.draw(data, out).values():
             for f in files:
                 rel = f.relative_to(tmp_path)
                 redrawn.add(rel)

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from lt_utils import runs
-from lt_utils.config import ConfigError
-from lt_utils.runs import MissingInputError, RunDir
+from lt_utils.runtime import runs
+from lt_utils.runtime.config import ConfigError
+from lt_utils.runtime.runs import MissingInputError, RunDir
 
 
 @dataclass(frozen=True)

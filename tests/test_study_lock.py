@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from lt_utils import pipeline
-from lt_utils.study_lock import StudyLock, StudyLocked, process_start_ticks
+from lt_utils.cli import pipeline
+from lt_utils.runtime.study_lock import StudyLock, StudyLocked, process_start_ticks
 
 
 def _dead_pid() -> int:
@@ -66,8 +66,8 @@ def test_lock_of_another_host_is_respected(tmp_path):
 
 _TAKER = """
 import sys, time
-from lt_utils import study_lock
-from lt_utils.study_lock import StudyLock, StudyLocked
+from lt_utils.runtime import study_lock
+from lt_utils.runtime.study_lock import StudyLock, StudyLocked
 slow_check = study_lock.holder_is_live
 def holder_is_live(info):          # a slow liveness check widens the window between check and takeover
     time.sleep(0.5)

@@ -234,7 +234,7 @@ def broken_corpus(path):
 
 
 def test_malformed_records_are_counted_by_reason_never_dropped_silently(tmp_path):
-    from lt_utils.rejects import Rejects
+    from lt_utils.runtime.skipped_inputs import Rejects
 
     path = broken_corpus(tmp_path / "dump.jsonl")
     rejects = Rejects()
@@ -251,8 +251,8 @@ def test_malformed_records_are_counted_by_reason_never_dropped_silently(tmp_path
 
 
 def test_stage_01_reports_rejected_records_in_its_metrics(tmp_path, tokenizer_dir):
-    from lt_utils import config
-    from lt_utils.runs import RunDir, read_json, read_jsonl
+    from lt_utils.runtime import config
+    from lt_utils.runtime.runs import RunDir, read_json, read_jsonl
     from lt_utils.stages import data_prep as corpus
 
     src = tmp_path / "src"

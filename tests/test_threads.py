@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lt_utils import parallel, train
+from lt_utils import train
+
+from lt_utils.runtime import parallel
 from lt_utils.stages import em_estep
 from lt_utils.stages.bootstrap_em import BootstrapConfig
 

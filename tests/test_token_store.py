@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lt_utils.data import EpochStream, ThoughtDoc, tokenize_docs
-from lt_utils.runs import write_jsonl
+from lt_utils.runtime.runs import write_jsonl
 from lt_utils.token_store import StreamingEpochs, TokenStore, build_store
 from lt_utils.tokens import SpecialIds
 

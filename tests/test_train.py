@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from lt_utils import train as train_mod
 from lt_utils.model import ModelSpec
-from lt_utils.runs import read_jsonl, write_jsonl
+from lt_utils.runtime.runs import read_jsonl, write_jsonl
 from lt_utils.train import TrainJob, TrainSpec, run_train_job
 
 from conftest import toy_docs

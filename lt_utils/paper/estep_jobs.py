@@ -27,9 +27,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from ..data import Chunk
-from ..estep import EStepConfig, merge_shards, run_estep, save_records, summarize
-from ..runs import read_json, read_jsonl, write_json, write_jsonl
+from lt_utils.data import Chunk
+from lt_utils.estep import EStepConfig, merge_shards, run_estep, save_records, summarize
+from lt_utils.runtime.runs import read_json, read_jsonl, write_json, write_jsonl
 
 
 def shard_path(out: Path, i: int, n: int) -> Path:
@@ -65,15 +65,15 @@ def run_shard(out: str | Path, shard_index: int, *, backend: str = "transformers
     path = shard_path(out, shard_index, n)
     if path.exists():
         return path
-    from ..estep import model_fingerprint
-    from ..model import load_model
-    from ..tokens import load_tokenizer
+    from lt_utils.estep import model_fingerprint
+    from lt_utils.model import load_model
+    from lt_utils.tokens import load_tokenizer
 
     tok = load_tokenizer(spec["tokenizer"])
     key = model_fingerprint(spec["model"])
     cache = out / "cache" / f"shard{shard_index:05d}.sqlite"
     if backend == "vllm":
-        from .vllm_backend import VLLMBackend
+        from lt_utils.paper.vllm_backend import VLLMBackend
 
         engine = VLLMBackend(spec["model"], **(engine_args or {}))
         records = run_estep(None, tok, chunks, cfg, backend=engine, cache_path=cache, model_key=key,

@@ -161,7 +161,7 @@ def time_with_backoff(arch: ArchSpec, *, batch_size: int, **kw) -> dict:
 def run_smoke(run_root: Path) -> dict:
     """The smoke profile through the pipeline, on whatever device the library picks (CUDA here)."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "lt_utils.pipeline", "--profile", "smoke", "--run-root",
+    proc = subprocess.run([sys.executable, "-m", "lt_utils.cli.pipeline", "--profile", "smoke", "--run-root",
                            str(run_root)], capture_output=True, text=True)
     out = {"returncode": proc.returncode, "seconds": time.perf_counter() - t0, "run_root": str(run_root),
            "tail": (proc.stdout + proc.stderr)[-2000:]}

@@ -38,8 +38,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..data import Chunk
-from ..teacher import (OracleTeacher, Teacher, TeacherError, _batch_error, _chunk_name, _one_line,
+from lt_utils.data import Chunk
+from lt_utils.teacher import (OracleTeacher, Teacher, TeacherError, _batch_error, _chunk_name, _one_line,
                       write_thoughts)
 
 log = logging.getLogger(__name__)
@@ -501,7 +501,7 @@ class LocalModelTeacher:
         return stop
 
     def write(self, chunks: Sequence[Chunk]) -> list[str]:
-        from ..sample import sample
+        from lt_utils.sample import sample
 
         chunks = list(chunks)
         if not chunks:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ..tokens import BOS, EOS, PAD, add_latent_tokens
+from lt_utils.tokens import BOS, EOS, PAD, add_latent_tokens
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -25,9 +25,9 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..data import Chunk, ThoughtDoc, chunk_sizes, text_seed
-from ..rejects import Rejects
-from ..tokens import encode
+from lt_utils.data import Chunk, ThoughtDoc, chunk_sizes, text_seed
+from lt_utils.runtime.skipped_inputs import Rejects
+from lt_utils.tokens import encode
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 

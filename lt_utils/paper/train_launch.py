@@ -20,9 +20,9 @@ import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from ..model import ModelSpec
-from ..runs import write_json
-from ..train import TrainJob, TrainSpec
+from lt_utils.model import ModelSpec
+from lt_utils.runtime.runs import write_json
+from lt_utils.train import TrainJob, TrainSpec
 
 
 def job_from_dict(d: dict) -> TrainJob:
@@ -52,14 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("job", help="JSON file of a TrainJob")
     ap.add_argument("--print", action="store_true", help="print the resolved job and exit")
     args = ap.parse_args(argv)
-    from ..lifeline import die_with_parent
+    from lt_utils.runtime.die_with_parent import die_with_parent
 
     die_with_parent(os.getppid())   # a rank dies with its launcher (and the launcher with the stage)
     job = job_from_dict(json.loads(Path(args.job).read_text()))
     if args.print:
         print(json.dumps(asdict(job), indent=2))
         return 0
-    from ..train import run_train_job
+    from lt_utils.train import run_train_job
 
     final = run_train_job(job)
     print(json.dumps({k: final[k] for k in ("step", "tokens", "train_seconds") if k in final}))

@@ -33,7 +33,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..sample import Sample
+from lt_utils.sample import Sample
 
 
 def engine_kwargs(model_dir: str | Path, *, dtype: str = "auto", max_model_len: int = 2048, seed: int = 0,
@@ -62,7 +62,7 @@ def sampling_kwargs(*, max_new_tokens: int, stop_ids: Iterable[int] = (), greedy
 
 def row_seed(seed: int, row: int) -> int:
     """A per-row seed (vLLM seeds each request separately; one seed for every row would repeat the same sample)."""
-    from ..estep import stable_seed
+    from lt_utils.estep import stable_seed
 
     return stable_seed("vllm-row", int(seed), int(row)) & 0x7FFFFFFF
 
@@ -98,7 +98,7 @@ class VLLMBackend:
     @property
     def model_key(self) -> str:
         if self._key is None:
-            from ..estep import model_fingerprint
+            from lt_utils.estep import model_fingerprint
 
             self._key = model_fingerprint(self.model_dir)
         return self._key

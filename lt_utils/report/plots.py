@@ -25,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, PercentFormatter
 
-from .. import faults
+from lt_utils.runtime import faults
 
 __all__ = [
     "ARM_STYLE",
@@ -720,7 +720,7 @@ def fig_loop_cobweb(df: pd.DataFrame) -> Figure:
     without its own points (dashed).  Right: the measured points and the
     fitted maps.
     """
-    from ..cobweb import composite, domain, fit_maps, fixed_points, loop_predictions, staircase
+    from lt_utils.cobweb import composite, domain, fit_maps, fixed_points, loop_predictions, staircase
 
     _require(df, ["kind", "source", "x", "y"], "loop_cobweb")
     df = df.assign(x=pd.to_numeric(df["x"], errors="coerce"), y=pd.to_numeric(df["y"], errors="coerce")).dropna(
@@ -775,3 +775,4 @@ def fig_loop_cobweb(df: pd.DataFrame) -> Figure:
         ax.legend(loc="upper left", fontsize=6.5)
         side.legend(loc="upper left", fontsize=6.5)
     return fig
+

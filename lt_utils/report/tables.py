@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def write_table(df, path: str | Path) -> Path:
-    from ..runs import write_text
+    from lt_utils.runtime.runs import write_text
 
     return write_text(path, df.to_csv(index=False, lineterminator="\n"))
 
@@ -19,7 +19,7 @@ def read_table(path: str | Path, maker: str):
     """The table at `path`; a missing one is a one-line error saying which command writes it."""
     import pandas as pd
 
-    from ..runs import MissingInputError
+    from lt_utils.runtime.runs import MissingInputError
 
     path = Path(path)
     if not path.is_file():
@@ -28,7 +28,7 @@ def read_table(path: str | Path, maker: str):
 
 
 def draw(df, out_dir: str | Path, figure: str) -> list[Path]:
-    from . import plots
+    from lt_utils.report import plots
 
     return plots.render_all({figure: df}, out_dir)[figure]
 

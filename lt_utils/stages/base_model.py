@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, pick, require, require_min
-from ..model import ModelSpec
-from ..runs import (MissingInputError, RunDir, environment, read_json, read_jsonl, sha256_file, write_json,
+from lt_utils.runtime.config import ConfigError, pick, require, require_min
+from lt_utils.model import ModelSpec
+from lt_utils.runtime.runs import (MissingInputError, RunDir, environment, read_json, read_jsonl, sha256_file, write_json,
                     write_jsonl)
 
 BASE_DIR = "base"          # <run_root>/base/<hash>/
@@ -69,7 +69,7 @@ class BaseParams:
     base_threads: int = 1                   # torch threads while building and evaluating it
 
     def check_base_params(self) -> None:
-        from .. import world
+        from lt_utils import world
 
         require(self.base_steps >= 0, f"base_steps must be ≥ 0, got {self.base_steps}")
         require_min(self, 1, "base_n_layer", "base_n_embd", "base_n_head", "base_n_kv_head", "base_intermediate_size",
@@ -105,7 +105,7 @@ class BaseParams:
                          init_std=self.base_init_std)
 
     def train_spec(self):
-        from ..train import TrainSpec
+        from lt_utils.train import TrainSpec
 
         steps = max(self.base_steps, 1)
         return TrainSpec(steps=steps, batch_size=self.base_batch_size, seq_len=self.base_seq_len, lr=self.base_lr,
@@ -116,8 +116,8 @@ class BaseParams:
 # --------------------------------------------------------------------------- identity
 
 def _mix(cfg) -> dict[str, tuple[int, ...]]:
-    from ..world import FAMILIES
-    from ..world.base_corpus import difficulty_mix
+    from lt_utils.world import FAMILIES
+    from lt_utils.world.base_corpus import difficulty_mix
 
     return difficulty_mix(list(cfg.base_families) or list(FAMILIES), cfg.difficulty, cfg.base_difficulty)
 
@@ -137,7 +137,7 @@ def key_hash(key: dict) -> str:
 
 
 def base_root(run_root: str | Path) -> Path:
-    from ..paths import resolve
+    from lt_utils.runtime.paths import resolve
 
     return resolve(run_root) / BASE_DIR
 
@@ -159,9 +159,9 @@ def write_corpus(base_dir: Path, cfg, key: dict, tokenizer_dir: str | Path) -> d
     """Generate the base corpus as raw-layout training records, and its stats (skipped if present)."""
     from collections import Counter
 
-    from ..data import ThoughtDoc
-    from ..tokens import encode, load_tokenizer
-    from ..world.base_corpus import generate_base_documents
+    from lt_utils.data import ThoughtDoc
+    from lt_utils.tokens import encode, load_tokenizer
+    from lt_utils.world.base_corpus import generate_base_documents
 
     path, stats_path = base_dir / "corpus.jsonl", base_dir / "corpus_stats.json"
     if path.exists() and stats_path.exists():
@@ -184,7 +184,7 @@ def write_corpus(base_dir: Path, cfg, key: dict, tokenizer_dir: str | Path) -> d
 
 def build_base(cfg, tokenizer_dir: str | Path, progress: bool = True) -> tuple[Path, bool]:
     """The base model's directory for `cfg`, trained now unless cached; returns (directory, built now)."""
-    from ..train import TrainJob, run_train_job
+    from lt_utils.train import TrainJob, run_train_job
 
     key = base_key(cfg, tokenizer_dir)
     digest = key_hash(key)
@@ -211,8 +211,8 @@ def base_exemplars(data_dir: Path, shots: int) -> list[dict]:
 
     Here rather than in stage 01's module, which imports this one; `data_prep.eval_exemplars` calls it.
     """
-    from .. import world
-    from ..evaluate import exemplar_units
+    from lt_utils import world
+    from lt_utils.evaluate import exemplar_units
 
     if not shots:
         return []
@@ -228,10 +228,10 @@ def evaluate_base(base_dir: Path, data_dir: Path, shots: int, threads: int = 1,
     """
     import torch
 
-    from ..evaluate import evaluate_problems
-    from ..model import load_model
-    from ..tokens import load_tokenizer
-    from ..train import EVAL_NEW_TOKENS, load_problems
+    from lt_utils.evaluate import evaluate_problems
+    from lt_utils.model import load_model
+    from lt_utils.tokens import load_tokenizer
+    from lt_utils.train import EVAL_NEW_TOKENS, load_problems
 
     problems_path = data_dir / problems_file
     exemplars = base_exemplars(data_dir, shots)

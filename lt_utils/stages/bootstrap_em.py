@@ -34,21 +34,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import em_plan
-from ..config import pick, require, require_min, require_study_name
-from ..data import Chunk, ThoughtDoc, chunk_document, token_ratio, tokenize_docs
-from ..estep import EStepConfig, direct_log_px, model_fingerprint, run_estep
-from ..parallel import torch_threads
-from ..paths import resolve
-from ..runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
-from ..teacher import OracleTeacher, ThoughtCache, write_thoughts
-from ..tokens import SpecialIds, load_tokenizer
-from ..train import TrainingParams, TrainJob, TrainSpec, eval_options, run_jobs
-from . import em_estep
-from .base_model import stage_model_spec
-from .data_prep import (dev_problems_path, eval_exemplars, eval_tasks, is_text, iter_documents, load_documents,
+from lt_utils import em_plan
+from lt_utils.runtime.config import pick, require, require_min, require_study_name
+from lt_utils.data import Chunk, ThoughtDoc, chunk_document, token_ratio, tokenize_docs
+from lt_utils.estep import EStepConfig, direct_log_px, model_fingerprint, run_estep
+from lt_utils.runtime.parallel import torch_threads
+from lt_utils.runtime.paths import resolve
+from lt_utils.runtime.runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
+from lt_utils.teacher import OracleTeacher, ThoughtCache, write_thoughts
+from lt_utils.tokens import SpecialIds, load_tokenizer
+from lt_utils.train import TrainingParams, TrainJob, TrainSpec, eval_options, run_jobs
+from lt_utils.stages import em_estep
+from lt_utils.stages.base_model import stage_model_spec
+from lt_utils.stages.data_prep import (dev_problems_path, eval_exemplars, eval_tasks, is_text, iter_documents, load_documents,
                         raw_record)
-from .em_estep import write_corpus
+from lt_utils.stages.em_estep import write_corpus
 
 
 @dataclass(frozen=True)
@@ -257,7 +257,7 @@ class Study:
     def latent_ratio(self, corpus: str) -> float:
         tok = load_tokenizer(self.tok_dir)
         if self.text:   # a paper-scale corpus: counted from the token store training reads anyway
-            from ..token_store import layout_ratio, open_store
+            from lt_utils.token_store import layout_ratio, open_store
 
             return layout_ratio(open_store(self.run.file(corpus), tok), "random")
         docs = tokenize_docs(tok, [ThoughtDoc.from_dict(r) for r in read_jsonl(self.run.file(corpus))])

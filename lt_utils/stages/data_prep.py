@@ -23,12 +23,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import world
-from ..config import require, require_min, require_study_name
-from ..rejects import Rejects
-from ..runs import RunDir, read_json, read_jsonl, write_json, write_jsonl
-from ..tokens import encode, load_tokenizer, train_tokenizer
-from .base_model import BaseParams, base_exemplars
+from lt_utils import world
+from lt_utils.runtime.config import require, require_min, require_study_name
+from lt_utils.runtime.skipped_inputs import Rejects
+from lt_utils.runtime.runs import RunDir, read_json, read_jsonl, write_json, write_jsonl
+from lt_utils.tokens import encode, load_tokenizer, train_tokenizer
+from lt_utils.stages.base_model import BaseParams, base_exemplars
 
 DOC_SPLITS = ("comparison", "fresh", "warmstart", "bootstrap", "valid")
 SOURCES = ("world", "text")
@@ -79,7 +79,7 @@ class DataPrepConfig(BaseParams):
         bad = [k for k in self.split_specs if k not in ("val", "train", "warmstart", "bootstrap")]
         require(not bad, f"split_specs: unknown split '{bad[0] if bad else ''}' (known: val, train, warmstart, "
                          f"bootstrap)")
-        from ..paper.text_corpus import parse_slice
+        from lt_utils.paper.text_corpus import parse_slice
 
         for name, spec in self.split_specs.items():
             try:
@@ -164,7 +164,7 @@ class TextDocument:
 
     def segments(self) -> list[str]:
         """An empty head, then the paper's sentence units (what `data.chunk_document` chunks)."""
-        from ..paper.text_corpus import sentence_units
+        from lt_utils.paper.text_corpus import sentence_units
 
         return ["", *sentence_units(self.text)]
 
@@ -212,9 +212,9 @@ def _write_stream(path: Path, records, tokenizer, budget: int, desc: str) -> dic
 def _text_split(cfg: DataPrepConfig, name: str, rejects=None):
     """Records of the paper's slice `name` (with the config's overrides), streamed from the source files.
 
-    Unusable records met on the way are counted in `rejects` (a `rejects.Rejects`) and skipped.
+    Unusable records met on the way are counted in `rejects` (a `skipped_inputs.Rejects`) and skipped.
     """
-    from ..paper.text_corpus import iter_records, paper_split
+    from lt_utils.paper.text_corpus import iter_records, paper_split
 
     records = iter_records(cfg.text_source, text_field=cfg.text_field, id_field=cfg.id_field or None,
                            rejects=rejects)
@@ -225,8 +225,8 @@ def build_text_corpus(run: RunDir, cfg: DataPrepConfig) -> dict:
     """Tokenizer, the budgeted splits and the evaluation files of a text corpus; returns stats."""
     import itertools
 
-    from ..paper.pretrained import add_llama_names
-    from ..tokens import add_latent_tokens
+    from lt_utils.paper.pretrained import add_llama_names
+    from lt_utils.tokens import add_latent_tokens
 
     tok_dir = run.file("tokenizer")
     if not (tok_dir / "tokenizer_config.json").exists():
@@ -277,7 +277,7 @@ def copy_eval_problems(src: str | Path, task: str, dest: Path, limit: int = 0, r
 
     With `rejects`, problems without a usable answer are counted there and skipped; a file with none left is an error.
     """
-    from ..math_eval import load_problems
+    from lt_utils.math_eval import load_problems
 
     problems = load_problems(src, task, limit=limit or None, rejects=rejects)
     if not problems:
@@ -318,7 +318,7 @@ def load_documents(data_dir: str | Path, split: str) -> list:
 
 def iter_documents(data_dir: str | Path, split: str):
     """The split's documents one at a time (a text split of billions of tokens is never loaded whole)."""
-    from ..runs import iter_jsonl
+    from lt_utils.runtime.runs import iter_jsonl
 
     return (_document(r) for r in iter_jsonl(Path(data_dir) / "docs" / f"{split}.jsonl"))
 
@@ -329,7 +329,7 @@ def raw_record(doc) -> dict:
     World: the first problem's prompt is the head and the rest one chunk.
     Text: the whole text as one chunk (no sentence splitting needed to train on raw text).
     """
-    from ..data import ThoughtDoc
+    from lt_utils.data import ThoughtDoc
 
     if isinstance(doc, TextDocument):
         return ThoughtDoc(doc.doc_id, "", [doc.text], None).to_dict()

@@ -18,18 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from .. import em_plan, progress
-from ..data import Chunk, ThoughtDoc
-from ..estep import (EStepConfig, model_fingerprint, run_estep, sample_prior, save_records, select_first_k,
+from lt_utils import em_plan
+
+from lt_utils.runtime import progress_events
+from lt_utils.data import Chunk, ThoughtDoc
+from lt_utils.estep import (EStepConfig, model_fingerprint, run_estep, sample_prior, save_records, select_first_k,
                      summarize)
-from ..fidelity import dev_chunks, fidelity_report
-from ..loop_diagnostics import Check, estep_diagnostics, retention_repair
-from ..model import load_model
-from ..parallel import torch_threads
-from ..runs import read_json, read_jsonl, write_json, write_jsonl
-from ..teacher import chunk_units, split_unit_thoughts
-from ..tokens import load_tokenizer
-from .data_prep import dev_problems_path
+from lt_utils.fidelity import dev_chunks, fidelity_report
+from lt_utils.loop_diagnostics import Check, estep_diagnostics, retention_repair
+from lt_utils.model import load_model
+from lt_utils.runtime.parallel import torch_threads
+from lt_utils.runtime.runs import read_json, read_jsonl, write_json, write_jsonl
+from lt_utils.teacher import chunk_units, split_unit_thoughts
+from lt_utils.tokens import load_tokenizer
+from lt_utils.stages.data_prep import dev_problems_path
 
 # `study` below is a `bootstrap_em.Study` and `cfg` its `BootstrapConfig` (not imported: the stage imports this)
 Study = BootstrapConfig = Any
@@ -56,7 +58,7 @@ def with_generator(gen: Path, tok_dir: Path, fn, *, backend: str = "transformers
     if backend == "vllm":
         import gc
 
-        from ..paper.vllm_backend import VLLMBackend
+        from lt_utils.paper.vllm_backend import VLLMBackend
 
         engine = VLLMBackend(gen, **(engine_args or {}))
         try:
@@ -87,7 +89,7 @@ def sample_and_score(gen: Path, tok_dir: Path, chunks: list[Chunk], ecfg: EStepC
 
 def chunk_check(chunk: Chunk, thought: str) -> Check:
     """The verifier's verdict on a chunk thought: every problem correct, every final answer right, any false step."""
-    from .. import world
+    from lt_utils import world
 
     units = chunk_units(chunk)
     pieces = split_unit_thoughts(thought, len(units))
@@ -160,7 +162,7 @@ def run(study: Study, iteration: int) -> dict:
     study.run.add_artifact(f"iter{iteration}/estep_summary.json", "weights, ESS, verifier scores, loop diagnostics")
     study.run.log(kind="estep", iteration=iteration, **{k2: v for k2, v in summary.items()
                                                        if isinstance(v, (int, float))})
-    progress.emit("estep_done", iteration=iteration, seconds=time.time() - t0,
+    progress_events.emit("estep_done", iteration=iteration, seconds=time.time() - t0,
                   summary={k2: summary[k2] for k2 in ("n_chunks", "mean_ess", "frac_selected_correct") if k2 in summary})
     return summary
 
@@ -264,7 +266,7 @@ def trained_on_correct(study: Study, iteration: int) -> float | None:
 
 def sharded(study: Study, iteration: int, gen: Path, ecfg: EStepConfig) -> list[dict]:
     """The E-step as `estep_shards` independent jobs: prepare them, or merge them once all have run."""
-    from ..paper import estep_jobs
+    from lt_utils.paper import estep_jobs
 
     out = study.run.file(f"iter{iteration}/shards")
     if not (out / "estep.json").exists():

@@ -16,16 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import pick, require, require_min, require_study_name
-from .base_model import stage_model_spec
-from .data_prep import (dev_problems_path, eval_exemplars, eval_tasks, is_text, iter_documents, load_documents,
+from lt_utils.runtime.config import pick, require, require_min, require_study_name
+from lt_utils.stages.base_model import stage_model_spec
+from lt_utils.stages.data_prep import (dev_problems_path, eval_exemplars, eval_tasks, is_text, iter_documents, load_documents,
                      raw_record)
-from ..data import ThoughtDoc, chunk_document, layout_ids, token_ratio, tokenize_docs
-from ..paper.llm_teacher import TEACHERS
-from ..runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
-from ..teacher import NoisyOracleTeacher, OracleTeacher, ThoughtCache, thought_quality, write_thoughts
-from ..tokens import SpecialIds, load_tokenizer
-from ..train import TrainingParams, TrainJob, TrainSpec, eval_options, run_jobs
+from lt_utils.data import ThoughtDoc, chunk_document, layout_ids, token_ratio, tokenize_docs
+from lt_utils.paper.llm_teacher import TEACHERS
+from lt_utils.runtime.runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
+from lt_utils.teacher import NoisyOracleTeacher, OracleTeacher, ThoughtCache, thought_quality, write_thoughts
+from lt_utils.tokens import SpecialIds, load_tokenizer
+from lt_utils.train import TrainingParams, TrainJob, TrainSpec, eval_options, run_jobs
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def arm_specs(cfg: SyntheticThoughtsConfig) -> dict[str, Arm]:
 
 
 def data_dir_of(cfg: SyntheticThoughtsConfig) -> Path:
-    from ..paths import resolve
+    from lt_utils.runtime.paths import resolve
 
     return require_done(resolve(cfg.run_root) / cfg.study / cfg.data_stage, "data-prep run")
 
@@ -141,7 +141,7 @@ def make_teacher(cfg: SyntheticThoughtsConfig, error_rate: float | None = None, 
     ("latent" thoughts, or a WRAP rewrite style).
     """
     if cfg.teacher != "oracle":
-        from ..paper import llm_teacher
+        from lt_utils.paper import llm_teacher
 
         try:
             return llm_teacher.make_teacher(cfg.teacher, **{**cfg.teacher_options, "prompt": prompt})
@@ -214,7 +214,7 @@ def raw_docs(run: RunDir, data_dir: Path, split: str) -> Path:
 
 def wrap_docs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, split: str, kind: str) -> Path:
     """WRAP rewrites of the split's documents (only the rewrite is trained on, never the raw text)."""
-    from ..rephrase import rephrase_corpus
+    from lt_utils.wrap_baselines import rephrase_corpus
 
     path = run.file(f"thoughts/{split}_{kind}.jsonl")
     if not path.exists():
@@ -232,13 +232,13 @@ def llm_rephrase_corpus(run: RunDir, cfg: SyntheticThoughtsConfig, docs, kind: s
     """WRAP rewrites of text documents by the configured language-model teacher (cached like thoughts).
 
     WRAP-Orig draws one of the four styles per document and repeat (seeded by
-    document id and repeat, as `rephrase.rewrite_rng`); WRAP-CoT has one style.
+    document id and repeat, as `wrap_baselines.rewrite_rng`); WRAP-CoT has one style.
     Each rewrite is a thought-only document `doc_id#r<repeat>`, the same shape
-    as the world's `rephrase.rephrase_corpus`.
+    as the world's `wrap_baselines.rephrase_corpus`.
     """
-    from ..data import Chunk
-    from ..paper.llm_teacher import WRAP_STYLES
-    from ..rephrase import rewrite_rng
+    from lt_utils.data import Chunk
+    from lt_utils.paper.llm_teacher import WRAP_STYLES
+    from lt_utils.wrap_baselines import rewrite_rng
 
     if cfg.teacher == "oracle":
         raise ValueError("WRAP arms on a text corpus need a language-model teacher (teacher: api or local)")
@@ -284,7 +284,7 @@ def arm_token_ratios(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path) 
         return tokenize_docs(tok, [ThoughtDoc.from_dict(r) for r in read_jsonl(path)])
 
     if is_text(data_dir):   # a paper-scale corpus: counted from the token stores training reads anyway
-        from ..token_store import layout_ratio, open_store
+        from lt_utils.token_store import layout_ratio, open_store
 
         ratios = {}
         for arm, spec in arm_specs(cfg).items():

@@ -46,12 +46,12 @@ characters of its unit's raw text (word problems are the shortest relative to
 their text, conversions the longest).
 """
 
-from .core import Document, Unit, Verdict, eval_prompt, eval_target, render_unit
-from .family import Family
-from .registry import DEFAULT_DIFFICULTY, FAMILIES, instance_space_size
-from .splits import SPLIT_FRACTIONS, SPLITS, generate_documents, generate_problems, split_of, split_pool_size
-from .verifier import parse_question, verify
-from .word import _FRAMES, _Word  # noqa: F401  (reached by tests/test_world.py)
+from lt_utils.world.units import Document, Unit, Verdict, eval_prompt, eval_target, render_unit
+from lt_utils.world.family import Family
+from lt_utils.world.registry import DEFAULT_DIFFICULTY, FAMILIES, instance_space_size
+from lt_utils.world.splits import SPLIT_FRACTIONS, SPLITS, generate_documents, generate_problems, split_of, split_pool_size
+from lt_utils.world.verifier import parse_question, verify
+from lt_utils.world.word import _FRAMES, _Word  # noqa: F401  (reached by tests/test_world.py)
 
 __all__ = [
     "DEFAULT_DIFFICULTY",

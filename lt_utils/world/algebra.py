@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 
-from .core import _Derivation
-from .family import Family, _canon_int, _n_digit_range, _pick, _ri
+from lt_utils.world.units import _Derivation
+from lt_utils.world.family import Family, _canon_int, _n_digit_range, _pick, _ri
 
 
 class _Linear(Family):

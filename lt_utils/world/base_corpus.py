@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from .core import Document
-from .family import _ri
-from .registry import FAMILIES, _family
-from .splits import _rng, _Sampler, split_pool_size
-from .worked import render_worked_unit
+from lt_utils.world.units import Document
+from lt_utils.world.family import _ri
+from lt_utils.world.registry import FAMILIES, _family
+from lt_utils.world.splits import _rng, _Sampler, split_pool_size
+from lt_utils.world.worked import render_worked_unit
 
 SPLIT = "base"
 

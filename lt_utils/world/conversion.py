@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 
-from .arithmetic import _mul
-from .core import _Derivation
-from .family import Family, _canon_int, _pick, _ri
+from lt_utils.world.arithmetic import _mul
+from lt_utils.world.units import _Derivation
+from lt_utils.world.family import Family, _canon_int, _pick, _ri
 
 # (unit, plural, smaller units, factor)
 _CONVERSIONS = (

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .core import Unit, _Solution
+from lt_utils.world.units import Unit, _Solution
 
 
 def _canon_int(s: str) -> int | None:

@@ -7,11 +7,11 @@ verifier can reach all of them without depending on each family module.
 
 from __future__ import annotations
 
-from .algebra import _Linear, _Remainder
-from .arithmetic import _Addition, _Multiplication, _Subtraction
-from .conversion import _Conversion
-from .family import Family
-from .word import _Word
+from lt_utils.world.algebra import _Linear, _Remainder
+from lt_utils.world.arithmetic import _Addition, _Multiplication, _Subtraction
+from lt_utils.world.conversion import _Conversion
+from lt_utils.world.family import Family
+from lt_utils.world.word import _Word
 
 
 FAMILIES: dict[str, Family] = {

@@ -30,9 +30,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .core import Document, Unit
-from .family import Family, _ri
-from .registry import FAMILIES, _family
+from lt_utils.world.units import Document, Unit
+from lt_utils.world.family import Family, _ri
+from lt_utils.world.registry import FAMILIES, _family
 
 SPLITS = ("comparison", "fresh", "warmstart", "bootstrap", "valid", "eval", "base")
 

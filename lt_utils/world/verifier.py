@@ -25,10 +25,10 @@ from collections import Counter
 from fractions import Fraction
 from typing import Sequence
 
-from .conversion import _FACTS
-from .core import Unit, Verdict
-from .family import Family
-from .registry import FAMILIES
+from lt_utils.world.conversion import _FACTS
+from lt_utils.world.units import Unit, Verdict
+from lt_utils.world.family import Family
+from lt_utils.world.registry import FAMILIES
 
 
 def _parse_any(question: str) -> tuple[Family, tuple] | None:

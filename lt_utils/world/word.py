@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .core import _Derivation
-from .family import Family, _canon_int, _pick, _ri
+from lt_utils.world.units import _Derivation
+from lt_utils.world.family import Family, _canon_int, _pick, _ri
 
 _NAMES = (
     ("Ann", "she"), ("Ben", "he"), ("Carla", "she"), ("Dan", "he"), ("Emma", "she"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from .core import Unit
+from lt_utils.world.units import Unit
 
 _COLUMNS = ("ones", "tens", "hundreds", "thousands", "ten thousands", "hundred thousands", "millions",
             "ten millions", "hundred millions", "billions")

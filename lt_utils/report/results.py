@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ..runs import read_json, read_jsonl
+from lt_utils.runtime.runs import read_json, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class AnalysisConfig:
     overwrite: bool = False         # always recomputed from stored results; kept for symmetry
 
     def __post_init__(self):
-        from ..config import require_study_name
+        from lt_utils.runtime.config import require_study_name
 
         require_study_name(self.study)
 
@@ -133,7 +133,7 @@ def packing_table(study_dir: str | Path) -> pd.DataFrame:
 
 def summary_table(finals: pd.DataFrame) -> pd.DataFrame:
     """Per arm: n seeds, final accuracy mean ± SE (percent), unparseable rate and validation NLL."""
-    from ..stats import mean_se
+    from lt_utils.stats import mean_se
 
     rows = []
     for (stage, arm), g in finals.groupby(["stage", "arm"], sort=False):
@@ -154,7 +154,7 @@ def summary_table(finals: pd.DataFrame) -> pd.DataFrame:
 
 def headline(finals: pd.DataFrame, arm: str, baseline: str):
     """Welch comparison of final accuracy (percentage points) between two arms, or None if either is absent."""
-    from ..stats import welch_compare
+    from lt_utils.stats import welch_compare
 
     a = finals.loc[finals["arm"] == arm, "accuracy"] * 100
     b = finals.loc[finals["arm"] == baseline, "accuracy"] * 100
@@ -188,7 +188,7 @@ def comparison_rows(finals: pd.DataFrame, arm: str, baseline: str) -> pd.DataFra
 
 def _welch_row(a: pd.Series, b: pd.Series, name_a: str, name_b: str) -> dict:
     """Means, difference, 95% Welch interval, p and n of two samples of final accuracy (percent)."""
-    from ..stats import welch_compare
+    from lt_utils.stats import welch_compare
 
     c = welch_compare(a.to_numpy(), b.to_numpy(), label_a=name_a, label_b=name_b)
     return {name_a: round(c.mean_a, 1), name_b: round(c.mean_b, 1), "diff_pts": round(c.diff, 1),
@@ -223,7 +223,7 @@ def answer_breakdown(finals: pd.DataFrame) -> pd.DataFrame:
 def teacher_quality(study_dir: str | Path, finals: pd.DataFrame,
                     stage: str = "02_synthetic_thoughts") -> pd.DataFrame:
     """Verified thought quality of every teacher setting the sweep's runs used: error_rate, thought_quality."""
-    from .synthetic_thoughts import sweep_error_rate, teacher_quality_file
+    from lt_utils.stages.synthetic_thoughts import sweep_error_rate, teacher_quality_file
 
     stage_dir = Path(study_dir) / stage
     arms = finals.loc[finals["stage"] == stage, "arm"] if len(finals) else []
@@ -245,7 +245,7 @@ def teacher_sweep(study_dir: str | Path | None, finals: pd.DataFrame, stage: str
     verifier accepts, as stored by stage 02 (or given as `quality`, the
     `teacher_quality` table).
     """
-    from .synthetic_thoughts import sweep_error_rate
+    from lt_utils.stages.synthetic_thoughts import sweep_error_rate
 
     if quality is None:
         quality = teacher_quality(study_dir, finals, stage)
@@ -262,7 +262,7 @@ def teacher_sweep(study_dir: str | Path | None, finals: pd.DataFrame, stage: str
 
 def reference_level(finals: pd.DataFrame, arm: str) -> tuple[float, float] | None:
     """(mean, SE) of an arm's final accuracy, for horizontal reference lines; None if absent."""
-    from ..stats import mean_se
+    from lt_utils.stats import mean_se
 
     acc = finals.loc[finals["arm"] == arm, "accuracy"].dropna()
     if acc.empty:
@@ -415,7 +415,7 @@ SYNTHETIC_STAGE, EM_STAGE = "02_synthetic_thoughts", "03_bootstrap_em"
 
 # ----------------------------------------------------------------------------- figure data
 # The tables every figure is drawn from.  Stage 04 writes them beside the figures (`<figures>/data/`), so
-# `python -m lt_utils.figures` redraws the committed figures in a fresh clone without rerunning the study.
+# `python -m lt_utils.report.redraw` redraws the committed figures in a fresh clone without rerunning the study.
 TABLE_COLUMNS: dict[str, list[str]] = {
     "estep_summaries": ["iteration", "k", "selected_correct", "first_correct", "any_correct", "candidates_correct",
                         "mean_log_w_correct", "mean_log_w_incorrect", "mean_ess", "frac_unterminated",
@@ -448,7 +448,7 @@ def study_tables(study_dir: str | Path, evals: pd.DataFrame | None = None) -> di
 
 def verify_stages(study_dir: str | Path) -> list[Path]:
     """Check every finished stage of a study against its manifest (one-line error on a damaged artifact)."""
-    from ..runs import is_done, verify_artifacts
+    from lt_utils.runtime.runs import is_done, verify_artifacts
 
     done = [p for p in sorted(Path(study_dir).iterdir()) if p.is_dir() and is_done(p)] \
         if Path(study_dir).is_dir() else []
@@ -459,12 +459,12 @@ def verify_stages(study_dir: str | Path) -> list[Path]:
 
 def require_evals(evals: pd.DataFrame, study_dir: str | Path) -> pd.DataFrame:
     """`evals`, or a one-line error naming the study directory and the command that fills it."""
-    from ..runs import MissingInputError
+    from lt_utils.runtime.runs import MissingInputError
 
     if evals.empty:
         study = Path(study_dir).name
         raise MissingInputError(f"no finished training run under {study_dir} (run the study first: "
-                                f"python -m lt_utils.pipeline --profile {study})")
+                                f"python -m lt_utils.cli.pipeline --profile {study})")
     return evals
 
 
@@ -482,7 +482,7 @@ def _stable(df: pd.DataFrame, name: str) -> pd.DataFrame:
 
 def write_figure_data(tables: dict[str, pd.DataFrame], data_dir: str | Path) -> list[Path]:
     """Write each table as `<data_dir>/<name>.csv` (floats exactly, sorted rows and columns)."""
-    from ..runs import write_text
+    from lt_utils.runtime.runs import write_text
 
     paths = []
     for name in FIGURE_TABLES:
@@ -493,10 +493,10 @@ def write_figure_data(tables: dict[str, pd.DataFrame], data_dir: str | Path) -> 
 
 def read_figure_data(data_dir: str | Path, maker: str = "") -> dict[str, pd.DataFrame]:
     """The tables `write_figure_data` wrote, or a one-line error naming the missing file and `maker`, its command."""
-    from ..runs import MissingInputError
+    from lt_utils.runtime.runs import MissingInputError
 
     data_dir = Path(data_dir)
-    maker = maker or ("python -m lt_utils.pipeline --profile <profile> --only 04_analysis, after that profile's "
+    maker = maker or ("python -m lt_utils.cli.pipeline --profile <profile> --only 04_analysis, after that profile's "
                       "study has run")
     tables = {}
     for name in FIGURE_TABLES:
@@ -510,7 +510,7 @@ def read_figure_data(data_dir: str | Path, maker: str = "") -> dict[str, pd.Data
 def figure_frames(study_dir: str | Path | None, evals: pd.DataFrame | None = None,
                   finals: pd.DataFrame | None = None, *, tables: dict[str, pd.DataFrame] | None = None) -> dict:
     """Every registered figure's input (see `plots.render_all`), from stored results or from figure data tables."""
-    from .synthetic_thoughts import SWEEP_PREFIX
+    from lt_utils.stages.synthetic_thoughts import SWEEP_PREFIX
 
     if tables is None:
         tables = study_tables(study_dir, evals)

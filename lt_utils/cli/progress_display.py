@@ -1,6 +1,6 @@
 """What a running study shows at the terminal: one line per finished run or E-step, and a periodic status.
 
-The pipeline tails `runs/<study>/progress.jsonl` (written by `lt_utils.progress`
+The pipeline tails `runs/<study>/progress.jsonl` (written by `lt_utils.runtime.progress_events`
 from the kernel and its workers) in a thread.  ETAs count optimizer steps: the
 stage's rate so far (finished steps per wall second with a run in flight, evaluations included)
 applied to the steps still planned for this stage and the later ones, planned
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import em_plan
+from lt_utils import em_plan
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """What a profile's budgets cost: training tokens, FLOPs and GPU-hours, E-step tokens, teacher API tokens.
 
-    python -m lt_utils.paper.compute_estimate --profile paper                    # the paper-scale profile
-    python -m lt_utils.paper.compute_estimate --profile paper --mfu 0.45 --gen-tokens-per-s 20000
+    python -m lt_utils.cli.compute_estimate --profile paper                    # the paper-scale profile
+    python -m lt_utils.cli.compute_estimate --profile paper --mfu 0.45 --gen-tokens-per-s 20000
 
 Everything is read from `params/<profile>/`: steps, batch, gradient
 accumulation, the GPUs named in each stage's `launcher`, seeds, arms,
@@ -28,8 +28,8 @@ import re
 import sys
 from dataclasses import dataclass
 
-from .. import em_plan
-from .gpu_check import ArchSpec
+from lt_utils import em_plan
+from lt_utils.paper.gpu_check import ArchSpec
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,8 @@ def estimate(params: dict[str, dict], arch: ArchSpec, a: Assumptions = Assumptio
         train_row("02", "training: every arm x seed", runs, s02["steps"], s02)
     s03 = params.get("03_bootstrap_em")
     if s03:
-        from ..config import load
-        from ..stages.bootstrap_em import BootstrapConfig
+        from lt_utils.runtime.config import load
+        from lt_utils.stages.bootstrap_em import BootstrapConfig
 
         cfg = load(BootstrapConfig, s03, where="03_bootstrap_em")   # the stage's own defaults, not literals here
         its = cfg.iterations
@@ -151,7 +151,7 @@ def table(est: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     import yaml
 
-    from ..paths import PARAMS_DIR
+    from lt_utils.runtime.paths import PARAMS_DIR
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="paper")

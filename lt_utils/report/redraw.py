@@ -1,7 +1,7 @@
 """Redraw the study's figures from the tables stage 04 stored beside them.
 
-    python -m lt_utils.figures                       # figures/data -> figures/ (and figures/*/data -> figures/*/)
-    python -m lt_utils.figures --data runs/smoke/04_analysis/figures/data
+    python -m lt_utils.report.redraw                       # figures/data -> figures/ (and figures/*/data -> figures/*/)
+    python -m lt_utils.report.redraw --data runs/smoke/04_analysis/figures/data
 
 Stage 04 writes every figure's input as small CSV tables into
 `<figures dir>/data/` and draws the figures from those files as read back, so
@@ -18,8 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .paths import FIGURES_DIR, resolve
-from .runs import MissingInputError
+from lt_utils.runtime.paths import FIGURES_DIR, resolve
+from lt_utils.runtime.runs import MissingInputError
 
 
 # The command that writes each committed set of figure tables.
@@ -33,8 +33,9 @@ MAKERS = {FIGURES_DIR / "data": "make study",
 
 def draw(data_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, list[Path]]:
     """Render every figure that has data from the tables in `data_dir` into `out_dir` (default: its parent)."""
-    from .report import plots
-    from .stages import analysis, loop_map
+    from lt_utils.report import plots
+    from lt_utils.report import results
+    from lt_utils.sweeps import loop_map
 
     data_dir = resolve(data_dir)
     out_dir = out_dir or data_dir.parent
@@ -43,8 +44,8 @@ def draw(data_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, l
         produced = {loop_map.FIGURE: loop_map.draw(loop_map.read_table(loop_table), out_dir)}
         produced.update(draw_loop_regime(data_dir, out_dir))
         return produced
-    tables = analysis.read_figure_data(data_dir, MAKERS.get(data_dir, ""))
-    produced = plots.render_all(analysis.figure_frames(None, tables=tables), out_dir)
+    tables = results.read_figure_data(data_dir, MAKERS.get(data_dir, ""))
+    produced = plots.render_all(results.figure_frames(None, tables=tables), out_dir)
     if loop_table.is_file():
         produced[loop_map.FIGURE] = loop_map.draw(loop_map.read_table(loop_table), out_dir)
     produced.update(draw_loop_regime(data_dir, out_dir))
@@ -53,7 +54,7 @@ def draw(data_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, l
 
 def draw_loop_regime(data_dir: Path, out_dir: str | Path) -> dict[str, list[Path]]:
     """The fidelity curve and the cobweb, where their tables are stored in `data_dir`."""
-    from .stages import cobweb_map, fidelity_curve
+    from lt_utils.sweeps import cobweb_map, fidelity_curve
 
     out = {}
     for mod in (fidelity_curve, cobweb_map):

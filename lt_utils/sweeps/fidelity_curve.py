@@ -1,8 +1,8 @@
 """The fidelity curve: how much training on oracle thoughts makes a generator's posterior sharp on the right one.
 
-    python -m lt_utils.stages.fidelity_curve                   # params/fidelity_curve/curve.yaml (make fidelity)
-    python -m lt_utils.stages.fidelity_curve --widths 64       # one width only
-    python -m lt_utils.stages.fidelity_curve --redraw          # figures/data/fidelity_curve.csv -> the figure
+    python -m lt_utils.sweeps.fidelity_curve                   # params/fidelity_curve/curve.yaml (make fidelity)
+    python -m lt_utils.sweeps.fidelity_curve --widths 64       # one width only
+    python -m lt_utils.sweeps.fidelity_curve --redraw          # figures/data/fidelity_curve.csv -> the figure
 
 The loop can only select right thoughts its generator proposes, and at T = 1
 it proposes them about as often as f = mean q(z* | x) (`lt_utils.fidelity`).
@@ -13,7 +13,7 @@ widths (each width its own base model), and measures every one's f, its
 greedy and sampled posterior correctness, dev accuracy and thought NLL: what
 compute gives f ≥ 0.9, family by family.
 
-The runs are the loop-gain map's warmstart level (`lt_utils.stages.loop_map`)
+The runs are the loop-gain map's warmstart level (`lt_utils.sweeps.loop_map`)
 under the map named in the params file, so a warmstart the map trained is
 reused here and the other way round; a width is the map's profile with
 `n_embd`, `intermediate_size` (4×) and their `base_*` twins overridden.
@@ -32,11 +32,12 @@ from pathlib import Path
 
 import yaml
 
-from ..config import ConfigError, load, require
-from ..paths import FIGURES_DIR, PARAMS_DIR, resolve
-from ..report import tables
-from .. import em_plan
-from . import em_estep, loop_map
+from lt_utils.runtime.config import ConfigError, load, require
+from lt_utils.runtime.paths import FIGURES_DIR, PARAMS_DIR, resolve
+from lt_utils.report import tables
+from lt_utils import em_plan
+from lt_utils.stages import em_estep
+from lt_utils.sweeps import loop_map
 
 PARAMS_FILE = "curve.yaml"         # params/<name>/curve.yaml
 DECODE_CHUNKS = 256                # the E-step's own greedy-decoding sample (`Study.fidelity`'s default)
@@ -92,8 +93,8 @@ def cells(cfg: FidelityCurveConfig) -> list[tuple[int, loop_map.Cell]]:
 def run_fidelity(params: dict, warm_id: str, estep_id: str, decode_chunks: int) -> dict:
     """Fidelity of one warmstart in one E-step layout (its own run directory, the model linked in),
     with the warmstart's last dev evaluation."""
-    from ..runs import read_json, write_json
-    from .bootstrap_em import Study
+    from lt_utils.runtime.runs import read_json, write_json
+    from lt_utils.stages.bootstrap_em import Study
 
     cfg, run = loop_map._open(loop_map._level_params(params, loop_map.MSTEP_ONLY), f"03_fidelity_{estep_id}")
     if run.already_done:
@@ -120,7 +121,7 @@ def run_fidelity(params: dict, warm_id: str, estep_id: str, decode_chunks: int) 
 
 
 def _last_dev_eval(model_dir: Path) -> dict | None:
-    from ..runs import read_jsonl
+    from lt_utils.runtime.runs import read_jsonl
 
     path = Path(model_dir) / "metrics.jsonl"
     evals = [r for r in read_jsonl(path) if r.get("kind") == "eval" and r.get("split") == "dev"] if path.exists() else []
@@ -153,7 +154,7 @@ def build_table(rows: list[dict]):
 
 def run_curve(cfg: FidelityCurveConfig):
     """Base models, warmstarts (reused where the map has them) and their fidelity; writes the table and figure."""
-    from ..parallel import available_cores, run_parallel
+    from lt_utils.runtime.parallel import available_cores, run_parallel
 
     grid = cells(cfg)
     todo = loop_map._unique([c for _, c in grid], "estep_id")
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, help="override workers")
     ap.add_argument("--redraw", action="store_true", help="redraw the figure from figures/data/fidelity_curve.csv")
     args = ap.parse_args(argv)
-    from ..runs import MissingInputError
+    from lt_utils.runtime.runs import MissingInputError
 
     try:
         if args.redraw:

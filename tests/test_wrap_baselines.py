@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lt_utils import world
-from lt_utils import rephrase as R
+from lt_utils import wrap_baselines as R
 from lt_utils.data import layout_ids, tokenize_docs
 from lt_utils.tokens import SpecialIds, encode
 

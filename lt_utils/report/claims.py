@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from ..stats import Comparison, paired_compare, welch_compare
+from lt_utils.stats import Comparison, paired_compare, welch_compare
 
 SYNTHETIC_STAGE, EM_STAGE = "02_synthetic_thoughts", "03_bootstrap_em"
 CLAIM_COLUMNS = ["claim", "comparison", "test", "n", "diff", "ci95_low", "ci95_high", "p", "verdict", "bimodal",
@@ -116,7 +116,7 @@ def last_iteration(finals: pd.DataFrame, stage: str = EM_STAGE) -> int:
 
 def k_by_seed(finals: pd.DataFrame, stage: str = EM_STAGE) -> dict[int, dict]:
     """Iteration-1 accuracy (percent) for each K of the ablation: K → {seed → value}."""
-    from .analysis import k_ablation
+    from lt_utils.report.results import k_ablation
 
     kab = k_ablation(None, finals, stage, quality=pd.DataFrame(columns=["k", "thought_quality"]))
     out: dict[int, dict] = {}
@@ -243,7 +243,7 @@ def estep_chunks(study_dir, stage: str = EM_STAGE) -> dict[int, int]:
     """Iteration → number of chunks its E-step verified (`n_chunks` of each stored E-step summary)."""
     from pathlib import Path
 
-    from ..runs import read_json
+    from lt_utils.runtime.runs import read_json
 
     out = {}
     for path in sorted((Path(study_dir) / stage).glob("iter*/estep_summary.json")):
@@ -255,7 +255,7 @@ def estep_chunks(study_dir, stage: str = EM_STAGE) -> dict[int, int]:
 
 def study_claims(study_dir, evals: pd.DataFrame) -> pd.DataFrame:
     """`claims_table` of a study: its final test points, E-step summaries, K quality and chunk counts."""
-    from .analysis import estep_summaries, final_points, k_quality
+    from lt_utils.report.results import estep_summaries, final_points, k_quality
 
     return claims_table(final_points(evals, "test"), estep_summaries(study_dir, EM_STAGE),
                         k_quality(study_dir, EM_STAGE), chunks=estep_chunks(study_dir))
@@ -274,8 +274,8 @@ def write_claims(claims: pd.DataFrame, *dirs) -> list:
     """Write `claims.csv` (full precision) and `claims.md` (formatted) into each directory; the paths written."""
     from pathlib import Path
 
-    from ..runs import write_text
-    from .analysis import markdown_table
+    from lt_utils.runtime.runs import write_text
+    from lt_utils.report.results import markdown_table
 
     paths = []
     for d in dirs:

@@ -46,9 +46,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import world
-from .data import ThoughtDoc
-from .world import Document, Unit
+from lt_utils import world
+from lt_utils.data import ThoughtDoc
+from lt_utils.world import Document, Unit
 
 __all__ = [
     "KINDS",

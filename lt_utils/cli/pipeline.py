@@ -1,10 +1,10 @@
 """Run the study's notebooks headless with papermill, one profile at a time.
 
-    python -m lt_utils.pipeline --profile cpu            # the default CPU study
-    python -m lt_utils.pipeline --profile smoke          # every notebook on tiny settings
-    python -m lt_utils.pipeline --profile cpu --only 04_analysis
-    python -m lt_utils.pipeline --profile smoke --run-root /tmp/runs
-    python -m lt_utils.pipeline --profile cpu --set 02_synthetic_thoughts.steps=2000
+    python -m lt_utils.cli.pipeline --profile cpu            # the default CPU study
+    python -m lt_utils.cli.pipeline --profile smoke          # every notebook on tiny settings
+    python -m lt_utils.cli.pipeline --profile cpu --only 04_analysis
+    python -m lt_utils.cli.pipeline --profile smoke --run-root /tmp/runs
+    python -m lt_utils.cli.pipeline --profile cpu --set 02_synthetic_thoughts.steps=2000
 
 Each params file, with the `--set STAGE.KEY=VALUE` overrides (values parsed as
 YAML), is validated against its stage's config *before* anything runs, and
@@ -33,10 +33,10 @@ from pathlib import Path
 
 import yaml
 
-from . import config as config_lib
-from . import faults
-from .paths import NOTEBOOKS_DIR, PARAMS_DIR, resolve
-from .runs import disk_bytes, read_json, stage_footprint, write_json
+from lt_utils.runtime import config as config_lib
+from lt_utils.runtime import faults
+from lt_utils.runtime.paths import NOTEBOOKS_DIR, PARAMS_DIR, resolve
+from lt_utils.runtime.runs import disk_bytes, read_json, stage_footprint, write_json
 
 STAGES = ("01_data_prep", "02_synthetic_thoughts", "03_bootstrap_em", "04_analysis")
 ALWAYS_RECOMPUTED = ("04_analysis",)   # stages whose notebook redoes its run dir every time (never refused)
@@ -49,10 +49,10 @@ def profile_stages(profile: str) -> list[str]:
 
 
 def stage_config_class(stage: str):
-    from .stages.analysis import AnalysisConfig
-    from .stages.bootstrap_em import BootstrapConfig
-    from .stages.data_prep import DataPrepConfig
-    from .stages.synthetic_thoughts import SyntheticThoughtsConfig
+    from lt_utils.report.results import AnalysisConfig
+    from lt_utils.stages.bootstrap_em import BootstrapConfig
+    from lt_utils.stages.data_prep import DataPrepConfig
+    from lt_utils.stages.synthetic_thoughts import SyntheticThoughtsConfig
 
     classes = {"01_data_prep": DataPrepConfig, "02_synthetic_thoughts": SyntheticThoughtsConfig,
                "03_bootstrap_em": BootstrapConfig, "04_analysis": AnalysisConfig}
@@ -122,7 +122,7 @@ def kernel_manager_class(log_path: Path, socket_dir: Path):
     """
     from jupyter_client.manager import AsyncKernelManager
 
-    lifeline = Path(__file__).with_name("lifeline.py")
+    die_with_parent = Path(__file__).resolve().parents[1] / "runtime" / "die_with_parent.py"
 
     class StageKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
@@ -132,7 +132,7 @@ def kernel_manager_class(log_path: Path, socket_dir: Path):
 
         def format_kernel_cmd(self, extra_arguments=None):
             cmd = super().format_kernel_cmd(extra_arguments)
-            return [sys.executable, str(lifeline), "--log", str(log_path), "--", *cmd]
+            return [sys.executable, str(die_with_parent), "--log", str(log_path), "--", *cmd]
 
     return StageKernelManager
 
@@ -142,7 +142,7 @@ def run_stage(profile: str, stage: str, overrides: dict | None = None, stage_ove
     """Execute one notebook with papermill, showing its progress; returns its wall time in seconds."""
     import papermill as pm
 
-    from .progress_view import Watcher
+    from lt_utils.cli.progress_display import Watcher
 
     params = load_stage_params(profile, stage, overrides, stage_overrides)
     cfg = config_lib.load(stage_config_class(stage), params)
@@ -210,9 +210,9 @@ def remove_orphan_socket_dirs(tmp: str | Path | None = None) -> list[Path]:
 
 def run_profile(profile: str, only: list[str] | None = None, overrides: dict | None = None,
                 sets: list[str] | None = None, status_every: float = 30.0) -> dict[str, float]:
-    from .progress import ENV as PROGRESS_ENV
-    from .progress_view import StageView, stage_plan
-    from .study_lock import StudyLock
+    from lt_utils.runtime.progress_events import ENV as PROGRESS_ENV
+    from lt_utils.cli.progress_display import StageView, stage_plan
+    from lt_utils.runtime.study_lock import StudyLock
 
     stages = [s for s in profile_stages(profile) if not only or s in only]
     unknown = [s for s in (only or []) if s not in STAGES]
@@ -286,7 +286,7 @@ def print_claims(profile: str, overrides: dict, sets: list[str], only: list[str]
         return
     import pandas as pd
 
-    from .stages.claims import terminal_text
+    from lt_utils.report.claims import terminal_text
 
     own = [item for item in sets or [] if item.startswith("04_analysis.")]
     params = load_stage_params(profile, "04_analysis", overrides, parse_sets(own, ["04_analysis"]).get("04_analysis"))
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (PARAMS_DIR / args.profile).is_dir():
         print(f"error: unknown profile '{args.profile}' (no directory {PARAMS_DIR / args.profile})", file=sys.stderr)
         return 2
-    from .study_lock import StudyLocked
+    from lt_utils.runtime.study_lock import StudyLocked
 
     t0 = time.perf_counter()
     previous = _stop_on_signal(_held_locks)

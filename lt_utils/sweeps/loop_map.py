@@ -1,8 +1,8 @@
 """The loop-gain map: retention ρ and loop gain G = ρλ over a grid of two parameters.
 
-    python -m lt_utils.stages.loop_map                          # params/loop_map/map.yaml -> runs/loop_map/<name>/
-    python -m lt_utils.stages.loop_map --map loop_map_smoke     # a tiny 2 × 2 map (mechanics, not results)
-    python -m lt_utils.stages.loop_map --redraw                 # figures/data/loop_map.csv -> figures/loop_gain_map.*
+    python -m lt_utils.sweeps.loop_map                          # params/loop_map/map.yaml -> runs/loop_map/<name>/
+    python -m lt_utils.sweeps.loop_map --map loop_map_smoke     # a tiny 2 × 2 map (mechanics, not results)
+    python -m lt_utils.sweeps.loop_map --redraw                 # figures/data/loop_map.csv -> figures/loop_gain_map.*
 
 Whether bootstrapping improves itself is a question of one number, G (see
 `lt_utils.loop_diagnostics`): iterations improve only while G ≥ 1.  The map
@@ -57,9 +57,9 @@ from typing import Any
 
 import yaml
 
-from .. import em_plan
-from ..config import ConfigError, load, profile_params, require, to_dict
-from ..paths import FIGURES_DIR, PARAMS_DIR, resolve
+from lt_utils import em_plan
+from lt_utils.runtime.config import ConfigError, load, profile_params, require, to_dict
+from lt_utils.runtime.paths import FIGURES_DIR, PARAMS_DIR, resolve
 
 MAP_FILE = "map.yaml"          # params/<map>/map.yaml
 TABLE = "loop_map.csv"
@@ -112,8 +112,8 @@ class LoopMapConfig:
 
 
 def _stage_fields() -> tuple[set[str], set[str]]:
-    from .bootstrap_em import BootstrapConfig
-    from .data_prep import DataPrepConfig
+    from lt_utils.stages.bootstrap_em import BootstrapConfig
+    from lt_utils.stages.data_prep import DataPrepConfig
 
     return ({f.name for f in dataclasses.fields(DataPrepConfig)}, {f.name for f in dataclasses.fields(BootstrapConfig)})
 
@@ -156,7 +156,7 @@ def _defaults(cls) -> dict:
 
 def _level_params(boot: dict, drop: frozenset) -> dict:
     """Every stage-03 field: `boot`'s values, those in `drop` at their defaults (they do not shape this level)."""
-    from .bootstrap_em import BootstrapConfig
+    from lt_utils.stages.bootstrap_em import BootstrapConfig
 
     defaults = _defaults(BootstrapConfig)
     return {k: (v if k in drop or k not in boot else boot[k]) for k, v in defaults.items()}
@@ -164,8 +164,8 @@ def _level_params(boot: dict, drop: frozenset) -> dict:
 
 def expand(cfg: LoopMapConfig) -> list[Cell]:
     """Every cell of the map, in row-major order, the ablation's cells last; validates each cell's stage params."""
-    from .bootstrap_em import BootstrapConfig
-    from .data_prep import DataPrepConfig
+    from lt_utils.stages.bootstrap_em import BootstrapConfig
+    from lt_utils.stages.data_prep import DataPrepConfig
 
     root = str(Path(cfg.run_root) / cfg.name)
     data0 = {**profile_params(cfg.profile, DATA_STAGE), **cfg.data_prep}
@@ -212,8 +212,8 @@ def _unique(cells: list[Cell], key: str) -> list[Cell]:
 
 # --------------------------------------------------------------------------- the work of one unit (worker processes)
 def _open(params: dict, stage: str):
-    from ..runs import RunDir
-    from .bootstrap_em import BootstrapConfig
+    from lt_utils.runtime.runs import RunDir
+    from lt_utils.stages.bootstrap_em import BootstrapConfig
 
     cfg = load(BootstrapConfig, params)
     return cfg, RunDir.open(cfg, stage)
@@ -221,8 +221,8 @@ def _open(params: dict, stage: str):
 
 def run_data(params: dict) -> str:
     """Stage 01 (corpus, tokenizer, base model) of one data group; returns its directory."""
-    from ..runs import RunDir
-    from . import base_model, data_prep as corpus
+    from lt_utils.runtime.runs import RunDir
+    from lt_utils.stages import base_model, data_prep as corpus
 
     cfg = load(corpus.DataPrepConfig, params)
     run = RunDir.open(cfg, DATA_STAGE)
@@ -235,7 +235,7 @@ def run_data(params: dict) -> str:
 
 def run_warmstart(params: dict, warm_id: str) -> str:
     """The warmstart model (seed `seeds[0]`) of one warmstart group."""
-    from .bootstrap_em import Study
+    from lt_utils.stages.bootstrap_em import Study
 
     cfg, run = _open(_level_params(params, MSTEP_ONLY | ESTEP_ONLY), f"03_warmstart_{warm_id}")
     if not run.already_done:
@@ -255,7 +255,7 @@ def _link(target: Path, link: Path) -> None:
 
 def run_estep1(params: dict, warm_id: str, estep_id: str) -> str:
     """E-step 1 with the shared warmstart model (linked into this run), and its loop diagnostics."""
-    from .bootstrap_em import Study
+    from lt_utils.stages.bootstrap_em import Study
 
     cfg, run = _open(_level_params(params, MSTEP_ONLY), f"03_estep1_{estep_id}")
     if not run.already_done:
@@ -274,8 +274,8 @@ def run_estep1(params: dict, warm_id: str, estep_id: str) -> str:
 
 def run_cell(params: dict, estep_id: str, meta: dict) -> dict:
     """The M-step on E-step 1's thoughts, then E-step 2; writes and returns `cell.json`."""
-    from ..runs import read_json, write_json
-    from .bootstrap_em import Study
+    from lt_utils.runtime.runs import read_json, write_json
+    from lt_utils.stages.bootstrap_em import Study
 
     cfg, run = _open(params, f"03_cell_{meta['cell_id']}")
     if run.already_done:
@@ -301,7 +301,7 @@ def run_cell(params: dict, estep_id: str, meta: dict) -> dict:
 
 
 def _estep1_seconds(estep_dir: Path) -> float | None:
-    from ..runs import read_jsonl
+    from lt_utils.runtime.runs import read_jsonl
 
     secs = [r["seconds"] for r in read_jsonl(estep_dir / "metrics.jsonl") if r.get("kind") == "estep_time"]
     return secs[-1] if secs else None
@@ -316,7 +316,7 @@ COLUMNS = ["variant", "row_param", "row_value", "col_param", "col_value", "estep
 
 def last_dev_eval(cell_dir: Path) -> dict | None:
     """The M-step model's last evaluation on dev problems: the map is a calibration, so it never reads test."""
-    from ..runs import read_jsonl
+    from lt_utils.runtime.runs import read_jsonl
 
     evals = [r for p in sorted(Path(cell_dir).glob("train/iter1/seed*/metrics.jsonl")) for r in read_jsonl(p)
              if r.get("kind") == "eval" and r.get("split") == "dev"]
@@ -360,19 +360,19 @@ def build_table(rows: list[dict]):
 
 
 def write_table(df, path: str | Path) -> Path:
-    from ..report import tables
+    from lt_utils.report import tables
 
     return tables.write_table(df, path)
 
 
 def read_table(path: str | Path):
-    from ..report import tables
+    from lt_utils.report import tables
 
     return tables.read_table(path, "the loop-gain map: make loop-map")
 
 
 def draw(df, out_dir: str | Path) -> list[Path]:
-    from ..report import tables
+    from lt_utils.report import tables
 
     return tables.draw(df, out_dir, FIGURE)
 
@@ -398,7 +398,7 @@ def measure(map_dir: str | Path) -> Rates:
     """
     import numpy as np
 
-    from ..runs import MissingInputError, read_json
+    from lt_utils.runtime.runs import MissingInputError, read_json
 
     cells = [(p.parent, read_json(p)) for p in sorted(Path(map_dir).glob("d_*/03_cell_*/cell.json"))]
     steps = sorted({c["mstep_final"]["step"] for _, c in cells})
@@ -481,8 +481,8 @@ def load_map(name: str, **overrides) -> LoopMapConfig:
 
 def run_map(cfg: LoopMapConfig):
     """Run every level of the map (finished units are reused), then write its table and figure; returns the table."""
-    from ..parallel import available_cores, run_parallel
-    from ..runs import write_json
+    from lt_utils.runtime.parallel import available_cores, run_parallel
+    from lt_utils.runtime.runs import write_json
 
     root = resolve(cfg.run_root) / cfg.name
     if cfg.overwrite and root.exists():
@@ -510,7 +510,7 @@ def run_map(cfg: LoopMapConfig):
     write_table(df, root / TABLE)
     draw(df, root / "figures")
     if cfg.figures_dir:
-        from ..report import tables
+        from lt_utils.report import tables
 
         tables.publish(df, resolve(cfg.figures_dir), TABLE, FIGURE, "the loop-gain map: make loop-map")
     write_json(root / "DONE", {"cells": len(cells), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
@@ -535,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--estimate", metavar="MEASURED_MAP_DIR",
                     help="no run: the cost of --map from the rates measured in a finished tiny map's directory")
     args = ap.parse_args(argv)
-    from ..runs import MissingInputError
+    from lt_utils.runtime.runs import MissingInputError
 
     try:
         if args.redraw:
@@ -545,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = load_map(args.map, run_root=args.run_root, workers=args.workers, overwrite=args.overwrite or None)
         if args.estimate:
-            from ..parallel import available_cores
+            from lt_utils.runtime.parallel import available_cores
 
             est = estimate(cfg, measure(resolve(args.estimate)), cfg.workers or available_cores())
             print(json.dumps(est, indent=2))

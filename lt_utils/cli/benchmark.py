@@ -1,6 +1,6 @@
 """Throughput benchmark: training against plain torch, and the E-step and evaluation against the model's forward.
 
-    python -m lt_utils.benchmark [--steps 60] [--threads 1] [--estep-threads 0] [--old c2e619a]
+    python -m lt_utils.cli.benchmark [--steps 60] [--threads 1] [--estep-threads 0] [--old c2e619a]
 
 Prints, measured in one run on this machine, on the study's model size
 (Llama, 4 layers, d = 64, vocabulary 384) trained briefly so that thoughts end:
@@ -155,11 +155,11 @@ def estep_tokens(records) -> tuple[int, int]:
 def bench_inference(model, tok, docs, *, k: int, max_thought_tokens: int, threads: int, rounds: int,
                     old_commit: str) -> dict:
     """E-step, bare decoding, forward and evaluation throughput (see the module note)."""
-    from . import evaluate
-    from .data import chunk_document
-    from .estep import EStepConfig, posterior_prompt, run_estep
-    from .sample import sample
-    from .tokens import SpecialIds
+    from lt_utils import evaluate
+    from lt_utils.data import chunk_document
+    from lt_utils.estep import EStepConfig, posterior_prompt, run_estep
+    from lt_utils.sample import sample
+    from lt_utils.tokens import SpecialIds
 
     ids = SpecialIds.of(tok)
     chunks = [c for d in docs for c in chunk_document(d.doc_id, d.segments(), mean_units=1.0, max_units=20,
@@ -232,13 +232,13 @@ def bench_inference(model, tok, docs, *, k: int, max_thought_tokens: int, thread
 
 
 def main(argv=None) -> dict:
-    from .data import ThoughtDoc
-    from .model import ModelSpec, load_model
-    from .parallel import available_cores
-    from .runs import write_jsonl
-    from .tokens import train_tokenizer
-    from .train import TrainJob, TrainSpec, run_train_job
-    from . import world
+    from lt_utils.data import ThoughtDoc
+    from lt_utils.model import ModelSpec, load_model
+    from lt_utils.runtime.parallel import available_cores
+    from lt_utils.runtime.runs import write_jsonl
+    from lt_utils.tokens import train_tokenizer
+    from lt_utils.train import TrainJob, TrainSpec, run_train_job
+    from lt_utils import world
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60)

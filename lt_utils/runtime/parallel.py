@@ -5,7 +5,7 @@ processes train faster than one two-threaded process.  Workers are spawned
 (not forked) so each starts with a clean torch runtime; a job that fails is
 reported by name and does not take the finished ones with it (each job writes
 its own results to disk as it goes).  A worker dies with the process that
-spawned it (`lifeline`), so a killed study leaves no training behind.
+spawned it (`die_with_parent`), so a killed study leaves no training behind.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 def _init_worker(threads: int) -> None:
     parent = mp.parent_process()
     if parent is not None:
-        from .lifeline import die_with_parent
+        from lt_utils.runtime.die_with_parent import die_with_parent
 
         die_with_parent(parent.pid)
     os.environ["OMP_NUM_THREADS"] = str(threads)

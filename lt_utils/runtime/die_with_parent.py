@@ -6,7 +6,7 @@ group reaches neither.  On Linux, `prctl(PR_SET_PDEATHSIG)` asks the OS to send
 SIGKILL the moment the parent dies, however it dies (kill -9 included), which
 no in-process handler can promise.  Elsewhere these calls do nothing.
 
-    python -m lt_utils.lifeline [--log FILE] -- CMD ...   # bind, then exec CMD
+    python -m lt_utils.runtime.die_with_parent [--log FILE] -- CMD ...   # bind, then exec CMD
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def bound_command(cmd: list[str]) -> tuple[list[str], dict[str, str]]:
     threaded kernel).  A launcher such as `accelerate launch` starts its ranks
     in turn; `lt_utils.paper.train_launch` binds each rank to the launcher.
     """
-    return ([sys.executable, "-m", "lt_utils.lifeline", "--", *cmd],
+    return ([sys.executable, "-m", "lt_utils.runtime.die_with_parent", "--", *cmd],
             {**os.environ, PARENT_ENV: str(os.getpid())})
 
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:
-        print("usage: python -m lt_utils.lifeline [--log FILE] -- CMD ...", file=sys.stderr)
+        print("usage: python -m lt_utils.runtime.die_with_parent [--log FILE] -- CMD ...", file=sys.stderr)
         return 2
     parent = os.environ.pop(PARENT_ENV, None) or os.environ.get("JPY_PARENT_PID")
     die_with_parent(int(parent) if parent else None)

@@ -1,7 +1,7 @@
 """The loop's cobweb from measured runs: its E- and M-step maps, fixed points, and the loops it should predict.
 
-    python -m lt_utils.stages.cobweb_map                 # params/loop_cobweb/cobweb.yaml (make cobweb)
-    python -m lt_utils.stages.cobweb_map --redraw        # figures/data/loop_cobweb.csv -> figures/loop_cobweb.*
+    python -m lt_utils.sweeps.cobweb_map                 # params/loop_cobweb/cobweb.yaml (make cobweb)
+    python -m lt_utils.sweeps.cobweb_map --redraw        # figures/data/loop_cobweb.csv -> figures/loop_cobweb.*
 
 Every E-step summary with loop diagnostics is a measured point of both maps
 (`lt_utils.cobweb`): of the E-step map (one sample's correctness s → the
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import yaml
 
-from ..config import ConfigError, load, require
-from ..paths import FIGURES_DIR, PARAMS_DIR, resolve
-from ..report import tables
+from lt_utils.runtime.config import ConfigError, load, require
+from lt_utils.runtime.paths import FIGURES_DIR, PARAMS_DIR, resolve
+from lt_utils.report import tables
 
 PARAMS_FILE = "cobweb.yaml"
 TABLE = "loop_cobweb.csv"
@@ -65,7 +65,7 @@ def summary_rows(s: dict, iteration: int, source: str, seed: int) -> list[dict]:
 
 def loop_rows(stage_dir: Path) -> list[dict]:
     """Points and trajectory of one stage-03 run: its seed's E-steps in order."""
-    from ..runs import read_json
+    from lt_utils.runtime.runs import read_json
 
     cfg = yaml.safe_load((stage_dir / "config.yaml").read_text()) or {}
     seed = int((cfg.get("seeds") or [0])[0])
@@ -83,7 +83,7 @@ def loop_rows(stage_dir: Path) -> list[dict]:
 
 def map_rows(map_dir: Path) -> list[dict]:
     """Points of every finished cell of a loop-gain map: E-step 1 (E), E-step 2 (E and M)."""
-    from ..runs import read_json
+    from lt_utils.runtime.runs import read_json
 
     rows = []
     for path in sorted(map_dir.glob("d_*/03_cell_*/cell.json")):
@@ -103,7 +103,7 @@ def build_table(rows: list[dict]):
 def predictions(df) -> list[dict]:
     """The fitted maps (all points), their fixed points, and each measured loop beside the trajectory predicted
     from its first selected correctness by maps fitted without that loop's points."""
-    from ..cobweb import domain, fit_maps, fixed_points, loop_predictions
+    from lt_utils.cobweb import domain, fit_maps, fixed_points, loop_predictions
 
     e, m = fit_maps(df["kind"], df["x"], df["y"])
     if e is None or m is None:
@@ -118,7 +118,7 @@ def predictions(df) -> list[dict]:
 
 
 def run(cfg: CobwebConfig):
-    from ..runs import MissingInputError
+    from lt_utils.runtime.runs import MissingInputError
 
     rows = []
     for d in cfg.loops:
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="loop_cobweb", help=f"params/<name>/{PARAMS_FILE}")
     ap.add_argument("--redraw", action="store_true", help="redraw the figure from figures/data/loop_cobweb.csv")
     args = ap.parse_args(argv)
-    from ..runs import MissingInputError
+    from lt_utils.runtime.runs import MissingInputError
 
     try:
         if args.redraw:

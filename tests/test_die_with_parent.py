@@ -1,4 +1,4 @@
-"""Nothing of a study outlives it: processes bound by lifeline die with their parent; fault hooks kill at the N-th hit."""
+"""Nothing of a study outlives it: processes bound by die_with_parent die with their parent; fault hooks kill at the N-th hit."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ import time
 
 import pytest
 
-from lt_utils import faults, progress
-from lt_utils.progress_view import Plan, StageView, Watcher
+from lt_utils.runtime import faults
+
+from lt_utils.runtime import progress_events
+from lt_utils.cli.progress_display import Plan, StageView, Watcher
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 
 PARENT = """
 import subprocess, sys
-child = subprocess.Popen([sys.executable, "-m", "lt_utils.lifeline", "--", "sleep", "600"],
+child = subprocess.Popen([sys.executable, "-m", "lt_utils.runtime.die_with_parent", "--", "sleep", "600"],
                          env={**__import__("os").environ, "JPY_PARENT_PID": str(__import__("os").getpid())})
 print(child.pid, flush=True)
 child.wait()
@@ -63,7 +65,7 @@ def test_fault_hook_is_a_no_op_without_its_variable(monkeypatch):
 
 
 def test_fault_hook_kills_at_the_nth_arrival():
-    code = ("from lt_utils import faults\n"
+    code = ("from lt_utils.runtime import faults\n"
             "for i in range(5):\n    faults.hit('other'); faults.hit('train_step'); print(i, flush=True)\n")
     env = {**os.environ, "LT_FAULT_AT": "train_step:3", "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("LT_PIPELINE_PGID", None)
@@ -72,19 +74,19 @@ def test_fault_hook_kills_at_the_nth_arrival():
 
 
 def test_progress_events_reach_the_view(tmp_path, monkeypatch):
-    path = tmp_path / "progress.jsonl"
-    monkeypatch.setenv(progress.ENV, str(path))
+    path = tmp_path / "progress_events.jsonl"
+    monkeypatch.setenv(progress_events.ENV, str(path))
     lines: list[str] = []
     view = StageView("02_synthetic_thoughts", Plan(runs=2, steps=60), later_steps=0)
     watcher = Watcher(path, view, every=0, out=lines.append)
-    progress.emit("run_start", name="raw_repeat/seed0", step=0, steps=30)
-    progress.emit("train", name="raw_repeat/seed0", step=25, steps=30, tokens_per_s=1000.0)
-    progress.emit("run_done", name="raw_repeat/seed0", steps=30, accuracy=0.125, seconds=61.0)
+    progress_events.emit("run_start", name="raw_repeat/seed0", step=0, steps=30)
+    progress_events.emit("train", name="raw_repeat/seed0", step=25, steps=30, tokens_per_s=1000.0)
+    progress_events.emit("run_done", name="raw_repeat/seed0", steps=30, accuracy=0.125, seconds=61.0)
     watcher.poll()
     assert len(lines) == 1 and "raw_repeat/seed0" in lines[0] and "12.5%" in lines[0] and "1 min 01 s" in lines[0]
     assert view.status().startswith("  [02_synthetic_thoughts] 1/2 runs")
-    monkeypatch.delenv(progress.ENV)
-    progress.emit("run_done", name="x")   # no variable: nothing written
+    monkeypatch.delenv(progress_events.ENV)
+    progress_events.emit("run_done", name="x")   # no variable: nothing written
     assert len(path.read_text().splitlines()) == 3
 
 
@@ -109,7 +111,7 @@ def test_eta_rate_counts_only_time_with_a_run_in_flight():
 
 LAUNCHING_STAGE = """
 import subprocess, sys
-from lt_utils.lifeline import bound_command
+from lt_utils.runtime.die_with_parent import bound_command
 argv, env = bound_command([sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(600)"])
 subprocess.run(argv, env=env)
 """

@@ -1,13 +1,13 @@
 """Kill the smoke study at chosen points, rerun it, and check it ends exactly where an uninterrupted run ends.
 
-    python -m lt_utils.fault_sweep                      # every default point (make faults)
-    python -m lt_utils.fault_sweep --points train_step:10 analysis:3 --keep /tmp/sweep
+    python -m lt_utils.cli.fault_sweep                      # every default point (make faults)
+    python -m lt_utils.cli.fault_sweep --points train_step:10 analysis:3 --keep /tmp/sweep
 
 First the smoke profile runs uninterrupted into a temporary run root.  Then,
 for each point, a fresh run root is seeded with the clean run's stages that
 come before the point's stage (they are compared too, and stage-02 points start
 from nothing), the pipeline runs with `LT_FAULT_AT=POINT:N` (see
-`lt_utils.faults`: the N-th arrival kills the pipeline's whole process group
+`lt_utils.runtime.faults`: the N-th arrival kills the pipeline's whole process group
 with SIGKILL), and then runs again without it.  Every file the study produces
 is compared with the clean run's:
 
@@ -41,7 +41,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import PROJECT_ROOT
+from lt_utils.runtime.paths import PROJECT_ROOT
 
 PROFILE = "smoke"
 STAGES = ("01_data_prep", "02_synthetic_thoughts", "03_bootstrap_em", "04_analysis")
@@ -82,7 +82,7 @@ def run_pipeline(run_root: Path, tag: str, fault: str | None, timeout: float) ->
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     if fault:
         env["LT_FAULT_AT"] = fault
-    cmd = [sys.executable, "-m", "lt_utils.pipeline", "--profile", PROFILE, "--run-root", str(run_root),
+    cmd = [sys.executable, "-m", "lt_utils.cli.pipeline", "--profile", PROFILE, "--run-root", str(run_root),
            "--status-every", "0"]
     log = run_root / f"sweep_{'fault' if fault else 'run'}.txt"
     run_root.mkdir(parents=True, exist_ok=True)

@@ -137,7 +137,7 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
 
 def profile_params(profile: str, stage: str) -> dict[str, Any]:
     """params/<profile>/<stage>.yaml as a dict: what a profile says about one stage."""
-    from .paths import PARAMS_DIR
+    from lt_utils.runtime.paths import PARAMS_DIR
 
     return read_params(PARAMS_DIR / profile / f"{stage}.yaml")
 

@@ -31,8 +31,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import yaml
 
-from . import config as config_lib
-from .paths import PROJECT_ROOT, resolve
+from lt_utils.runtime import config as config_lib
+from lt_utils.runtime.paths import PROJECT_ROOT, resolve
 
 
 class MissingInputError(FileNotFoundError):
@@ -186,7 +186,7 @@ def rebuild_command(run_dir: str | Path, overwrite: bool = True) -> str:
     run_dir = Path(run_dir)
     study = run_dir.parent.name
     profile = study if (PROJECT_ROOT / "params" / study).is_dir() else "<profile>"
-    return f"python -m lt_utils.pipeline --profile {profile} --only {run_dir.name}" + (" --overwrite" * overwrite)
+    return f"python -m lt_utils.cli.pipeline --profile {profile} --only {run_dir.name}" + (" --overwrite" * overwrite)
 
 
 def verify_artifacts(run_dir: str | Path, *, full: bool = False) -> int:
