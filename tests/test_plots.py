@@ -62,6 +62,18 @@ def _sample_frame(name):
                                   p_word=0.8) for w in (64, 128) for b, f in ((300, 0.1), (1000, 0.4), (3000, 0.7))])
     if name == "loop_cobweb":
         return _cobweb_frame()
+    if name == "selection_ablation":
+        return pd.DataFrame([dict(source=src, estep=e, generator="warmstart" if e == 1 else f"iter{e - 1}", k=k,
+                                  rule=rule, correct=min(1.0, 0.3 + 0.05 * k * w), n_chunks=100)
+                             for src in ("a", "b") for e in (1, 2) for k in (1, 4, 16)
+                             for rule, w in (("sample", 0), ("resample", 1), ("argmax", 0.9), ("best_of_k", 2))]
+                            + [dict(source="a", estep=2, generator="iter1", k=k, rule="memory", correct=0.5,
+                                    n_chunks=100) for k in (1, 4, 16)])
+    if name == "mstep_transfer":
+        return pd.DataFrame([dict(source="sweep", multiple=m, steps=st, seed=0, docs=2000 * m,
+                                  trained_on_correct=0.46, sample_correct=0.3, rho=0.3 / 0.46 + 0.01 * m,
+                                  retention=0.6, repair=0.1, dev_accuracy=0.5, test_accuracy=0.55, n_chunks=10)
+                             for m in (1, 4) for st in (1500, 3000, 6000)])
     return _tidy()
 
 

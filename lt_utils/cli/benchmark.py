@@ -18,6 +18,18 @@ Prints, measured in one run on this machine, on the study's model size
     then, the evaluation on one thread as training workers run it, and the
     speed-ups;
   * last, ``estep_vs_forward``: E-step tokens/s ÷ forward tokens/s.
+
+    python -m lt_utils.cli.benchmark --keep DIR            # also keep the model, tokenizer and figures in DIR
+    python -m lt_utils.cli.benchmark --vllm-peer DIR       # in the vLLM environment (make bench runs both)
+
+``--vllm-peer`` times the E-step through `lt_utils.paper.vllm_backend` beside
+ours, in one process of the vLLM environment: the peer reference for which
+backend is faster here.  vLLM's CPU attention kernel has no head size 16 (the
+study's 4 heads of d = 64), so both time a twin of the study's model with
+2 heads of 32 -- the same sizes, parameters and FLOPs otherwise -- that the
+``--keep`` run trains beside it (same corpus and steps).  Same chunks, K, cap
+and seed; vLLM's random stream differs from ours, so its samples (and token
+counts) differ, and both are counted the same way, in tokens per second.
 The E-step, decoding and forward run on `--estep-threads` cores (0: every
 available core, as the study's ``workers: 0``), each as that many lanes of
 one torch thread (the E-step's groups side by side; the forward as one pass
@@ -29,6 +41,7 @@ skews neither side of a ratio.  Numbers are figures to read, not assertions.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -156,14 +169,12 @@ def bench_inference(model, tok, docs, *, k: int, max_thought_tokens: int, thread
                     old_commit: str) -> dict:
     """E-step, bare decoding, forward and evaluation throughput (see the module note)."""
     from lt_utils import evaluate
-    from lt_utils.data import chunk_document
     from lt_utils.estep import EStepConfig, posterior_prompt, run_estep
     from lt_utils.sample import sample
     from lt_utils.tokens import SpecialIds
 
     ids = SpecialIds.of(tok)
-    chunks = [c for d in docs for c in chunk_document(d.doc_id, d.segments(), mean_units=1.0, max_units=20,
-                                                      prefix_chunks=3)[1]]
+    chunks = bench_chunks(docs)
     cfg = EStepConfig(k=k, max_thought_tokens=max_thought_tokens, seed=0, batch_chunks=64)
     rows = cfg.batch_chunks * k
     prompts = [posterior_prompt(tok, c) for c in chunks for _ in range(k)]
@@ -248,11 +259,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--old", default="c2e619a", help="commit whose sampler is timed beside ('' to skip)")
     ap.add_argument("--out", help="write the figures as JSON here too")
+    ap.add_argument("--keep", help="keep the trained model, tokenizer and figures in this directory")
+    ap.add_argument("--vllm-peer", help="time the E-step through vLLM on the model a --keep run left here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     docs = world.generate_documents("comparison", 300, families=["addition"], seed=0)
-    tmp = Path(tempfile.mkdtemp(prefix="lt-bench-"))
+    if args.vllm_peer:
+        res = vllm_peer(Path(args.vllm_peer), docs[:args.docs], k=4, max_thought_tokens=64, rounds=args.rounds)
+        for k, v in res.items():
+            print(f"{k:36s} {v}")
+        return res
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lt-bench-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer([d.text for d in docs] + [u.thought for d in docs for u in d.units], 384)
     tok.save_pretrained(str(tmp / "tok"))
     recs = [ThoughtDoc(d.doc_id, d.segments()[0], d.segments()[1:], [u.thought for u in d.units]).to_dict()
@@ -263,6 +282,9 @@ def main(argv=None) -> dict:
     job = TrainJob(out_dir=str(tmp / "run"), tokenizer_dir=str(tmp / "tok"), corpus_path=str(tmp / "corpus.jsonl"),
                    layout="random", model=spec, train=train, seed=0, threads=args.threads, progress=False)
     ours = run_train_job(job)["tokens_per_s"]
+    if args.keep:   # the twin for the vLLM peer: 2 heads of 32 (vLLM's CPU kernel has no head size 16)
+        twin = dataclasses.replace(spec, n_head=2, n_kv_head=2)
+        run_train_job(dataclasses.replace(job, out_dir=str(tmp / "twin_run"), model=twin))
     plain = bench_plain(len(tok), spec, train, args.steps)
     res = {"threads": args.threads, "train_tokens_per_s_lt_utils": round(ours), "train_tokens_per_s_plain_torch":
            round(plain), "train_ratio_lt_utils_over_plain": round(ours / plain, 3),
@@ -276,7 +298,59 @@ def main(argv=None) -> dict:
         print(f"{k}: {v}" if k == "estep_vs_forward" else f"{k:36s} {v}")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
+    if args.keep:
+        (tmp / "bench.json").write_text(json.dumps(res, indent=2))
     return res
+
+
+def bench_chunks(docs):
+    from lt_utils.data import chunk_document
+
+    return [c for d in docs for c in chunk_document(d.doc_id, d.segments(), mean_units=1.0, max_units=20,
+                                                    prefix_chunks=3)[1]]
+
+
+def vllm_peer(kept: Path, docs, *, k: int, max_thought_tokens: int, rounds: int) -> dict:
+    """The E-step of `bench_inference`, ours and through vLLM (`VLLMBackend.for_cpu`), on the twin model."""
+    from lt_utils.estep import EStepConfig, run_estep
+    from lt_utils.model import load_model
+    from lt_utils.paper.vllm_backend import VLLMBackend
+    from lt_utils.runtime.parallel import available_cores
+    from lt_utils.tokens import load_tokenizer
+
+    tok = load_tokenizer(kept / "tok")
+    model_dir = kept / "twin_run" / "model"
+    chunks = bench_chunks(docs)
+    cfg = EStepConfig(k=k, max_thought_tokens=max_thought_tokens, seed=0, batch_chunks=64)
+    warm = EStepConfig(k=k, max_thought_tokens=4, seed=1, batch_chunks=8)
+    threads = available_cores()
+
+    def best_of(fn):
+        best = None
+        for _ in range(max(1, rounds)):
+            records, dt = _timed(fn)
+            if best is None or dt < best[0]:
+                best = (dt, *estep_tokens(records))
+        return best
+
+    model = load_model(model_dir).eval()
+    torch.set_num_threads(threads)
+    run_estep(model, tok, chunks[:8], warm, model_key="warm-up", progress=False)
+    ours = best_of(lambda: run_estep(model, tok, chunks, cfg, model_key="bench-ours", progress=False))
+    t0 = time.perf_counter()
+    backend = VLLMBackend.for_cpu(model_dir, max_model_len=256)   # the model's positions
+    start = time.perf_counter() - t0
+    run_estep(None, tok, chunks[:8], warm, backend=backend, model_key="warm-up", progress=False)
+    theirs = best_of(lambda: run_estep(None, tok, chunks, cfg, backend=backend, model_key="bench-vllm",
+                                       progress=False))
+    out = {"twin_model": "Llama d=64 L=4, 2 heads of 32", "estep_chunks": len(chunks), "estep_k": k,
+           "ours_threads": threads, "vllm_engine_start_seconds": round(start, 1)}
+    for name, (dt, sampled, scored) in (("ours", ours), ("vllm", theirs)):
+        out.update({f"{name}_estep_seconds": round(dt, 2), f"{name}_estep_sampled_tokens": sampled,
+                    f"{name}_estep_scored_tokens": scored,
+                    f"{name}_estep_tokens_per_s": round((sampled + scored) / dt)})
+    out["ours_over_vllm_tokens_per_s"] = round(out["ours_estep_tokens_per_s"] / out["vllm_estep_tokens_per_s"], 2)
+    return out
 
 
 if __name__ == "__main__":

@@ -776,3 +776,99 @@ def fig_loop_cobweb(df: pd.DataFrame) -> Figure:
         side.legend(loc="upper left", fontsize=6.5)
     return fig
 
+
+_RULE_STYLE = {   # rule of `sweeps.selection` -> (label, color, linestyle, marker)
+    "best_of_k": ("best of K (a perfect verifier: the ceiling)", "0.45", ":", None),
+    "resample": ("BoLT: resample ∝ w (the paper's E-step)", "#0072B2", "-", "o"),
+    "argmax": ("argmax log w (verifier-free)", "#D55E00", "--", "s"),
+    "memory": ("+ previous selected thought, resample", "#009E73", "-", "^"),
+    "memory_argmax": ("+ previous selected thought, argmax", "#009E73", "--", "v"),
+    "sample": ("one sample", "0.25", "-.", None),
+}
+
+
+@register("selection_ablation")
+def fig_selection_ablation(df: pd.DataFrame) -> Figure:
+    """Selected-thought correctness against K, one panel per E-step (and run), one line per selection rule.
+
+    `df` is `sweeps.selection.build_table`: columns source, estep, generator, k, rule, correct, n_chunks.  The
+    distance from `one sample` to a rule is its lift λ; from a rule to `best of K` what its choice leaves.
+    """
+    _require(df, ["source", "estep", "generator", "k", "rule", "correct", "n_chunks"], "selection_ablation")
+    sources = sorted(df["source"].unique(), key=lambda src: df.loc[df["source"] == src, "correct"].mean())
+    esteps = sorted(df["estep"].unique())
+    with style():
+        fig = _new_figure((3.1 * len(esteps) + 0.6, 2.7 * len(sources) + 0.9))
+        axes = np.asarray(fig.subplots(len(sources), len(esteps), sharex=True, sharey=True, squeeze=False))
+        for row, source in enumerate(sources):
+            for col, estep in enumerate(esteps):
+                ax = axes[row, col]
+                d = df[(df["source"] == source) & (df["estep"] == estep)]
+                if not len(d):
+                    ax.set_visible(False)
+                    continue
+                for rule, (label, color, ls, mk) in _RULE_STYLE.items():
+                    r = d[d["rule"] == rule].sort_values("k")
+                    if len(r):
+                        ax.plot(r["k"], r["correct"], color=color, linestyle=ls, marker=mk, markersize=3.5,
+                                label=label)
+                ks = sorted(d["k"].unique())
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(ks, [str(int(k)) for k in ks])
+                ax.minorticks_off()
+                ax.set_ylim(0, 1)
+                ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+                ax.set_title(f"{source}: E-step {int(estep)} (generator {d['generator'].iloc[0]})", fontsize=8)
+                if row == len(sources) - 1:
+                    ax.set_xlabel("Samples per chunk (K)")
+                if col == 0:
+                    ax.set_ylabel("Chosen thoughts that verify")
+        n = int(df["n_chunks"].max())
+        handles, labels = axes[0, -1].get_legend_handles_labels()
+        for ax in axes.flat:
+            if ax.get_visible() and len(ax.get_legend_handles_labels()[0]) > len(handles):
+                handles, labels = ax.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=7, frameon=False)
+        fig.suptitle(f"How the E-step chooses among K samples ({n:,} chunks per E-step): BoLT's resampling beside "
+                     "verifier-free rules")
+    return fig
+
+
+@register("mstep_transfer")
+def fig_mstep_transfer(df: pd.DataFrame) -> Figure:
+    """The M-step's retention ρ (left), its retention / repair split (middle) and the model's held-out accuracy
+    (right) against the M-step budget, one line per bootstrap-corpus size (`sweeps.mstep_transfer.build_table`)."""
+    _require(df, ["multiple", "steps", "seed", "rho", "retention", "repair", "test_accuracy"], "mstep_transfer")
+    with style():
+        fig = _new_figure((11.0, 3.8))
+        ax_r, ax_s, ax_a = fig.subplots(1, 3)
+        for i, (m, d) in enumerate(sorted(df.groupby("multiple"), key=lambda kv: kv[0])):
+            color = _WIDTH_COLORS[i % 4]
+            mean = d.groupby("steps")[["rho", "retention", "repair", "test_accuracy"]].mean().sort_index()
+            label = f"corpus {int(m)}× ({int(d['docs'].max()):,} docs)" if "docs" in d else f"corpus {int(m)}×"
+            ax_r.plot(mean.index, mean["rho"], color=color, marker="o", label=label)
+            ax_r.scatter(d["steps"], d["rho"], color=color, s=12, alpha=0.5)
+            ax_s.plot(mean.index, mean["retention"], color=color, marker="o", label=f"{int(m)}×: retention r₁")
+            ax_s.plot(mean.index, mean["repair"], color=color, marker="s", linestyle="--",
+                      label=f"{int(m)}×: repair r₀")
+            ax_a.plot(mean.index, mean["test_accuracy"], color=color, marker="o", label=label)
+            ax_a.scatter(d["steps"], d["test_accuracy"], color=color, s=12, alpha=0.5)
+        ax_r.axhline(1.0, color="0.55", linewidth=0.9, linestyle="--")
+        ax_r.set_ylabel("ρ = one sample's correctness ÷ trained-on")
+        ax_r.set_title("Retention of the M-step")
+        ax_s.set_ylabel("Samples that verify")
+        ax_s.set_title("On chunks trained right (r₁) and wrong (r₀)")
+        ax_a.set_ylabel("Held-out test accuracy")
+        ax_a.set_title("The M-step model's accuracy")
+        for ax in (ax_r, ax_s, ax_a):
+            ax.set_xscale("log", base=2)
+            steps = sorted(df["steps"].unique())
+            ax.set_xticks(steps, [f"{int(s):,}" for s in steps])
+            ax.minorticks_off()
+            ax.set_xlabel("M-step budget (optimizer steps)")
+            ax.legend(loc="best", fontsize=6.5)
+        for ax in (ax_s, ax_a):
+            ax.set_ylim(0, 1)
+            ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+        fig.suptitle("The M-step's transfer curve: budget × bootstrap-corpus size (thoughts from E-step 1)")
+    return fig

@@ -1,0 +1,213 @@
+"""The M-step's transfer curve over its budget and the bootstrap corpus' size, from a finished stage-03 run.
+
+    python -m lt_utils.sweeps.mstep_transfer            # params/mstep_transfer/mstep.yaml (make mstep-transfer)
+    python -m lt_utils.sweeps.mstep_transfer --redraw   # figures/data/mstep_transfer.csv -> figures/mstep_transfer.*
+
+Retention ρ = s' / c (one sample's correctness after the M-step ÷ that of the thoughts it trained on) decides,
+with the E-step's lift λ, whether the loop climbs (G = ρλ ≥ 1).  In a stage-03 run every M-step has one budget and
+one corpus.  This sweep trains more M-steps on the run's own iteration-1 thoughts, from the same base model:
+
+* **budget**: the same corpus (1×: the run's bootstrap corpus) for more or fewer optimizer steps;
+* **corpus size**: the run's corpus plus `multiple − 1` times as many further documents, drawn from the data
+  stage's `fresh` split (same world, disjoint from every other split) and given thoughts by the same E-step 1
+  (the run's warmstart, K and seed), so the added thoughts are as good as the run's own.
+
+Every M-step model, the run's own included (its iteration-1 seeds), is then measured on the same chunks of the
+1× corpus: `measure_k` samples per chunk at T = 1 in the E-step's proposal, checked by the world's verifier, split
+into retention r₁ (chunks whose trained thought was right) and repair r₀ (chunks whose thought was wrong).  The
+verifier only measures; nothing it says reaches training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from lt_utils.runtime.config import ConfigError, load, require
+from lt_utils.runtime.paths import FIGURES_DIR, PARAMS_DIR, resolve
+from lt_utils.report import tables
+
+PARAMS_FILE = "mstep.yaml"
+TABLE = "mstep_transfer.csv"
+FIGURE = "mstep_transfer"
+MAKER = "make mstep-transfer"
+COLUMNS = ["source", "multiple", "steps", "seed", "docs", "trained_on_correct", "sample_correct", "rho",
+           "retention", "repair", "dev_accuracy", "test_accuracy", "n_chunks"]
+
+
+@dataclass(frozen=True)
+class MStepTransferConfig:
+    run: str = "runs/cpu/03_bootstrap_em"            # a finished stage-03 run: its warmstart, iter1 thoughts, M-steps
+    cells: list[list[int]] = field(default_factory=lambda: [[1, 1500], [1, 6000], [4, 3000], [4, 6000]])
+    seed: int = 0                                    # of the new M-steps (the run's own keep their seeds)
+    measure_chunks: int = 1000                       # chunks of the 1× corpus every model is measured on
+    measure_k: int = 4                               # samples per chunk
+    work_dir: str = "runs/mstep_transfer"
+    figures_dir: str = "figures"
+
+    def __post_init__(self):
+        require(all(isinstance(c, list) and len(c) == 2 and c[0] >= 1 and c[1] >= 1 for c in self.cells),
+                "cells: a list of [corpus multiple ≥ 1, M-step steps ≥ 1] pairs")
+        require(self.measure_chunks >= 1 and self.measure_k >= 1, "measure_chunks, measure_k: must be ≥ 1")
+
+
+def _study(stage_dir: Path, work: Path):
+    """A `Study` that reads the finished run at `stage_dir` (data stage, base model, warmstart) and writes its
+    new training runs and corpora under `work`."""
+    import dataclasses
+
+    from lt_utils.runtime.runs import MissingInputError, RunDir
+    from lt_utils.stages.bootstrap_em import BootstrapConfig, Study
+
+    if not (stage_dir / "config.yaml").is_file():
+        raise MissingInputError(f"{stage_dir}: no stage-03 run here (make study writes runs/cpu/03_bootstrap_em)")
+    for need in ("iter1/estep.jsonl", "iter1/corpus.jsonl", "train/warmstart"):
+        if not (stage_dir / need).exists():
+            raise MissingInputError(f"{stage_dir / need} not found: the run's iteration 1 has not finished")
+    cfg = load(BootstrapConfig, yaml.safe_load((stage_dir / "config.yaml").read_text()) or {},
+               where=str(stage_dir / "config.yaml"))
+    cfg = dataclasses.replace(cfg, run_root=str(stage_dir.parent.parent), study=stage_dir.parent.name)
+    work.mkdir(parents=True, exist_ok=True)
+    study = Study(RunDir(path=work, config=cfg, config_hash="", already_done=False), cfg)
+    require(not study.text, f"{stage_dir}: a text corpus has no verifier; this sweep needs the world's")
+    return study
+
+
+def grown_corpus(study, stage_dir: Path, multiple: int) -> tuple[Path, float]:
+    """The run's iteration-1 corpus plus (multiple − 1) × its documents from the fresh split with E-step-1
+    thoughts; returns its path and the share of its chunks whose thought verifies."""
+    from lt_utils.runtime.runs import read_jsonl, write_jsonl
+    from lt_utils.stages import em_estep
+    from lt_utils.stages.bootstrap_em import _chunks
+    from lt_utils.stages.data_prep import load_documents
+
+    base_records = read_jsonl(stage_dir / "iter1" / "corpus.jsonl")
+    right = [em_estep.chunk_is_correct(c, r["thought"])
+             for c, r in zip(study.boot_chunks, read_jsonl(stage_dir / "iter1" / "estep.jsonl"))]
+    path = study.run.file(f"corpora/corpus_x{multiple}.jsonl")
+    if multiple == 1:
+        return stage_dir / "iter1" / "corpus.jsonl", sum(right) / len(right)
+    n_extra = (multiple - 1) * len(base_records)
+    fresh = load_documents(study.data, "fresh")
+    if len(fresh) < n_extra:
+        raise ConfigError(f"cells: multiple {multiple} needs {n_extra} fresh documents; the data stage has "
+                          f"{len(fresh)} (raise fresh_docs in 01_data_prep)")
+    docs = fresh[:n_extra]
+    heads, chunks, spans = _chunks(study.cfg, docs, study.cfg.prefix_chunks)
+    records_path = study.run.file(f"corpora/fresh_{n_extra}_estep.jsonl")
+    if records_path.exists():
+        records = read_jsonl(records_path)
+    else:
+        ecfg = em_estep.estep_config(study.cfg, k=study.cfg.k, seed=1000)   # E-step 1's proposal and seed
+        records = em_estep.stage_sample_and_score(study.cfg, study.tok_dir, stage_dir / "train/warmstart/seed0/model",
+                                                  chunks, ecfg, study.run.file(f"corpora/fresh_{n_extra}.sqlite"))
+        write_jsonl(records_path, records)
+    thoughts = [r["thought"] for r in records]
+    right += [em_estep.chunk_is_correct(c, t) for c, t in zip(chunks, thoughts)]
+    if not path.exists():
+        extra = study.run.file(f"corpora/fresh_{n_extra}_corpus.jsonl")
+        em_estep.write_corpus(extra, docs, heads, chunks, spans, thoughts)
+        write_jsonl(path, base_records + read_jsonl(extra))
+    return path, sum(right) / len(right)
+
+
+def measure(study, model_dir: Path, chunks, trained_right: list[bool], cfg: MStepTransferConfig) -> dict:
+    """One sample's correctness on `chunks` (measure_k samples each) with its retention / repair split."""
+    from lt_utils.loop_diagnostics import retention_repair
+    from lt_utils.stages import em_estep
+
+    ecfg = em_estep.estep_config(study.cfg, k=cfg.measure_k, seed=4242)
+    records = em_estep.stage_sample_and_score(study.cfg, study.tok_dir, model_dir, chunks, ecfg, None,
+                                              progress=False)
+    verdicts = [[em_estep.chunk_is_correct(c, x["text"]) for x in r["candidates"]]
+                for c, r in zip(chunks, records)]
+    s = sum(map(sum, verdicts)) / sum(map(len, verdicts))
+    return {"sample_correct": s, **retention_repair(trained_right, verdicts)}
+
+
+def _accuracies(run_dir: Path) -> tuple[float | None, float | None]:
+    from lt_utils.runtime.runs import read_json, read_jsonl
+
+    final = read_json(run_dir / "final.json")
+    dev = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m.get("split") == "dev" and "accuracy" in m]
+    return (dev[-1]["accuracy"] if dev else None), final.get("accuracy")
+
+
+def run(cfg: MStepTransferConfig):
+    from lt_utils.runtime.runs import read_jsonl, write_json
+    from lt_utils.stages import em_estep
+
+    stage_dir = resolve(cfg.run)
+    study = _study(stage_dir, resolve(cfg.work_dir) / stage_dir.parent.name)
+    positions = em_estep.spread_positions(len(study.boot_chunks), cfg.measure_chunks)
+    chunks = [study.boot_chunks[p] for p in positions]
+    own = read_jsonl(stage_dir / "iter1" / "estep.jsonl")
+    trained_right = [em_estep.chunk_is_correct(study.boot_chunks[p], own[p]["thought"]) for p in positions]
+    n_docs = len(study.boot_docs)
+
+    corpora = {m: grown_corpus(study, stage_dir, m) for m in sorted({c[0] for c in cfg.cells} | {1})}
+    jobs = [study.job(f"x{m}_steps{steps}", corpora[m][0], "random", steps, cfg.seed, arm=f"mstep_x{m}_{steps}",
+                      multiple=m) for m, steps in cfg.cells]
+    study.train(jobs, "M-steps")
+
+    models = [("study", 1, study.cfg.steps, s, stage_dir / f"train/iter1/seed{s}") for s in study.cfg.seeds]
+    models += [("sweep", m, steps, cfg.seed, study.run.file(f"train/x{m}_steps{steps}/seed{cfg.seed}"))
+               for m, steps in cfg.cells]
+    rows = []
+    for source, m, steps, seed, run_dir in models:
+        got = measure(study, run_dir / "model", chunks, trained_right, cfg)
+        dev, test = _accuracies(run_dir)
+        c = corpora[m][1]
+        rows.append({"source": source, "multiple": m, "steps": steps, "seed": seed, "docs": m * n_docs,
+                     "trained_on_correct": c, "sample_correct": got["sample_correct"],
+                     "rho": got["sample_correct"] / c, "retention": got["retention"], "repair": got["repair"],
+                     "dev_accuracy": dev, "test_accuracy": test, "n_chunks": len(chunks)})
+        print(rows[-1], flush=True)
+    write_json(study.run.file("rows.json"), rows)
+    df = build_table(rows)
+    if cfg.figures_dir:
+        tables.publish(df, resolve(cfg.figures_dir), TABLE, FIGURE, MAKER)
+    return df
+
+
+def build_table(rows: list[dict]):
+    import pandas as pd
+
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return df.sort_values(["multiple", "steps", "source", "seed"], kind="mergesort").reset_index(drop=True)
+
+
+read_table = functools.partial(tables.read_table, maker=MAKER)   # read_table(path)
+draw = functools.partial(tables.draw, figure=FIGURE)              # draw(df, out_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="mstep_transfer", help=f"params/<name>/{PARAMS_FILE}")
+    ap.add_argument("--redraw", action="store_true", help=f"redraw the figure from figures/data/{TABLE}")
+    args = ap.parse_args(argv)
+    from lt_utils.runtime.runs import MissingInputError
+
+    try:
+        if args.redraw:
+            df = read_table(FIGURES_DIR / "data" / TABLE)
+            draw(df, FIGURES_DIR)
+        else:
+            path = PARAMS_DIR / args.params / PARAMS_FILE
+            if not path.is_file():
+                raise ConfigError(f"M-step transfer params file not found: {path}")
+            df = run(load(MStepTransferConfig, yaml.safe_load(path.read_text()) or {}, where=str(path)))
+    except (ConfigError, MissingInputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(df.round(3).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
