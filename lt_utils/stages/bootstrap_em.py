@@ -250,9 +250,11 @@ class Study:
         busy instead of idling at each E-step barrier.
         """
         self.write_token_ratios()
-        runs = em_plan.m_steps(self.cfg, iteration) \
-            + em_plan.side_runs_of_iteration(self.cfg, iteration, self.cfg.n_workers)
-        return self.train([self.job_of(r) for r in runs], f"iteration {iteration} runs")
+        m_steps = em_plan.m_steps(self.cfg, iteration)
+        alongside = em_plan.side_runs_of_iteration(self.cfg, iteration, self.cfg.n_workers)
+        desc = f"M-step {iteration} ({len(m_steps)} seeds)" + "".join(
+            f" + {r.name}/seed{r.seed}" for r in alongside)
+        return self.train([self.job_of(r) for r in m_steps + alongside], desc)
 
     def latent_ratio(self, corpus: str) -> float:
         tok = load_tokenizer(self.tok_dir)
