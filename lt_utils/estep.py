@@ -104,6 +104,9 @@ from lt_utils.runtime.sqlite_store import open_cache
 from lt_utils.tokens import SpecialIds, encode
 
 
+SELECTIONS = ("resample", "argmax")
+
+
 @dataclass(frozen=True)
 class EStepConfig:
     k: int = 4                    # Monte Carlo samples per chunk
@@ -114,6 +117,7 @@ class EStepConfig:
     score_batch_size: int = 64    # rows per teacher-forced scoring forward
     max_prefix_tokens: int = 0    # keep only the last n prefix tokens (0 = all)
     ban_special_in_thought: bool = False  # no special token but the closing EoL inside a sampled thought
+    selection: str = "resample"   # resample ∝ w (BoLT); "argmax": the largest log w (an ablation beyond the paper)
 
     def __post_init__(self):
         if self.k < 1:
@@ -126,6 +130,8 @@ class EStepConfig:
             raise ValueError("batch_chunks and score_batch_size must be >= 1")
         if self.max_prefix_tokens < 0:
             raise ValueError("max_prefix_tokens must be >= 0")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
 
 
 # --------------------------------------------------------------------------- seeds and fingerprints
@@ -390,7 +396,10 @@ def _record(p: _Prepared, rows: list[dict], tokenizer, cfg: EStepConfig) -> dict
     log_w = [c["log_w"] for c in cands]
     term = [c["terminated"] for c in cands]
     w = normalized_weights(log_w, term)
-    sel = resample_index(log_w, term, _selection_rng(cfg.seed, p.chunk.doc_id, p.chunk.index))
+    if cfg.selection == "argmax":   # verifier-free ablation: the mode of the weights (unterminated ones excluded)
+        sel = int(np.argmax(effective_log_weights(log_w, term)))
+    else:
+        sel = resample_index(log_w, term, _selection_rng(cfg.seed, p.chunk.doc_id, p.chunk.index))
     # an unterminated candidate is not a thought at all: w = 0 in the bound (even when none terminated)
     elbo = iwae_bounds(np.where(term, log_w, -np.inf))
     return {

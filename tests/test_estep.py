@@ -1,6 +1,7 @@
 """E-step: exact importance weights, resampling (not argmax), IWAE bounds, resume and shard invariance."""
 
 import json
+from dataclasses import replace
 import math
 from types import SimpleNamespace
 
@@ -435,3 +436,17 @@ def test_damaged_candidate_cache_is_moved_aside_and_rebuilt(biased_model, tokeni
     cache.close()
     assert len(list(tmp_path.glob("cand.db.damaged-*"))) == 1
     assert run_estep(biased_model, tokenizer, chunks, CFG, cache_path=db, progress=False) == ref
+
+
+def test_argmax_selection_takes_the_largest_weight_of_a_finished_thought(biased_model, tokenizer, docs):
+    chunks = make_chunks(docs, 6)
+    cfg = EStepConfig(k=3, max_thought_tokens=6, batch_chunks=3, seed=11)
+    resampled = run_estep(biased_model, tokenizer, chunks, cfg, progress=False)
+    mode = run_estep(biased_model, tokenizer, chunks, replace(cfg, selection="argmax"), progress=False)
+    for r, m in zip(resampled, mode):
+        assert [c["tokens"] for c in r["candidates"]] == [c["tokens"] for c in m["candidates"]]  # same samples
+        lw = estep.effective_log_weights([c["log_w"] for c in m["candidates"]],
+                                         [c["terminated"] for c in m["candidates"]])
+        assert m["selected"] == int(np.argmax(lw)) and m["thought"] == m["candidates"][m["selected"]]["text"]
+    with pytest.raises(ValueError, match="selection"):
+        EStepConfig(selection="best")

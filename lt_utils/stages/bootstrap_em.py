@@ -37,7 +37,7 @@ from typing import Any
 from lt_utils import em_plan
 from lt_utils.runtime.config import pick, require, require_min, require_study_name
 from lt_utils.data import Chunk, ThoughtDoc, chunk_document, token_ratio, tokenize_docs
-from lt_utils.estep import EStepConfig, direct_log_px, model_fingerprint, run_estep
+from lt_utils.estep import SELECTIONS, EStepConfig, direct_log_px, model_fingerprint, run_estep
 from lt_utils.runtime.parallel import torch_threads
 from lt_utils.runtime.paths import resolve
 from lt_utils.runtime.runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
@@ -76,6 +76,7 @@ class BootstrapConfig(TrainingParams):
     max_prefix_tokens: int = EStepConfig.max_prefix_tokens   # keep the last n prefix tokens (paper: 1024; 0 = all)
     estep_temperature: float = EStepConfig.temperature    # proposal temperature (paper: 1; < 1: tempered ablation)
     ban_special_in_thought: bool = EStepConfig.ban_special_in_thought   # only the closing EoL inside a thought
+    estep_selection: str = EStepConfig.selection   # resample (BoLT) | argmax (ablation beyond the paper)
     prior_sample_chunks: int = 64           # chunks that also get a thought sampled from the prior (diagnostic)
     estep_backend: str = "transformers"     # E-step sampler: transformers (in process) or vllm
     vllm_engine_args: dict[str, Any] = field(default_factory=dict)   # vllm.LLM keywords (dtype, max_model_len, ...)
@@ -95,6 +96,8 @@ class BootstrapConfig(TrainingParams):
         require(self.estep_shards >= 0 and self.max_prefix_tokens >= 0,
                 "estep_shards and max_prefix_tokens must be ≥ 0")
         require(self.estep_temperature > 0, f"estep_temperature must be > 0, got {self.estep_temperature}")
+        require(self.estep_selection in SELECTIONS,
+                f"estep_selection: must be one of {', '.join(SELECTIONS)}, got {self.estep_selection!r}")
         require(self.prior_sample_chunks >= 0, "prior_sample_chunks must be ≥ 0")
         require_min(self, 1, "max_thought_tokens", "estep_batch_chunks", "elbo_k", "chunk_mean_units",
                     "chunk_max_units", "warmstart_steps", "steps")

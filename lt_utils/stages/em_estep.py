@@ -183,7 +183,7 @@ def estep_config(cfg: BootstrapConfig, **kw) -> EStepConfig:
     """The stage's proposal settings (cap, temperature, bans, prefix) with `kw` (k, seed, ...) on top."""
     base = dict(max_thought_tokens=cfg.max_thought_tokens, batch_chunks=cfg.estep_batch_chunks,
                 max_prefix_tokens=cfg.max_prefix_tokens, temperature=cfg.estep_temperature,
-                ban_special_in_thought=cfg.ban_special_in_thought)
+                ban_special_in_thought=cfg.ban_special_in_thought, selection=cfg.estep_selection)
     return EStepConfig(**{**base, **kw})
 
 

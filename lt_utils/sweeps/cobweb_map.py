@@ -17,7 +17,6 @@ own c_t are drawn over the map they are predicted by.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from dataclasses import dataclass, field
@@ -25,9 +24,10 @@ from pathlib import Path
 
 import yaml
 
-from lt_utils.runtime.config import ConfigError, load, require
-from lt_utils.runtime.paths import FIGURES_DIR, PARAMS_DIR, resolve
+from lt_utils.runtime.config import require
+from lt_utils.runtime.paths import FIGURES_DIR, PARAMS_DIR, resolve  # noqa: F401 (the dirs: read by sweep_main)
 from lt_utils.report import tables
+from lt_utils.sweeps.entry import sweep_main
 
 PARAMS_FILE = "cobweb.yaml"
 TABLE = "loop_cobweb.csv"
@@ -142,29 +142,13 @@ draw = functools.partial(tables.draw, figure=FIGURE)              # draw(df, out
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="loop_cobweb", help=f"params/<name>/{PARAMS_FILE}")
-    ap.add_argument("--redraw", action="store_true", help="redraw the figure from figures/data/loop_cobweb.csv")
-    args = ap.parse_args(argv)
-    from lt_utils.runtime.runs import MissingInputError
+    def report(df):
+        print(df.to_string())
+        for p in predictions(df):
+            print(p)
 
-    try:
-        if args.redraw:
-            df = read_table(FIGURES_DIR / "data" / TABLE)
-            draw(df, FIGURES_DIR)
-        else:
-            path = PARAMS_DIR / args.params / PARAMS_FILE
-            if not path.is_file():
-                raise ConfigError(f"cobweb params file not found: {path}")
-            df = run(load(CobwebConfig, yaml.safe_load(path.read_text()) or {}, where=str(path)))
-    except (ConfigError, MissingInputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(df.to_string())
-    for p in predictions(df):
-        print(p)
-    return 0
-
+    return sweep_main(sys.modules[__name__], CobwebConfig, argv, default_params="loop_cobweb", what="cobweb",
+                      report=report)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,7 +20,6 @@ verifier only measures; nothing it says reaches training.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from dataclasses import dataclass, field
@@ -29,8 +28,9 @@ from pathlib import Path
 import yaml
 
 from lt_utils.runtime.config import ConfigError, load, require
-from lt_utils.runtime.paths import FIGURES_DIR, PARAMS_DIR, resolve
+from lt_utils.runtime.paths import FIGURES_DIR, PARAMS_DIR, resolve  # noqa: F401 (the dirs: read by sweep_main)
 from lt_utils.report import tables
+from lt_utils.sweeps.entry import sweep_main
 
 PARAMS_FILE = "mstep.yaml"
 TABLE = "mstep_transfer.csv"
@@ -187,27 +187,8 @@ draw = functools.partial(tables.draw, figure=FIGURE)              # draw(df, out
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="mstep_transfer", help=f"params/<name>/{PARAMS_FILE}")
-    ap.add_argument("--redraw", action="store_true", help=f"redraw the figure from figures/data/{TABLE}")
-    args = ap.parse_args(argv)
-    from lt_utils.runtime.runs import MissingInputError
-
-    try:
-        if args.redraw:
-            df = read_table(FIGURES_DIR / "data" / TABLE)
-            draw(df, FIGURES_DIR)
-        else:
-            path = PARAMS_DIR / args.params / PARAMS_FILE
-            if not path.is_file():
-                raise ConfigError(f"M-step transfer params file not found: {path}")
-            df = run(load(MStepTransferConfig, yaml.safe_load(path.read_text()) or {}, where=str(path)))
-    except (ConfigError, MissingInputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(df.round(3).to_string())
-    return 0
-
+    return sweep_main(sys.modules[__name__], MStepTransferConfig, argv, default_params="mstep_transfer",
+                      what="M-step transfer", report=lambda df: print(df.round(3).to_string()))
 
 if __name__ == "__main__":
     sys.exit(main())

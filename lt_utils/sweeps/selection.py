@@ -26,7 +26,6 @@ thought verifies is computed under each rule:
 
 from __future__ import annotations
 
-import argparse
 import functools
 import shutil
 import sys
@@ -37,9 +36,10 @@ from typing import Sequence
 import numpy as np
 import yaml
 
-from lt_utils.runtime.config import ConfigError, load, require
-from lt_utils.runtime.paths import FIGURES_DIR, PARAMS_DIR, resolve
+from lt_utils.runtime.config import load, require
+from lt_utils.runtime.paths import FIGURES_DIR, PARAMS_DIR, resolve  # noqa: F401 (the dirs: read by sweep_main)
 from lt_utils.report import tables
+from lt_utils.sweeps.entry import sweep_main
 
 PARAMS_FILE = "selection.yaml"
 TABLE = "selection_ablation.csv"
@@ -265,29 +265,13 @@ def lift_table(df):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="selection", help=f"params/<name>/{PARAMS_FILE}")
-    ap.add_argument("--redraw", action="store_true", help=f"redraw the figure from figures/data/{TABLE}")
-    args = ap.parse_args(argv)
-    from lt_utils.runtime.runs import MissingInputError
+    def report(df):
+        print(df.pivot_table(index=["source", "estep", "k"], columns="rule", values="correct").round(3).to_string())
+        print("\nλ (selected ÷ one sample):")
+        print(lift_table(df).to_string())
 
-    try:
-        if args.redraw:
-            df = read_table(FIGURES_DIR / "data" / TABLE)
-            draw(df, FIGURES_DIR)
-        else:
-            path = PARAMS_DIR / args.params / PARAMS_FILE
-            if not path.is_file():
-                raise ConfigError(f"selection params file not found: {path}")
-            df = run(load(SelectionConfig, yaml.safe_load(path.read_text()) or {}, where=str(path)))
-    except (ConfigError, MissingInputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(df.pivot_table(index=["source", "estep", "k"], columns="rule", values="correct").round(3).to_string())
-    print("\nλ (selected ÷ one sample):")
-    print(lift_table(df).to_string())
-    return 0
-
+    return sweep_main(sys.modules[__name__], SelectionConfig, argv, default_params="selection", what="selection",
+                      report=report)
 
 if __name__ == "__main__":
     sys.exit(main())
