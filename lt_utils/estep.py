@@ -276,18 +276,20 @@ def resample_index(log_w: Sequence[float], terminated: Sequence[bool], rng: np.r
     return idx
 
 
-def select_first_k(record: Mapping, k: int, seed: int) -> int:
+def select_first_k(record: Mapping, k: int, seed: int, selection: str = "resample") -> int:
     """Index of the thought selected from the record's first `k` candidates (k = 1: the first sample).
 
-    Uses the same stream as the E-step (seeded by seed, doc_id, chunk index),
-    so ``select_first_k(r, len(r["candidates"]), cfg.seed) == r["selected"]``.
+    Uses the E-step's rule and, for resampling, its stream (seeded by seed, doc_id, chunk index), so
+    ``select_first_k(r, len(r["candidates"]), cfg.seed, cfg.selection) == r["selected"]``.
     """
     cands = record["candidates"]
     if not 1 <= k <= len(cands):
         raise ValueError(f"k must be in 1..{len(cands)}, got {k}")
     cands = cands[:k]
-    rng = _selection_rng(seed, record["doc_id"], record["index"])
-    return resample_index([c["log_w"] for c in cands], [c["terminated"] for c in cands], rng)
+    log_w, term = [c["log_w"] for c in cands], [c["terminated"] for c in cands]
+    if selection == "argmax":
+        return int(np.argmax(effective_log_weights(log_w, term)))
+    return resample_index(log_w, term, _selection_rng(seed, record["doc_id"], record["index"]))
 
 
 # --------------------------------------------------------------------------- cache
@@ -396,10 +398,9 @@ def _record(p: _Prepared, rows: list[dict], tokenizer, cfg: EStepConfig) -> dict
     log_w = [c["log_w"] for c in cands]
     term = [c["terminated"] for c in cands]
     w = normalized_weights(log_w, term)
-    if cfg.selection == "argmax":   # verifier-free ablation: the mode of the weights (unterminated ones excluded)
-        sel = int(np.argmax(effective_log_weights(log_w, term)))
-    else:
-        sel = resample_index(log_w, term, _selection_rng(cfg.seed, p.chunk.doc_id, p.chunk.index))
+    # resampling ∝ w (BoLT), or the verifier-free argmax ablation: the mode of the weights, unterminated excluded
+    sel = select_first_k({"candidates": [{"log_w": a, "terminated": b} for a, b in zip(log_w, term)],
+                          "doc_id": p.chunk.doc_id, "index": p.chunk.index}, len(cands), cfg.seed, cfg.selection)
     # an unterminated candidate is not a thought at all: w = 0 in the bound (even when none terminated)
     elbo = iwae_bounds(np.where(term, log_w, -np.inf))
     return {

@@ -450,3 +450,13 @@ def test_argmax_selection_takes_the_largest_weight_of_a_finished_thought(biased_
         assert m["selected"] == int(np.argmax(lw)) and m["thought"] == m["candidates"][m["selected"]]["text"]
     with pytest.raises(ValueError, match="selection"):
         EStepConfig(selection="best")
+
+
+def test_re_selection_from_the_first_k_follows_the_e_steps_rule(biased_model, tokenizer, docs):
+    chunks = make_chunks(docs, 6)
+    cfg = EStepConfig(k=3, max_thought_tokens=6, batch_chunks=3, seed=11, selection="argmax")
+    for r in run_estep(biased_model, tokenizer, chunks, cfg, progress=False):
+        assert select_first_k(r, 3, cfg.seed, cfg.selection) == r["selected"]   # what the stage writes as corpus
+        lw = estep.effective_log_weights([c["log_w"] for c in r["candidates"][:2]],
+                                         [c["terminated"] for c in r["candidates"][:2]])
+        assert select_first_k(r, 2, cfg.seed, "argmax") == int(np.argmax(lw))

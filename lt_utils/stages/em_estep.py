@@ -149,7 +149,7 @@ def run(study: Study, iteration: int) -> dict:
     ks = em_plan.selected_ks(study.cfg, iteration)
     summary["selected_correct_by_k"] = {}
     for kk in ks:
-        thoughts = [r["candidates"][select_first_k(r, kk, ecfg.seed)]["text"] for r in records]
+        thoughts = [r["candidates"][select_first_k(r, kk, ecfg.seed, ecfg.selection)]["text"] for r in records]
         name = f"iter{iteration}/corpus.jsonl" if kk == study.cfg.k else f"iter{iteration}/corpus_k{kk}.jsonl"
         write_corpus(study.run.file(name), study.boot_docs, study.boot_heads, study.boot_chunks,
                       study.boot_spans, thoughts)
@@ -224,7 +224,8 @@ def summarize_with_verifier(study: Study, iteration: int, records: list[dict], p
                  for pos, p in zip(prior_pos, prior)])
     k = study.cfg.k
     loop_records = [r if len(r["candidates"]) <= k else
-                    {**r, "candidates": r["candidates"][:k], "selected": select_first_k(r, k, seed)}
+                    {**r, "candidates": r["candidates"][:k],
+                     "selected": select_first_k(r, k, seed, study.cfg.estep_selection)}
                     for r in records]
     diag = estep_diagnostics(loop_records, [cs[:k] for cs in checks],
                              trained_on_correct=trained_on_correct(study, iteration), prior_checks=prior_checks)
@@ -240,7 +241,8 @@ def retention_and_repair(study: Study, iteration: int, records: list[dict], chec
         return {}
     k = study.cfg.k
     trained = {p["position"]: chunk_is_correct(study.boot_chunks[p["position"]],
-                                               p["candidates"][select_first_k(p, k, 1000 * (iteration - 1))]["text"])
+                                               p["candidates"][select_first_k(p, k, 1000 * (iteration - 1),
+                                                                            study.cfg.estep_selection)]["text"])
                for p in read_jsonl(prev_path)}
     pairs = [(trained[r["position"]], [c.correct for c in cs[:k]]) for r, cs in zip(records, checks)
              if r["position"] in trained]
