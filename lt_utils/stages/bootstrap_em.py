@@ -28,6 +28,7 @@ next run merges them and carries on.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from lt_utils import em_plan
+import yaml
+
+from lt_utils.runtime import config as config_lib
 from lt_utils.runtime.config import pick, require, require_min, require_study_name
 from lt_utils.data import Chunk, ThoughtDoc, chunk_document, token_ratio, tokenize_docs
 from lt_utils.estep import SELECTIONS, EStepConfig, direct_log_px, model_fingerprint, run_estep
@@ -134,6 +138,24 @@ class Study:
         self.shots = tuple(eval_exemplars(self.data, cfg.eval_shots))
         self.text = is_text(self.data)
         self.tasks = eval_tasks(self.data)
+
+    @classmethod
+    def of_finished(cls, stage_dir: Path, writes_to: Path | None = None) -> "Study":
+        """A stage-03 run read back from its directory, its data stage found beside it, so a sweep can measure
+        its models and corpora again; the sweep's own runs and files go to `writes_to` (default: the run's own
+        directory, for sweeps that write nothing there)."""
+        from lt_utils.runtime.runs import MissingInputError
+
+        stage_dir = Path(stage_dir)
+        if not (stage_dir / "config.yaml").is_file():
+            raise MissingInputError(f"{stage_dir}: no stage-03 run here (make study writes runs/cpu/03_bootstrap_em)")
+        cfg = config_lib.load(BootstrapConfig, yaml.safe_load((stage_dir / "config.yaml").read_text()) or {},
+                              where=str(stage_dir / "config.yaml"))
+        cfg = dataclasses.replace(cfg, run_root=str(stage_dir.parent.parent), study=stage_dir.parent.name)
+        if writes_to is not None:
+            Path(writes_to).mkdir(parents=True, exist_ok=True)
+        out = stage_dir if writes_to is None else Path(writes_to)
+        return cls(RunDir(path=out, config=cfg, config_hash="", already_done=writes_to is None), cfg)
 
     # ------------------------------------------------------------------ the bootstrap corpus, chunked when first needed
     @functools.cached_property

@@ -25,9 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from lt_utils.runtime.config import ConfigError, load, require
+from lt_utils.runtime.config import ConfigError, require
 from lt_utils.runtime.paths import FIGURES_DIR, PARAMS_DIR, resolve  # noqa: F401 (the dirs: read by sweep_main)
 from lt_utils.report import tables
 from lt_utils.sweeps.entry import sweep_main
@@ -59,21 +57,14 @@ class MStepTransferConfig:
 def _study(stage_dir: Path, work: Path):
     """A `Study` that reads the finished run at `stage_dir` (data stage, base model, warmstart) and writes its
     new training runs and corpora under `work`."""
-    import dataclasses
+    from lt_utils.runtime.runs import MissingInputError
+    from lt_utils.stages.bootstrap_em import Study
 
-    from lt_utils.runtime.runs import MissingInputError, RunDir
-    from lt_utils.stages.bootstrap_em import BootstrapConfig, Study
-
-    if not (stage_dir / "config.yaml").is_file():
-        raise MissingInputError(f"{stage_dir}: no stage-03 run here (make study writes runs/cpu/03_bootstrap_em)")
-    for need in ("iter1/estep.jsonl", "iter1/corpus.jsonl", "train/warmstart"):
+    for need in ("config.yaml", "iter1/estep.jsonl", "iter1/corpus.jsonl", "train/warmstart"):
         if not (stage_dir / need).exists():
-            raise MissingInputError(f"{stage_dir / need} not found: the run's iteration 1 has not finished")
-    cfg = load(BootstrapConfig, yaml.safe_load((stage_dir / "config.yaml").read_text()) or {},
-               where=str(stage_dir / "config.yaml"))
-    cfg = dataclasses.replace(cfg, run_root=str(stage_dir.parent.parent), study=stage_dir.parent.name)
-    work.mkdir(parents=True, exist_ok=True)
-    study = Study(RunDir(path=work, config=cfg, config_hash="", already_done=False), cfg)
+            raise MissingInputError(f"{stage_dir / need} not found: no finished iteration 1 of a stage-03 run here "
+                                    f"(make study writes runs/cpu/03_bootstrap_em)")
+    study = Study.of_finished(stage_dir, writes_to=work)
     require(not study.text, f"{stage_dir}: a text corpus has no verifier; this sweep needs the world's")
     return study
 

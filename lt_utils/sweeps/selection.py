@@ -29,14 +29,13 @@ from __future__ import annotations
 import functools
 import shutil
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import yaml
 
-from lt_utils.runtime.config import load, require
+from lt_utils.runtime.config import require
 from lt_utils.runtime.paths import FIGURES_DIR, PARAMS_DIR, resolve  # noqa: F401 (the dirs: read by sweep_main)
 from lt_utils.report import tables
 from lt_utils.sweeps.entry import sweep_main
@@ -157,16 +156,10 @@ def rescore(model, tokenizer, chunks, thoughts: Sequence[Sequence[int]], ecfg) -
 
 # --------------------------------------------------------------------------- one stage-03 run
 def _stage(stage_dir: Path):
-    """The finished stage-03 run at `stage_dir` as a read-only `Study` (its data stage found beside it)."""
-    from lt_utils.runtime.runs import MissingInputError, RunDir
-    from lt_utils.stages.bootstrap_em import BootstrapConfig, Study
+    """The finished stage-03 run at `stage_dir`, read only."""
+    from lt_utils.stages.bootstrap_em import Study
 
-    if not (stage_dir / "config.yaml").is_file():
-        raise MissingInputError(f"{stage_dir}: no stage-03 run here (make study writes runs/cpu/03_bootstrap_em)")
-    cfg = load(BootstrapConfig, yaml.safe_load((stage_dir / "config.yaml").read_text()) or {},
-               where=str(stage_dir / "config.yaml"))
-    cfg = replace(cfg, run_root=str(stage_dir.parent.parent), study=stage_dir.parent.name)
-    study = Study(RunDir(path=stage_dir, config=cfg, config_hash="", already_done=True), cfg)
+    study = Study.of_finished(stage_dir)
     require(not study.text, f"{stage_dir}: a text corpus has no verifier; the selection sweep needs the world's")
     return study
 
