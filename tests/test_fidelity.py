@@ -147,3 +147,20 @@ def test_dev_problems_become_first_chunks_whose_oracle_thought_is_the_problems()
     (c,) = dev_chunks(probs)
     assert (c.index, c.prefix, c.suffix) == (0, "Problem: Solve 3x+4=19 for x. Answer:", " 5.\n")
     assert OracleTeacher().thought_for(c).endswith("so 5.")
+
+
+def test_fidelity_scores_the_oracle_thought_of_its_style(tokenizer):
+    """With spelled thoughts z* is the spelled oracle: a uniform model pays one token's price per token of it,
+    and the linear chunk's spelled thought is longer than its compact one."""
+    ids = SpecialIds.of(tokenizer)
+    model = Bigram(len(tokenizer), scale=0.0)
+    n_allowed = len(tokenizer) - len(thought_banned_ids(tokenizer, ids))
+    compact = score_oracle(model, tokenizer, _chunks(), ban_special_in_thought=True)
+    spelled = score_oracle(model, tokenizer, _chunks(), ban_special_in_thought=True, thought_style="spelled")
+    for c, s, chunk in zip(compact, spelled, _chunks()):
+        z = OracleTeacher("spelled").thought_for(chunk)
+        assert s["n_tokens"] == len(encode(tokenizer, z)) + 1
+        assert s["log_q"] == pytest.approx(-s["n_tokens"] * math.log(n_allowed), abs=1e-4)
+        assert s["n_tokens"] >= c["n_tokens"]
+    assert spelled[1]["n_tokens"] > compact[1]["n_tokens"]   # "26-2=24" gets its columns
+    assert {st["family"] for st in spelled[1]["steps"]} == {"linear"}

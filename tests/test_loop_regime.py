@@ -94,3 +94,16 @@ def test_a_width_may_have_its_own_budgets():
     with pytest.raises(ConfigError, match="budgets_by_width"):
         fidelity_curve.FidelityCurveConfig(widths=[64], budgets_by_width={128: [300]})
     assert fidelity_curve.load_curve().budgets_of(128) == [300, 1000]
+
+
+def test_the_curves_cells_keep_the_ids_of_its_committed_runs():
+    """Fields added to stage 03 after the maps ran (at their defaults) must not rename a finished warmstart:
+    every cell of the curve is the warmstart its committed table names, so `make fidelity` reuses it."""
+    import pandas as pd
+
+    from lt_utils.runtime.paths import FIGURES_DIR
+
+    table = pd.read_csv(FIGURES_DIR / "data" / fidelity_curve.TABLE)
+    named = {(int(r.width), int(r.steps)): r.warmstart for r in table.itertuples()}
+    cells = fidelity_curve.cells(fidelity_curve.load_curve())
+    assert {(w, c.row_value): f"{c.data_id}/03_warmstart_{c.warm_id}" for w, c in cells} == named

@@ -74,6 +74,14 @@ def _sample_frame(name):
                                   trained_on_correct=0.46, sample_correct=0.3, rho=0.3 / 0.46 + 0.01 * m,
                                   retention=0.6, repair=0.1, dev_accuracy=0.5, test_accuracy=0.55, n_chunks=10)
                              for m in (1, 4) for st in (1500, 3000, 6000)])
+    if name == "thought_format":
+        fid = [dict(part="fidelity", style=style, steps=st, f=f, f_dev=f, p_addition=0.9, p_linear=f / 2, p_word=f,
+                    sampled_dev_correct=f, dev_accuracy=0.6) for style, st, f in
+               (("compact", 1000, 0.2), ("compact", 3000, 0.8), ("spelled", 1000, 0.3), ("spelled", 3000, 0.9))]
+        c1 = [dict(part="c1", style=style, arm=arm, seed=sd, steps=1200, test_accuracy=0.2 + 0.3 * i)
+              for i, (style, arm) in enumerate((("compact", "raw_repeat"), ("compact", "latent_thoughts"),
+                                                ("spelled", "latent_thoughts"))) for sd in range(3)]
+        return pd.DataFrame(fid + c1)
     return _tidy()
 
 

@@ -214,3 +214,16 @@ def test_damaged_cache_is_reported_moved_aside_and_rebuilt(tmp_path, capsys):
         assert write_thoughts(teacher, chunks, cache, progress=False) == first
         assert teacher.calls == len(chunks) and cache.hits == 0
         cache.close()
+
+
+def test_oracle_style_joins_the_cache_key_only_when_not_the_default():
+    assert OracleTeacher().key() == {"teacher": "oracle", "version": 1}   # keys cached before styles existed
+    assert OracleTeacher("spelled").key() == {"teacher": "oracle", "version": 1, "style": "spelled"}
+    chunk = world_chunks(1)[0][1][0]
+    assert ThoughtCache.key(OracleTeacher().key(), chunk) != ThoughtCache.key(OracleTeacher("spelled").key(), chunk)
+    from lt_utils.teacher import NoisyOracleTeacher
+
+    assert "style" not in NoisyOracleTeacher(0.5).key()
+    assert NoisyOracleTeacher(0.5, style="spelled").key()["style"] == "spelled"
+    with pytest.raises(ValueError, match="thought_style"):
+        OracleTeacher("verbose")

@@ -454,3 +454,47 @@ def test_thought_length_within_budget_at_default_difficulty():
         assert max(r) <= 3.0, f
         ratios[f] = float(np.mean(r))
     assert all(v <= 1.2 for v in ratios.values()), ratios
+
+
+# --------------------------------------------------------------------------- thought styles
+@pytest.mark.parametrize("family", sorted(W.FAMILIES))
+def test_spelled_thoughts_verify_and_hold_every_compact_step(family):
+    """A spelled thought passes the verifier, keeps every clause of the compact one in order, and adds only
+    column steps; the column families already spell out, so their thoughts are unchanged."""
+    fam = W.FAMILIES[family]
+    rng = np.random.default_rng(7)
+    spelled_more = 0
+    for _ in range(300):
+        inst = fam.sample(rng, fam.default_difficulty)
+        compact = fam.unit(inst, fam.default_difficulty)
+        spelled = fam.unit(inst, fam.default_difficulty, "spelled")
+        assert (spelled.question, spelled.answer) == (compact.question, compact.answer)
+        assert W.verify(compact.question, spelled.thought).correct, spelled.thought
+        verdict = W.verify(compact.question, spelled.thought)
+        assert verdict.n_wrong_steps == 0
+        clauses, extra = compact.thought[:-1].split(". "), spelled.thought[:-1].split(". ")
+        it = iter(extra)
+        assert all(c in it for c in clauses), (compact.thought, spelled.thought)   # a subsequence
+        spelled_more += spelled.thought != compact.thought
+    if family in ("linear", "word"):
+        assert spelled_more > 150
+    else:
+        assert spelled_more == 0
+
+
+def test_spelled_steps_work_columns_with_borrows_carries_and_zero_padding():
+    lin = W.FAMILIES["linear"]
+    assert lin.unit(("plus", 9, 19, 64), 1, "spelled").thought == "14-9=5 b1. 6-1-1=4. 64-19=45. 45/9=5. so 5."
+    assert lin.unit(("minus", 4, 5, 35), 1, "spelled").thought == "5+5=10 c1. 3+0+1=4. 35+5=40. 40/4=10. so 10."
+    assert lin.unit(("plus", 2, 3, 7), 1, "spelled").thought == "7-3=4. 4/2=2. so 2."   # one digit: one step
+    assert lin.unit(("none", 3, 0, 12), 1, "spelled").thought == "12/3=4. so 4."          # no sum: unchanged
+    # two borrows in a row, and a leading column that ends at zero
+    assert lin.unit(("lead", 4, 17, 105), 2, "spelled").thought == (
+        "15-7=8 b1. 10-1-1=8 b1. 1-1-0=0. 105-17=88. 88/4=22. so 22."
+    )
+
+
+def test_unknown_thought_style_is_a_one_line_error():
+    with pytest.raises(ValueError, match="thought_style.*compact, spelled"):
+        W.parse_question("What is 12+34?", "verbose")
+    assert W.parse_question("What is 12+34?", "spelled").thought == W.parse_question("What is 12+34?").thought

@@ -47,6 +47,7 @@ from lt_utils.runtime.paths import resolve
 from lt_utils.runtime.runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
 from lt_utils.teacher import OracleTeacher, ThoughtCache, write_thoughts
 from lt_utils.tokens import SpecialIds, load_tokenizer
+from lt_utils.world.units import THOUGHT_STYLES
 from lt_utils.train import TrainingParams, TrainJob, TrainSpec, eval_options, run_jobs
 from lt_utils.stages import em_estep
 from lt_utils.stages.base_model import stage_model_spec
@@ -75,6 +76,7 @@ class BootstrapConfig(TrainingParams):
     warmstart_split: str = "warmstart"      # documents the warmstart's teacher thoughts are written for
     warmstart_max_docs: int = 0             # use the split's first n documents (0 = all)
     warmstart_thoughts_stage: str = ""      # reuse this stage's teacher thoughts for the warmstart ("" = oracle)
+    thought_style: str = "compact"          # the oracle's thoughts (warmstart, fidelity's z*): compact or spelled
     warmstart_steps: int = 40               # optimizer steps of the warmstart
     steps: int = 40                         # optimizer steps of every M-step and of the FLOP-match baseline
     max_prefix_tokens: int = EStepConfig.max_prefix_tokens   # keep the last n prefix tokens (paper: 1024; 0 = all)
@@ -102,6 +104,8 @@ class BootstrapConfig(TrainingParams):
         require(self.estep_temperature > 0, f"estep_temperature must be > 0, got {self.estep_temperature}")
         require(self.estep_selection in SELECTIONS,
                 f"estep_selection: must be one of {', '.join(SELECTIONS)}, got {self.estep_selection!r}")
+        require(self.thought_style in THOUGHT_STYLES,
+                f"thought_style: must be one of {', '.join(THOUGHT_STYLES)}, got {self.thought_style!r}")
         require(self.prior_sample_chunks >= 0, "prior_sample_chunks must be ≥ 0")
         require_min(self, 1, "max_thought_tokens", "estep_batch_chunks", "elbo_k", "chunk_mean_units",
                     "chunk_max_units", "warmstart_steps", "steps")
@@ -236,7 +240,7 @@ class Study:
         heads, chunks, spans = _chunks(self.cfg, docs, 1)
         if not path.exists():
             cache = ThoughtCache(self.run.file("thought_cache.sqlite"))
-            thoughts = write_thoughts(OracleTeacher(), chunks, cache, progress=False)
+            thoughts = write_thoughts(OracleTeacher(self.cfg.thought_style), chunks, cache, progress=False)
             cache.close()
             write_corpus(path, docs, heads, chunks, spans, thoughts)
         return path

@@ -175,7 +175,8 @@ def fidelity(study: Study, gen: Path, ecfg: EStepConfig, decode_chunks: int = 25
     return with_generator(gen, study.tok_dir, lambda m, tok, _: fidelity_report(
         m, tok, study.boot_chunks, dev, chunk_is_correct, max_prefix_tokens=ecfg.max_prefix_tokens,
         ban_special_in_thought=ecfg.ban_special_in_thought, temperature=ecfg.temperature,
-        max_thought_tokens=ecfg.max_thought_tokens, seed=ecfg.seed, decode_chunks=decode_chunks),
+        max_thought_tokens=ecfg.max_thought_tokens, seed=ecfg.seed, decode_chunks=decode_chunks,
+        thought_style=study.cfg.thought_style),
         threads=study.cfg.n_workers * study.cfg.threads_per_worker)
 
 

@@ -25,6 +25,7 @@ from lt_utils.paper.llm_teacher import TEACHERS
 from lt_utils.runtime.runs import RunDir, read_json, read_jsonl, require_done, write_json, write_jsonl
 from lt_utils.teacher import NoisyOracleTeacher, OracleTeacher, ThoughtCache, thought_quality, write_thoughts
 from lt_utils.tokens import SpecialIds, load_tokenizer
+from lt_utils.world.units import THOUGHT_STYLES
 from lt_utils.train import TrainingParams, TrainJob, TrainSpec, eval_options, run_jobs
 
 
@@ -83,6 +84,7 @@ class SyntheticThoughtsConfig(TrainingParams):
     prefix_chunks: int = 1                  # previous chunks the teacher sees as context (paper: 1)
     teacher_error_rate: float = 0.0         # oracle: chance a unit's thought has one wrong step
     teacher_drop_rate: float = 0.0          # oracle: chance a unit's thought misses one step
+    thought_style: str = "compact"          # oracle: compact (sums/differences in one step) or spelled (by columns)
     teacher_sweep: list[float] = field(default_factory=list)  # extra latent arms whose teacher errs at these rates
     wrap_orig_repeats: int = 5              # WRAP-Orig rewrites per document (paper: 5)
     wrap_cot_repeats: int = 4               # WRAP-CoT rewrites per document (paper: 4)
@@ -95,6 +97,10 @@ class SyntheticThoughtsConfig(TrainingParams):
         require(not bad, f"arms: unknown arm '{bad[0] if bad else ''}' (known: {', '.join(ARMS)})")
         require(len(self.seeds) > 0, "seeds must list at least one seed")
         require(self.teacher in TEACHERS, f"teacher: unknown teacher '{self.teacher}' (known: {', '.join(TEACHERS)})")
+        require(self.thought_style in THOUGHT_STYLES,
+                f"thought_style: must be one of {', '.join(THOUGHT_STYLES)}, got {self.thought_style!r}")
+        require(self.teacher == "oracle" or self.thought_style == "compact",
+                "thought_style: only the oracle teacher writes thoughts in a chosen style")
         require(self.teacher != "oracle" or not self.teacher_options,
                 "teacher_options: the oracle teacher takes none (use teacher_error_rate / teacher_drop_rate)")
         if self.teacher != "oracle":
@@ -149,8 +155,8 @@ def make_teacher(cfg: SyntheticThoughtsConfig, error_rate: float | None = None, 
             raise ValueError(f"teacher_options: {e}") from None
     err = cfg.teacher_error_rate if error_rate is None else error_rate
     if err or cfg.teacher_drop_rate:
-        return NoisyOracleTeacher(err, cfg.teacher_drop_rate)
-    return OracleTeacher()
+        return NoisyOracleTeacher(err, cfg.teacher_drop_rate, style=cfg.thought_style)
+    return OracleTeacher(cfg.thought_style)
 
 
 def chunks_of(cfg: SyntheticThoughtsConfig, docs):

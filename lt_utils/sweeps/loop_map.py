@@ -71,6 +71,19 @@ MSTEP_ONLY = frozenset({"steps"})
 ESTEP_ONLY = frozenset({"k", "max_thought_tokens", "estep_batch_chunks", "max_prefix_tokens", "estep_temperature",
                         "ban_special_in_thought", "prior_sample_chunks", "estep_backend", "vllm_engine_args",
                         "estep_shards", "elbo_k"})
+# The stage-03 fields when the first maps ran: a level's id hashes these, and a later field only when it is set
+# away from its default (`_level_id`).
+MAP_ERA_FIELDS = frozenset({
+    "n_layer", "n_embd", "n_head", "n_kv_head", "intermediate_size", "tie_embeddings", "init_std", "init_from",
+    "init", "batch_size", "grad_accum", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "weight_decay",
+    "grad_clip", "eval_every", "attend_across_docs", "cut_at_chunks", "max_eval_problems", "eval_dev_problems",
+    "eval_shots", "eval_max_new_tokens", "eval_max_prompt_tokens", "eval_samples", "eval_temperature", "workers",
+    "threads_per_worker", "launcher", "keep_checkpoints", "study", "run_root", "data_stage", "seeds", "iterations",
+    "k", "k_ablation", "max_thought_tokens", "estep_batch_chunks", "elbo_k", "baselines", "chunk_mean_units",
+    "chunk_max_units", "prefix_chunks", "warmstart_split", "warmstart_max_docs", "warmstart_thoughts_stage",
+    "warmstart_steps", "steps", "max_prefix_tokens", "estep_temperature", "ban_special_in_thought",
+    "prior_sample_chunks", "estep_backend", "vllm_engine_args", "estep_shards", "overwrite",
+})
 # Fields the map sets itself: an axis or an override may not.
 RESERVED = frozenset({"study", "run_root", "overwrite", "workers", "threads_per_worker", "iterations", "k_ablation",
                       "baselines", "seeds", "data_stage", "figures_dir"})
@@ -162,6 +175,16 @@ def _level_params(boot: dict, drop: frozenset) -> dict:
     return {k: (v if k in drop or k not in boot else boot[k]) for k, v in defaults.items()}
 
 
+def _level_id(boot: dict, drop: frozenset) -> str:
+    """The id of a level's run: the hash of its resolved parameters, where a field added to stage 03 after the
+    first maps ran counts only once it leaves its default, so every finished warmstart and E-step stays reusable."""
+    from lt_utils.stages.bootstrap_em import BootstrapConfig
+
+    defaults = _defaults(BootstrapConfig)
+    params = _level_params(boot, drop)
+    return _hash({k: v for k, v in params.items() if k in MAP_ERA_FIELDS or v != defaults[k]})
+
+
 def expand(cfg: LoopMapConfig) -> list[Cell]:
     """Every cell of the map, in row-major order, the ablation's cells last; validates each cell's stage params."""
     from lt_utils.stages.bootstrap_em import BootstrapConfig
@@ -198,8 +221,8 @@ def expand(cfg: LoopMapConfig) -> list[Cell]:
                         msg = str(exc)
                         raise ConfigError(msg if msg.startswith(where) else f"{where} ({stage}): {msg}") from None
                 cells.append(Cell(variant=variant, row_value=rv, col_value=cv, data_params=data, boot_params=boot,
-                                  data_id=data_id, warm_id=_hash(_level_params(boot, MSTEP_ONLY | ESTEP_ONLY)),
-                                  estep_id=_hash(_level_params(boot, MSTEP_ONLY)), cell_id=_hash(boot)))
+                                  data_id=data_id, warm_id=_level_id(boot, MSTEP_ONLY | ESTEP_ONLY),
+                                  estep_id=_level_id(boot, MSTEP_ONLY), cell_id=_hash(boot)))
     return cells
 
 

@@ -9,8 +9,8 @@ derivation text (for example one sampled from a model) against the problem.
 
 Modules
 -------
-* :mod:`.core` -- units, documents, verdicts, the text format and the thought
-  grammar (the derivation builder).
+* :mod:`.units` -- units, documents, verdicts, the text format, the thought
+  grammar (the derivation builder) and the thought styles.
 * :mod:`.family` -- the :class:`Family` protocol and shared helpers.
 * :mod:`.arithmetic`, :mod:`.algebra`, :mod:`.conversion`, :mod:`.word` -- the
   seven families and the details of their derivations.
@@ -46,7 +46,7 @@ characters of its unit's raw text (word problems are the shortest relative to
 their text, conversions the longest).
 """
 
-from lt_utils.world.units import Document, Unit, Verdict, eval_prompt, eval_target, render_unit
+from lt_utils.world.units import THOUGHT_STYLES, Document, Unit, Verdict, eval_prompt, eval_target, render_unit
 from lt_utils.world.family import Family
 from lt_utils.world.registry import DEFAULT_DIFFICULTY, FAMILIES, instance_space_size
 from lt_utils.world.splits import SPLIT_FRACTIONS, SPLITS, generate_documents, generate_problems, split_of, split_pool_size
@@ -60,6 +60,7 @@ __all__ = [
     "Family",
     "SPLITS",
     "SPLIT_FRACTIONS",
+    "THOUGHT_STYLES",
     "Unit",
     "Verdict",
     "eval_prompt",

@@ -3,7 +3,9 @@
 Derivations:
 
 * **linear** ``a*x+b=c`` (also written ``b+ax=c``, ``ax-b=c``, ``ax=c``):
-  ``c-b=ax`` (``c+b`` for ``ax-b``) then ``ax/a=x``.
+  ``c-b=ax`` (``c+b`` for ``ax-b``) then ``ax/a=x``; in the spelled style
+  the first step is worked column by column before it is stated
+  (:func:`lt_utils.world.arithmetic.sub_step`).
 * **remainder** long division: for each running number ``n`` (the shortest
   prefix of the dividend that is at least the divisor, then the previous
   remainder with the next digit brought down) the clauses
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import re
 
+from lt_utils.world.arithmetic import add_step, sub_step
 from lt_utils.world.units import _Derivation
 from lt_utils.world.family import Family, _canon_int, _n_digit_range, _pick, _ri
 
@@ -96,15 +99,15 @@ class _Linear(Family):
             if d > max(self.difficulties):
                 return d
 
-    def derive(self, inst):
+    def derive(self, inst, style="compact"):
         form, a, b, c = inst
         d = _Derivation()
         if form == "none":
             num = c
         elif form == "minus":
-            num = d.step(f"{c}+{b}", c + b)
+            num = add_step(d, c, b, style)
         else:
-            num = d.step(f"{c}-{b}", c - b)
+            num = sub_step(d, c, b, style)
         return d.solution(d.step(f"{num}/{a}", num // a))
 
     def enumerate(self, difficulty):
@@ -155,7 +158,7 @@ class _Remainder(Family):
     def difficulty_of(self, inst):
         return len(str(inst[0]))
 
-    def derive(self, inst):
+    def derive(self, inst, style="compact"):
         n, k = inst
         s = str(n)
         take = next((i for i in range(1, len(s) + 1) if int(s[:i]) >= k), len(s))

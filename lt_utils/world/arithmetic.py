@@ -14,13 +14,19 @@ Derivations:
 * **multiplication** columns ``x*m(+c)=p`` with `` c{k}`` carries; with a
   two-digit multiplier each partial product is derived that way and then
   stated (``47*6=282``), and the shifted partials are added in one step.
+
+The other families write a sum or a difference as one step (``64-19=45``).
+In the *spelled* thought style (:func:`add_step`, :func:`sub_step`) a sum or
+difference with a multi-digit operand is worked in these columns first, the
+shorter operand padded with zeros, and then stated, as multiplication states
+its partial products: ``14-9=5 b1. 6-1-1=4. 64-19=45.``
 """
 
 from __future__ import annotations
 
 import re
 
-from lt_utils.world.units import _Derivation
+from lt_utils.world.units import _Derivation, check_style
 from lt_utils.world.family import Family, _canon_int, _n_digit_range, _ri
 
 
@@ -29,8 +35,15 @@ def _digits(n: int) -> list[int]:
     return [int(c) for c in reversed(str(n))]
 
 
-def _add_columns(d: _Derivation, a: int, b: int) -> int:
+def _padded_digits(a: int, b: int) -> tuple[list[int], list[int]]:
+    """Digits of a and b, least significant first, the shorter padded with zeros to the longer's length."""
     da, db = _digits(a), _digits(b)
+    n = max(len(da), len(db))
+    return da + [0] * (n - len(da)), db + [0] * (n - len(db))
+
+
+def _add_columns(d: _Derivation, a: int, b: int) -> int:
+    da, db = _padded_digits(a, b)
     carry = 0
     for i, (x, y) in enumerate(zip(da, db)):
         expr = f"{x}+{y}" + (f"+{carry}" if carry else "")
@@ -44,7 +57,8 @@ def _add_columns(d: _Derivation, a: int, b: int) -> int:
 
 
 def _sub_columns(d: _Derivation, a: int, b: int) -> int:
-    da, db = _digits(a), _digits(b)
+    """a-b column by column, for a >= b."""
+    da, db = _padded_digits(a, b)
     borrow = 0
     for x, y in zip(da, db):
         out = 1 if x - borrow - y < 0 else 0
@@ -53,6 +67,20 @@ def _sub_columns(d: _Derivation, a: int, b: int) -> int:
         d.step(expr, top - borrow - y, " b1" if out else "")
         borrow = out
     return a - b
+
+
+def add_step(d: _Derivation, a: int, b: int, style: str = "compact") -> int:
+    """The step a+b of another family's derivation: one clause, or in the spelled style columns and then the sum."""
+    if check_style(style) == "spelled" and max(a, b) >= 10:
+        _add_columns(d, a, b)
+    return d.step(f"{a}+{b}", a + b)
+
+
+def sub_step(d: _Derivation, a: int, b: int, style: str = "compact") -> int:
+    """The step a-b (a >= b) of another family's derivation: one clause, or spelled out as columns, then stated."""
+    if check_style(style) == "spelled" and a >= 10:
+        _sub_columns(d, a, b)
+    return d.step(f"{a}-{b}", a - b)
 
 
 def _mul_by_digit(d: _Derivation, a: int, m: int) -> int:
@@ -115,7 +143,7 @@ class _ColumnFamily(Family):
     def difficulty_of(self, inst):
         return len(str(inst[0]))
 
-    def derive(self, inst):
+    def derive(self, inst, style="compact"):
         d = _Derivation()
         return d.solution(self.columns(d, *inst))
 
@@ -209,7 +237,7 @@ class _Multiplication(Family):
     def difficulty_of(self, inst):
         return len(str(inst[0])) + (10 if inst[1] >= 10 else 0)
 
-    def derive(self, inst):
+    def derive(self, inst, style="compact"):
         d = _Derivation()
         return d.solution(_mul(d, *inst))
 

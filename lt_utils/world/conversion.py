@@ -82,7 +82,7 @@ class _Conversion(Family):
     def difficulty_of(self, inst):
         return len(str(inst[1]))
 
-    def derive(self, inst):
+    def derive(self, inst, style="compact"):
         unit, _, small, factor = _CONV_BY_UNIT[inst[0]]
         n = inst[1]
         d = _Derivation()

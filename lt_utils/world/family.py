@@ -61,7 +61,8 @@ class Family:
     def difficulty_of(self, inst: tuple) -> int:
         raise NotImplementedError
 
-    def derive(self, inst: tuple) -> _Solution:
+    def derive(self, inst: tuple, style: str = "compact") -> _Solution:
+        """The ground-truth derivation; `style` (`units.THOUGHT_STYLES`) says how sums and differences are written."""
         raise NotImplementedError
 
     def space_size(self, difficulty: int) -> int:
@@ -89,8 +90,8 @@ class Family:
     def uid(self, inst: tuple) -> str:
         return hashlib.sha1(f"{self.name}|{inst!r}".encode()).hexdigest()[:16]
 
-    def unit(self, inst: tuple, difficulty: int) -> Unit:
-        sol = self.derive(inst)
+    def unit(self, inst: tuple, difficulty: int, style: str = "compact") -> Unit:
+        sol = self.derive(inst, style)
         return Unit(
             family=self.name,
             difficulty=int(difficulty),

@@ -34,6 +34,15 @@ either
 Digit-wise arithmetic works from the rightmost column; the leftmost column
 writes its full value, so the answer is read off as that value followed by the
 lower columns' digits.
+
+Thought styles
+--------------
+``compact`` (the default, every study's) writes a sum or difference inside a
+linear equation or a word problem as one step (``64-19=45``); ``spelled``
+works it column by column first, as the addition family does, and then states
+it (``14-9=5 b1. 6-1-1=4. 64-19=45.``).  The raw text is the same in both, and
+a spelled thought holds every step of the compact one, so :func:`verify`
+accepts either.
 """
 
 from __future__ import annotations
@@ -159,6 +168,16 @@ class Verdict:
 # --------------------------------------------------------------------------- #
 # Derivations
 # --------------------------------------------------------------------------- #
+THOUGHT_STYLES = ("compact", "spelled")
+
+
+def check_style(style: str) -> str:
+    """`style` if it is a known thought style, else a one-line ValueError naming the valid ones."""
+    if style not in THOUGHT_STYLES:
+        raise ValueError(f"thought_style must be one of {', '.join(THOUGHT_STYLES)}, got {style!r}")
+    return style
+
+
 @dataclass(frozen=True)
 class _Solution:
     answer: int

@@ -26,7 +26,7 @@ from fractions import Fraction
 from typing import Sequence
 
 from lt_utils.world.conversion import _FACTS
-from lt_utils.world.units import Unit, Verdict
+from lt_utils.world.units import Unit, Verdict, check_style
 from lt_utils.world.family import Family
 from lt_utils.world.registry import FAMILIES
 
@@ -41,11 +41,12 @@ def _parse_any(question: str) -> tuple[Family, tuple] | None:
     return None
 
 
-def parse_question(question: str) -> Unit | None:
-    """Recognise a question of any family; the Unit carries the recomputed answer and thought.
+def parse_question(question: str, style: str = "compact") -> Unit | None:
+    """Recognise a question of any family; the Unit carries the recomputed answer and thought (in `style`).
 
     Its difficulty is the smallest level that can generate the instance.
     """
+    check_style(style)
     try:
         found = _parse_any(question)
     except Exception:  # pragma: no cover - defensive: junk must never raise
@@ -53,7 +54,7 @@ def parse_question(question: str) -> Unit | None:
     if found is None:
         return None
     fam, inst = found
-    return fam.unit(inst, fam.difficulty_of(inst))
+    return fam.unit(inst, fam.difficulty_of(inst), style)
 
 
 _CLAIM_RE = re.compile(

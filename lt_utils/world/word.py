@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from lt_utils.world.arithmetic import add_step, sub_step
 from lt_utils.world.units import _Derivation
 from lt_utils.world.family import Family, _canon_int, _pick, _ri
 
@@ -294,17 +295,17 @@ class _Word(Family):
     def difficulty_of(self, inst):
         return sum(2 if ev[0] == "group" else 1 for ev in inst[4])
 
-    def derive(self, inst):
+    def derive(self, inst, style="compact"):
         total = inst[3]
         d = _Derivation()
         for ev in inst[4]:
             if ev[0] == "add":
-                total = d.step(f"{total}+{ev[1]}", total + ev[1])
+                total = add_step(d, total, ev[1], style)
             elif ev[0] == "sub":
-                total = d.step(f"{total}-{ev[1]}", total - ev[1])
+                total = sub_step(d, total, ev[1], style)
             elif ev[0] == "group":
                 p = d.step(f"{ev[1]}*{ev[2]}", ev[1] * ev[2])
-                total = d.step(f"{total}+{p}", total + p)
+                total = add_step(d, total, p, style)
             else:
                 total = d.step(f"{total}/{ev[1]}", total // ev[1])
         return d.solution(total)
