@@ -109,15 +109,18 @@ selection: $(STAMP)
 mstep-transfer: $(STAMP)
 	$(PY) -m lt_utils.sweeps.mstep_transfer $(if $(REDRAW),--redraw)
 
-# the thought format as a lever (needs make study's runs/cpu): the latent arm of stage 02 and the default's loop
-# (seed 0) on spelled thoughts, then warmstarts of both styles and their fidelity
+# the thought format as a lever (needs make study's runs/cpu): for each style, the latent arm of stage 02 (3 seeds)
+# and the default's loop (seed 0) on its thoughts, then warmstarts of every style and their fidelity
+FORMATS := spelled spelled_linear
 thought-format: $(STAMP)
-	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_spelled_c1 --only 01_data_prep
-	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_spelled --only 01_data_prep
-	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_spelled_c1 --only 02_synthetic_thoughts \
-	  --set "02_synthetic_thoughts.thought_style=spelled" --set "02_synthetic_thoughts.arms=[latent_thoughts]" & p0=$$!; \
-	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_spelled --set "03_bootstrap_em.thought_style=spelled" & p1=$$!; \
-	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
+	for s in $(FORMATS); do for study in cpu_$${s}_c1 cpu_$$s; do \
+	  $(PY) -m lt_utils.cli.pipeline --profile cpu --study $$study --only 01_data_prep || exit 1; done; done
+	for s in $(FORMATS); do \
+	  $(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_$${s}_c1 --only 02_synthetic_thoughts \
+	    --set "02_synthetic_thoughts.thought_style=$$s" --set "02_synthetic_thoughts.arms=[latent_thoughts]" || exit 1; done
+	pids=""; for s in $(FORMATS); do \
+	  $(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_$$s --set "03_bootstrap_em.thought_style=$$s" & pids="$$pids $$!"; \
+	done; for p in $$pids; do wait $$p || exit 1; done
 	$(PY) -m lt_utils.sweeps.thought_format $(if $(REDRAW),--redraw)
 
 faults: $(STAMP)

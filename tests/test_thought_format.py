@@ -24,6 +24,18 @@ def test_compact_cells_are_the_fidelity_curves_own_and_spelled_ones_are_new():
         assert c.boot_params["thought_style"] == style and c.data_id == curve[c.row_value].data_id
 
 
+def test_a_second_seed_is_a_warmstart_of_its_own_on_the_same_data():
+    cfg = tf.ThoughtFormatConfig(budgets=[1000, 3000], styles=["compact"], seeds_at={3000: [0, 1]})
+    cells = tf.cells(cfg)
+    assert [(c.row_value, c.boot_params["seeds"]) for _, c in cells] == [(1000, [0]), (3000, [0]), (3000, [1])]
+    (_, s0), (_, s1) = cells[1:]
+    assert s0.data_id == s1.data_id and len({s0.warm_id, s1.warm_id}) == 2 and len({s0.estep_id, s1.estep_id}) == 2
+    assert {k: v for k, v in s1.boot_params.items() if k != "seeds"} == \
+        {k: v for k, v in s0.boot_params.items() if k != "seeds"}
+    with pytest.raises(ConfigError, match="seeds_at"):
+        tf.ThoughtFormatConfig(budgets=[1000], seeds_at={3000: [1]})
+
+
 def test_bad_params_are_one_line_errors():
     with pytest.raises(ConfigError, match="verbose"):
         tf.ThoughtFormatConfig(styles=["compact", "verbose"])

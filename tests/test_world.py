@@ -457,17 +457,19 @@ def test_thought_length_within_budget_at_default_difficulty():
 
 
 # --------------------------------------------------------------------------- thought styles
+@pytest.mark.parametrize("style", ["spelled", "spelled_linear"])
 @pytest.mark.parametrize("family", sorted(W.FAMILIES))
-def test_spelled_thoughts_verify_and_hold_every_compact_step(family):
+def test_spelled_thoughts_verify_and_hold_every_compact_step(family, style):
     """A spelled thought passes the verifier, keeps every clause of the compact one in order, and adds only
-    column steps; the column families already spell out, so their thoughts are unchanged."""
+    column steps, in the families its style names; the column families already spell out, so their thoughts
+    are unchanged."""
     fam = W.FAMILIES[family]
     rng = np.random.default_rng(7)
     spelled_more = 0
     for _ in range(300):
         inst = fam.sample(rng, fam.default_difficulty)
         compact = fam.unit(inst, fam.default_difficulty)
-        spelled = fam.unit(inst, fam.default_difficulty, "spelled")
+        spelled = fam.unit(inst, fam.default_difficulty, style)
         assert (spelled.question, spelled.answer) == (compact.question, compact.answer)
         assert W.verify(compact.question, spelled.thought).correct, spelled.thought
         verdict = W.verify(compact.question, spelled.thought)
@@ -476,7 +478,7 @@ def test_spelled_thoughts_verify_and_hold_every_compact_step(family):
         it = iter(extra)
         assert all(c in it for c in clauses), (compact.thought, spelled.thought)   # a subsequence
         spelled_more += spelled.thought != compact.thought
-    if family in ("linear", "word"):
+    if family in {"spelled": ("linear", "word"), "spelled_linear": ("linear",)}[style]:
         assert spelled_more > 150
     else:
         assert spelled_more == 0

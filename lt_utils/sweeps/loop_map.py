@@ -226,6 +226,14 @@ def expand(cfg: LoopMapConfig) -> list[Cell]:
     return cells
 
 
+def with_seed(cell: Cell, seed: int) -> Cell:
+    """The same cell with its runs seeded `seed` (a map runs seed 0 unless its profile says otherwise): new ids for
+    every level, so another seed of a warmstart is a run of its own beside the first."""
+    boot = {**cell.boot_params, "seeds": [int(seed)]}
+    return dataclasses.replace(cell, boot_params=boot, warm_id=_level_id(boot, MSTEP_ONLY | ESTEP_ONLY),
+                               estep_id=_level_id(boot, MSTEP_ONLY), cell_id=_hash(boot))
+
+
 def _unique(cells: list[Cell], key: str) -> list[Cell]:
     seen: dict[tuple, Cell] = {}
     for c in cells:

@@ -51,6 +51,7 @@ class ThoughtFormatConfig:
     map: str = "loop_map_transfer"    # params/<map>/map.yaml: the warmstarts' profile and run root (the fidelity curve's)
     budgets: list[int] = field(default_factory=lambda: [1000, 3000])          # warmstart steps
     styles: list[str] = field(default_factory=lambda: ["compact", "spelled"])
+    seeds_at: dict[int, list[int]] = field(default_factory=dict)   # budget -> warmstart seeds there (default [0])
     c1_runs: dict[str, str] = field(default_factory=dict)   # style -> a finished stage-02 run (its latent arm)
     c1_raw_run: str = "runs/cpu/02_synthetic_thoughts"      # the raw-repeat arm every style is compared with
     decode_chunks: int = fidelity_curve.DECODE_CHUNKS
@@ -65,29 +66,37 @@ class ThoughtFormatConfig:
         require(not bad, f"styles / c1_runs: unknown thought style {bad[0] if bad else ''!r} "
                          f"(known: {', '.join(THOUGHT_STYLES)})")
         require(self.decode_chunks >= 0 and self.workers >= 0, "decode_chunks and workers must be ≥ 0")
+        bad = [b for b, seeds in self.seeds_at.items() if b not in self.budgets or not seeds or min(seeds) < 0]
+        require(not bad, f"seeds_at: {bad[0] if bad else ''} is not one of budgets, or lists no seed ≥ 0")
+
+    def seeds_of(self, budget: int) -> list[int]:
+        return list(self.seeds_at.get(budget, [0]))
 
 
 def cells(cfg: ThoughtFormatConfig) -> list[tuple[str, loop_map.Cell]]:
-    """(style, cell) for every style × budget: the map's warmstart level with `thought_style` set.
+    """(style, cell) for every style × budget × seed: the map's warmstart level with `thought_style` (and, past
+    seed 0, `seeds`) set.
 
-    The compact style is the default, so its cells are the fidelity curve's own (same ids, reused)."""
+    The compact style is the default, so its seed-0 cells are the fidelity curve's own (same ids, reused)."""
     base = loop_map.load_map(cfg.map)
     out = []
     for style in cfg.styles:
         m = dataclasses.replace(base, bootstrap={**base.bootstrap, "thought_style": style},
                                 row_param="warmstart_steps", row_values=list(cfg.budgets),
                                 col_param="steps", col_values=base.col_values[:1], ablation={}, ablation_rows=[])
-        out += [(style, c) for c in loop_map.expand(m)]
+        for c in loop_map.expand(m):
+            out += [(style, c if seed == c.boot_params["seeds"][0] else loop_map.with_seed(c, seed))
+                    for seed in cfg.seeds_of(c.row_value)]
     return out
 
 
-def fidelity_row(style: str, res: dict, warm: str) -> dict:
+def fidelity_row(style: str, seed: int, res: dict, warm: str) -> dict:
     """One `part = fidelity` row from a warmstart's `fidelity.json` (`fidelity_curve.run_fidelity`)."""
     r = fidelity_curve.row(0, res, warm)
     dev_fam = res["fidelity"].get("dev", {}).get("by_family", {})
     keep = ["steps", "f", "f_dev", *[f"p_{f}" for f in FAMILIES], "sampled_dev_correct", "greedy_dev_correct",
             "greedy_correct", "thought_nll_per_token", "dev_accuracy"]
-    return {"part": "fidelity", "style": style, **{k: r[k] for k in keep},
+    return {"part": "fidelity", "style": style, "seed": seed, **{k: r[k] for k in keep},
             **{f"p_dev_{f}": dev_fam.get(f, {}).get("p") for f in FAMILIES}, "source": warm}
 
 
@@ -137,7 +146,7 @@ def run(cfg: ThoughtFormatConfig):
         "warmstarts")
     outs = par(fidelity_curve.run_fidelity, [(c.boot_params, c.warm_id, c.estep_id, cfg.decode_chunks)
                                              for c in todo], "fidelity")
-    rows = [fidelity_row(style_of[c.estep_id], o, f"{c.data_id}/03_warmstart_{c.warm_id}")
+    rows = [fidelity_row(style_of[c.estep_id], c.boot_params["seeds"][0], o, f"{c.data_id}/03_warmstart_{c.warm_id}")
             for c, o in zip(todo, outs)]
     if cfg.c1_runs:
         rows += c1_rows("compact", Path(cfg.c1_raw_run), "raw_repeat")

@@ -3,7 +3,7 @@
 Derivations:
 
 * **linear** ``a*x+b=c`` (also written ``b+ax=c``, ``ax-b=c``, ``ax=c``):
-  ``c-b=ax`` (``c+b`` for ``ax-b``) then ``ax/a=x``; in the spelled style
+  ``c-b=ax`` (``c+b`` for ``ax-b``) then ``ax/a=x``; in a spelled style
   the first step is worked column by column before it is stated
   (:func:`lt_utils.world.arithmetic.sub_step`).
 * **remainder** long division: for each running number ``n`` (the shortest
@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from lt_utils.world.arithmetic import add_step, sub_step
-from lt_utils.world.units import _Derivation
+from lt_utils.world.units import _Derivation, spells
 from lt_utils.world.family import Family, _canon_int, _n_digit_range, _pick, _ri
 
 
@@ -101,13 +101,13 @@ class _Linear(Family):
 
     def derive(self, inst, style="compact"):
         form, a, b, c = inst
-        d = _Derivation()
+        d, spelled = _Derivation(), spells(style, self.name)
         if form == "none":
             num = c
         elif form == "minus":
-            num = add_step(d, c, b, style)
+            num = add_step(d, c, b, spelled)
         else:
-            num = sub_step(d, c, b, style)
+            num = sub_step(d, c, b, spelled)
         return d.solution(d.step(f"{num}/{a}", num // a))
 
     def enumerate(self, difficulty):

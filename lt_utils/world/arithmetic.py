@@ -16,7 +16,7 @@ Derivations:
   stated (``47*6=282``), and the shifted partials are added in one step.
 
 The other families write a sum or a difference as one step (``64-19=45``).
-In the *spelled* thought style (:func:`add_step`, :func:`sub_step`) a sum or
+In a *spelled* thought style (:func:`add_step`, :func:`sub_step`) a sum or
 difference with a multi-digit operand is worked in these columns first, the
 shorter operand padded with zeros, and then stated, as multiplication states
 its partial products: ``14-9=5 b1. 6-1-1=4. 64-19=45.``
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 
-from lt_utils.world.units import _Derivation, check_style
+from lt_utils.world.units import _Derivation
 from lt_utils.world.family import Family, _canon_int, _n_digit_range, _ri
 
 
@@ -69,16 +69,16 @@ def _sub_columns(d: _Derivation, a: int, b: int) -> int:
     return a - b
 
 
-def add_step(d: _Derivation, a: int, b: int, style: str = "compact") -> int:
-    """The step a+b of another family's derivation: one clause, or in the spelled style columns and then the sum."""
-    if check_style(style) == "spelled" and max(a, b) >= 10:
+def add_step(d: _Derivation, a: int, b: int, spelled: bool = False) -> int:
+    """The step a+b of another family's derivation: one clause, or (`spelled`) columns and then the sum."""
+    if spelled and max(a, b) >= 10:
         _add_columns(d, a, b)
     return d.step(f"{a}+{b}", a + b)
 
 
-def sub_step(d: _Derivation, a: int, b: int, style: str = "compact") -> int:
+def sub_step(d: _Derivation, a: int, b: int, spelled: bool = False) -> int:
     """The step a-b (a >= b) of another family's derivation: one clause, or spelled out as columns, then stated."""
-    if check_style(style) == "spelled" and a >= 10:
+    if spelled and a >= 10:
         _sub_columns(d, a, b)
     return d.step(f"{a}-{b}", a - b)
 

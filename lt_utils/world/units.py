@@ -40,9 +40,9 @@ Thought styles
 ``compact`` (the default, every study's) writes a sum or difference inside a
 linear equation or a word problem as one step (``64-19=45``); ``spelled``
 works it column by column first, as the addition family does, and then states
-it (``14-9=5 b1. 6-1-1=4. 64-19=45.``).  The raw text is the same in both, and
-a spelled thought holds every step of the compact one, so :func:`verify`
-accepts either.
+it (``14-9=5 b1. 6-1-1=4. 64-19=45.``); ``spelled_linear`` does so in linear
+equations only.  The raw text is the same in all, and a spelled thought holds
+every step of the compact one, so :func:`verify` accepts any of them.
 """
 
 from __future__ import annotations
@@ -168,7 +168,9 @@ class Verdict:
 # --------------------------------------------------------------------------- #
 # Derivations
 # --------------------------------------------------------------------------- #
-THOUGHT_STYLES = ("compact", "spelled")
+# style -> the families whose sums and differences it spells out column by column
+SPELLED_FAMILIES = {"compact": (), "spelled": ("linear", "word"), "spelled_linear": ("linear",)}
+THOUGHT_STYLES = tuple(SPELLED_FAMILIES)
 
 
 def check_style(style: str) -> str:
@@ -176,6 +178,11 @@ def check_style(style: str) -> str:
     if style not in THOUGHT_STYLES:
         raise ValueError(f"thought_style must be one of {', '.join(THOUGHT_STYLES)}, got {style!r}")
     return style
+
+
+def spells(style: str, family: str) -> bool:
+    """Whether thoughts of `style` spell out the sums and differences of `family`'s derivations."""
+    return family in SPELLED_FAMILIES[check_style(style)]
 
 
 @dataclass(frozen=True)

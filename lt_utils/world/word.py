@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from lt_utils.world.arithmetic import add_step, sub_step
-from lt_utils.world.units import _Derivation
+from lt_utils.world.units import _Derivation, spells
 from lt_utils.world.family import Family, _canon_int, _pick, _ri
 
 _NAMES = (
@@ -297,15 +297,15 @@ class _Word(Family):
 
     def derive(self, inst, style="compact"):
         total = inst[3]
-        d = _Derivation()
+        d, spelled = _Derivation(), spells(style, self.name)
         for ev in inst[4]:
             if ev[0] == "add":
-                total = add_step(d, total, ev[1], style)
+                total = add_step(d, total, ev[1], spelled)
             elif ev[0] == "sub":
-                total = sub_step(d, total, ev[1], style)
+                total = sub_step(d, total, ev[1], spelled)
             elif ev[0] == "group":
                 p = d.step(f"{ev[1]}*{ev[2]}", ev[1] * ev[2])
-                total = add_step(d, total, p, style)
+                total = add_step(d, total, p, spelled)
             else:
                 total = d.step(f"{total}/{ev[1]}", total // ev[1])
         return d.solution(total)
