@@ -34,6 +34,12 @@ def test_a_second_seed_is_a_warmstart_of_its_own_on_the_same_data():
         {k: v for k, v in s0.boot_params.items() if k != "seeds"}
     with pytest.raises(ConfigError, match="seeds_at"):
         tf.ThoughtFormatConfig(budgets=[1000], seeds_at={3000: [1]})
+    only = tf.ThoughtFormatConfig(budgets=[3000], styles=["compact", "spelled"], seeds_at={3000: [0, 1]},
+                                  seeds_styles=["spelled"])
+    assert [(s, c.boot_params["seeds"]) for s, c in tf.cells(only)] == [("compact", [0]), ("spelled", [0]),
+                                                                       ("spelled", [1])]
+    with pytest.raises(ConfigError, match="seeds_styles"):
+        tf.ThoughtFormatConfig(styles=["compact"], seeds_styles=["spelled"])
 
 
 def test_bad_params_are_one_line_errors():

@@ -874,60 +874,71 @@ def fig_mstep_transfer(df: pd.DataFrame) -> Figure:
     return fig
 
 
-_STYLE_LINES = {"compact": ("-", "o"), "spelled": ("--", "s")}
+_STYLE_COLORS = {"compact": "#0072B2", "spelled": "#D55E00", "spelled_linear": "#009E73"}
 
 
 @register("thought_format")
 def fig_thought_format(df: pd.DataFrame) -> Figure:
-    """The thought format as a lever (`sweeps.thought_format.build_table`).
+    """The thought format as a lever (`sweeps.thought_format.build_table`), one colour per thought style.
 
-    Left: per family, q of a problem's own oracle steps on the bootstrap corpus against warmstart steps, solid for
-    compact thoughts, dashed for spelled.  Middle: one T = 1 posterior sample per dev problem that verifies, and dev
-    answer accuracy.  Right: the C1 gap, test accuracy per seed of raw repeat and of the latent arm in each style.
+    Left: fidelity on dev problems against warmstart steps (line: mean over seeds; dots: each seed).  Middle: at
+    the largest budget, per family, q of a problem's own oracle steps on the bootstrap corpus (bar: mean; dots:
+    seeds).  Right: the C1 gap, test accuracy per seed of raw repeat and of the latent arm in each style.
     """
-    _require(df, ["part", "style", "steps", "arm", "seed", "f"], "thought_format")
+    _require(df, ["part", "style", "steps", "arm", "seed", "f", "f_dev"], "thought_format")
     fid = df[df["part"] == "fidelity"]
     c1 = df[df["part"] == "c1"]
-    fam_colors = {"addition": "#0072B2", "linear": "#D55E00", "word": "#009E73", "all": "0.2"}
+    styles = sorted(set(fid["style"]) | set(c1["style"]), key=lambda s: (s != "compact", s))
+    color = {st: _STYLE_COLORS.get(st, _WIDTH_COLORS[i % 4]) for i, st in enumerate(styles)}
     with style():
-        fig = _new_figure((13.0, 3.9))
-        ax_f, ax_s, ax_c = fig.subplots(1, 3)
-        for st, d in fid.groupby("style"):
-            ls, mk = _STYLE_LINES.get(st, (":", "^"))
-            d = d.sort_values("steps")
-            for fam, color in fam_colors.items():
-                col = "f" if fam == "all" else f"p_{fam}"
-                ax_f.plot(d["steps"], d[col], color=color, linestyle=ls, marker=mk, label=f"{fam}, {st}")
-            ax_s.plot(d["steps"], d["sampled_dev_correct"], color="#0072B2", linestyle=ls, marker=mk,
-                      label=f"one T = 1 sample verifies, {st}")
-            ax_s.plot(d["steps"], d["dev_accuracy"], color="#D55E00", linestyle=ls, marker=mk,
-                      label=f"dev answer accuracy, {st}")
-        for ax in (ax_f, ax_s):
-            steps = sorted(fid["steps"].dropna().unique())
-            ax.set_xscale("log")
-            ax.set_xticks(steps, [f"{int(s):,}" for s in steps])
-            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-            ax.set_xlabel("Warmstart steps (8 × 256 tokens, oracle thoughts)")
-            ax.set_ylim(0, 1)
-            ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
-            ax.legend(loc="upper left", fontsize=6.5)
-        ax_f.set_title("q of a problem's own oracle steps (corpus)")
-        ax_s.set_title("The warmstart's posterior on dev problems")
-        groups = [("raw_repeat", "compact", "raw repeat"), ("latent_thoughts", "compact", "latent, compact"),
-                  ("latent_thoughts", "spelled", "latent, spelled")]
+        fig = _new_figure((13.0, 4.0))
+        ax_f, ax_fam, ax_c = fig.subplots(1, 3)
+        for st in styles:
+            d = fid[fid["style"] == st]
+            if not len(d):
+                continue
+            mean = d.groupby("steps")["f_dev"].mean().sort_index()
+            ax_f.plot(mean.index, mean.values, color=color[st], marker="o", label=st)
+            ax_f.scatter(d["steps"], d["f_dev"], color=color[st], s=14, alpha=0.6, zorder=3)
+        steps = sorted(fid["steps"].dropna().unique())
+        ax_f.set_xscale("log")
+        ax_f.set_xticks(steps, [f"{int(s):,}" for s in steps])
+        ax_f.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax_f.set_xlabel("Warmstart steps (8 × 256 tokens, oracle thoughts)")
+        ax_f.set_title("Fidelity f on dev problems")
+        ax_f.axhline(0.9, color="0.55", linewidth=0.8, linestyle=":")
+        ax_f.legend(loc="lower right", fontsize=7)
+        top = fid[fid["steps"] == max(steps)] if steps else fid
+        fams = ["addition", "linear", "word"]
+        width = 0.8 / max(len(styles), 1)
+        for j, st in enumerate(styles):
+            d = top[top["style"] == st]
+            if not len(d):
+                continue
+            x = np.arange(len(fams)) + (j - (len(styles) - 1) / 2) * width
+            ax_fam.bar(x, [d[f"p_{f}"].mean() for f in fams], width=width * 0.9, color=color[st], alpha=0.75,
+                       label=f"{st} ({len(d)} seed{'s' * (len(d) != 1)})")
+            for k, f in enumerate(fams):
+                ax_fam.scatter([x[k]] * len(d), d[f"p_{f}"], color="0.15", s=9, zorder=3)
+        ax_fam.set_xticks(range(len(fams)), fams)
+        ax_fam.set_title(f"Per family, {int(max(steps)) if steps else 0:,} steps: q of its own steps (corpus)")
+        ax_fam.legend(loc="lower left", fontsize=7)
+        groups = [("raw_repeat", "compact", "raw repeat")] + [("latent_thoughts", st, f"latent,\n{st}") for st in styles]
         for i, (arm, st, label) in enumerate(groups):
             d = c1[(c1["arm"] == arm) & (c1["style"] == st)]
             if not len(d):
                 continue
-            ax_c.scatter([i] * len(d), d["test_accuracy"], color=arm_style(arm).get("color", "0.3"), s=18, zorder=3)
+            dot = arm_style(arm).get("color", "0.3") if arm != "latent_thoughts" else color[st]
+            ax_c.scatter([i] * len(d), d["test_accuracy"], color=dot, s=18, zorder=3)
             ax_c.hlines(d["test_accuracy"].mean(), i - 0.25, i + 0.25, color="0.2", linewidth=1.5)
             ax_c.annotate(f"{100 * d['test_accuracy'].mean():.1f}%", (i + 0.28, d["test_accuracy"].mean()),
                           fontsize=7, va="center")
         ax_c.set_xticks(range(len(groups)), [g[2] for g in groups])
         ax_c.set_xlim(-0.5, len(groups) - 0.2)
-        ax_c.set_ylim(0, 1)
-        ax_c.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
         ax_c.set_ylabel("Test accuracy (per seed; bar: mean)")
-        ax_c.set_title("C1 at equal raw data (stage 02)")
-        fig.suptitle("Spelling out sums and differences in the thoughts: compact (solid) vs spelled (dashed)")
+        ax_c.set_title("C1 at equal raw data (stage 02, 3 seeds)")
+        for ax in (ax_f, ax_fam, ax_c):
+            ax.set_ylim(0, 1)
+            ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+        fig.suptitle("Thoughts that spell out sums and differences column by column, against the compact default")
     return fig

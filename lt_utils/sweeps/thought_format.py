@@ -52,6 +52,7 @@ class ThoughtFormatConfig:
     budgets: list[int] = field(default_factory=lambda: [1000, 3000])          # warmstart steps
     styles: list[str] = field(default_factory=lambda: ["compact", "spelled"])
     seeds_at: dict[int, list[int]] = field(default_factory=dict)   # budget -> warmstart seeds there (default [0])
+    seeds_styles: list[str] = field(default_factory=list)          # the styles seeds_at applies to ([]: all)
     c1_runs: dict[str, str] = field(default_factory=dict)   # style -> a finished stage-02 run (its latent arm)
     c1_raw_run: str = "runs/cpu/02_synthetic_thoughts"      # the raw-repeat arm every style is compared with
     decode_chunks: int = fidelity_curve.DECODE_CHUNKS
@@ -68,8 +69,12 @@ class ThoughtFormatConfig:
         require(self.decode_chunks >= 0 and self.workers >= 0, "decode_chunks and workers must be ≥ 0")
         bad = [b for b, seeds in self.seeds_at.items() if b not in self.budgets or not seeds or min(seeds) < 0]
         require(not bad, f"seeds_at: {bad[0] if bad else ''} is not one of budgets, or lists no seed ≥ 0")
+        bad = [s for s in self.seeds_styles if s not in self.styles]
+        require(not bad, f"seeds_styles: {bad[0] if bad else ''!r} is not one of styles")
 
-    def seeds_of(self, budget: int) -> list[int]:
+    def seeds_of(self, style: str, budget: int) -> list[int]:
+        if self.seeds_styles and style not in self.seeds_styles:
+            return [0]
         return list(self.seeds_at.get(budget, [0]))
 
 
@@ -86,7 +91,7 @@ def cells(cfg: ThoughtFormatConfig) -> list[tuple[str, loop_map.Cell]]:
                                 col_param="steps", col_values=base.col_values[:1], ablation={}, ablation_rows=[])
         for c in loop_map.expand(m):
             out += [(style, c if seed == c.boot_params["seeds"][0] else loop_map.with_seed(c, seed))
-                    for seed in cfg.seeds_of(c.row_value)]
+                    for seed in cfg.seeds_of(style, c.row_value)]
     return out
 
 
@@ -159,8 +164,8 @@ def run(cfg: ThoughtFormatConfig):
 
 
 def c1_comparisons(df) -> list:
-    """Welch comparisons on test accuracy: each style's latent arm − raw repeat (the C1 gap), and spelled −
-    compact; the same on dev beside them (`stats.Comparison`s, labels say which)."""
+    """Welch comparisons, on test and on dev accuracy in points: each style's latent arm − raw repeat (the C1
+    gap), and each other style's latent arm − the compact one (`stats.Comparison`s, labels say which)."""
     from lt_utils.stats import welch_compare
 
     c1 = df[df["part"] == "c1"]
@@ -171,21 +176,21 @@ def c1_comparisons(df) -> list:
         col = f"{split}_accuracy"
         for style, d in sorted(latent.items()):
             out.append(welch_compare(100 * d[col], 100 * raw[col], f"latent {style} ({split})", f"raw_repeat ({split})"))
-        if {"compact", "spelled"} <= latent.keys():
-            out.append(welch_compare(100 * latent["spelled"][col], 100 * latent["compact"][col],
-                                     f"latent spelled ({split})", f"latent compact ({split})"))
+        for style in sorted(set(latent) - {"compact"}) if "compact" in latent else []:
+            out.append(welch_compare(100 * latent[style][col], 100 * latent["compact"][col],
+                                     f"latent {style} ({split})", f"latent compact ({split})"))
     return out
 
 
 def report(df) -> None:
     fid = df[df["part"] == "fidelity"]
-    print(fid[["style", "steps", "f", "f_dev", *[f"p_{f}" for f in FAMILIES], "sampled_dev_correct",
+    print(fid[["style", "steps", "seed", "f", "f_dev", *[f"p_{f}" for f in FAMILIES], "sampled_dev_correct",
                "dev_accuracy"]].round(3).to_string(index=False))
     if (df["part"] == "c1").any():
         c1 = df[df["part"] == "c1"]
         print(c1[["style", "arm", "seed", "dev_accuracy", "test_accuracy"]].to_string(index=False))
         for comp in c1_comparisons(df):
-            print(comp)
+            print(comp.summary(unit="pts"))
 
 
 read_table = functools.partial(tables.read_table, maker=MAKER)   # read_table(path)
