@@ -152,14 +152,12 @@ def build_table(rows: list[dict]):
     return pd.DataFrame(rows, columns=COLUMNS).sort_values(["width", "steps"], kind="mergesort").reset_index(drop=True)
 
 
-def run_curve(cfg: FidelityCurveConfig):
-    """Base models, warmstarts (reused where the map has them) and their fidelity; writes the table and figure."""
+def measure_warmstarts(todo: list, workers: int, decode_chunks: int) -> list[dict]:
+    """Data groups, warmstarts and the fidelity of each of the cells `todo` (one per E-step id), each unit run
+    once and reused where it is already done; returns each cell's `fidelity.json`."""
     from lt_utils.runtime.parallel import available_cores, run_parallel
 
-    grid = cells(cfg)
-    todo = loop_map._unique([c for _, c in grid], "estep_id")
-    width_of = {c.warm_id: w for w, c in grid}
-    workers = cfg.workers or available_cores()
+    workers = workers or available_cores()
 
     def par(fn, args, desc):
         return run_parallel(loop_map._star, [(fn, a) for a in args], workers=workers, desc=desc,
@@ -167,7 +165,15 @@ def run_curve(cfg: FidelityCurveConfig):
 
     par(loop_map.run_data, [(c.data_params,) for c in loop_map._unique(todo, "data_id")], "data and base models")
     par(loop_map.run_warmstart, [(c.boot_params, c.warm_id) for c in loop_map._unique(todo, "warm_id")], "warmstarts")
-    outs = par(run_fidelity, [(c.boot_params, c.warm_id, c.estep_id, cfg.decode_chunks) for c in todo], "fidelity")
+    return par(run_fidelity, [(c.boot_params, c.warm_id, c.estep_id, decode_chunks) for c in todo], "fidelity")
+
+
+def run_curve(cfg: FidelityCurveConfig):
+    """Base models, warmstarts (reused where the map has them) and their fidelity; writes the table and figure."""
+    grid = cells(cfg)
+    todo = loop_map._unique([c for _, c in grid], "estep_id")
+    width_of = {c.warm_id: w for w, c in grid}
+    outs = measure_warmstarts(todo, cfg.workers, cfg.decode_chunks)
     df = build_table([row(width_of[c.warm_id], o, f"{c.data_id}/03_warmstart_{c.warm_id}") for c, o in zip(todo, outs)])
     m = loop_map.load_map(cfg.map)
     root = resolve(m.run_root) / m.name

@@ -132,7 +132,6 @@ def build_table(rows: list[dict]):
 def run(cfg: ThoughtFormatConfig):
     """Warmstarts of every style (reused where the map or the fidelity curve has them), their fidelity, and the
     C1 rows of the finished stage-02 runs; writes the table and figure."""
-    from lt_utils.runtime.parallel import available_cores, run_parallel
     from lt_utils.runtime.runs import require_done
 
     for stage_dir in ([cfg.c1_raw_run, *cfg.c1_runs.values()] if cfg.c1_runs else []):   # before any training
@@ -140,17 +139,7 @@ def run(cfg: ThoughtFormatConfig):
     grid = cells(cfg)
     todo = loop_map._unique([c for _, c in grid], "estep_id")
     style_of = {c.estep_id: s for s, c in grid}
-    workers = cfg.workers or available_cores()
-
-    def par(fn, args, desc):
-        return run_parallel(loop_map._star, [(fn, a) for a in args], workers=workers, desc=desc,
-                            names=[f"{fn.__name__}{i}" for i in range(len(args))])
-
-    par(loop_map.run_data, [(c.data_params,) for c in loop_map._unique(todo, "data_id")], "data and base models")
-    par(loop_map.run_warmstart, [(c.boot_params, c.warm_id) for c in loop_map._unique(todo, "warm_id")],
-        "warmstarts")
-    outs = par(fidelity_curve.run_fidelity, [(c.boot_params, c.warm_id, c.estep_id, cfg.decode_chunks)
-                                             for c in todo], "fidelity")
+    outs = fidelity_curve.measure_warmstarts(todo, cfg.workers, cfg.decode_chunks)
     rows = [fidelity_row(style_of[c.estep_id], c.boot_params["seeds"][0], o, f"{c.data_id}/03_warmstart_{c.warm_id}")
             for c, o in zip(todo, outs)]
     if cfg.c1_runs:
