@@ -109,15 +109,15 @@ def c1_rows(style: str, stage_dir: Path, arm: str) -> list[dict]:
     """`part = c1` rows: one arm of a finished stage-02 run, one row per seed (test accuracy, last dev accuracy)."""
     from lt_utils.runtime.runs import read_json, require_done
 
-    stage_dir = require_done(resolve(stage_dir), "stage-02 run")
-    final = [r for r in read_json(stage_dir / "final_metrics.json") if r.get("arm") == arm]
-    require(len(final) > 0, f"{stage_dir}: no {arm} arm in final_metrics.json")
+    path = require_done(resolve(stage_dir), "stage-02 run")
+    final = [r for r in read_json(path / "final_metrics.json") if r.get("arm") == arm]
+    require(len(final) > 0, f"{path}: no {arm} arm in final_metrics.json")
     rows = []
     for r in sorted(final, key=lambda r: r["seed"]):
-        dev = fidelity_curve._last_dev_eval(stage_dir / "train" / arm / f"seed{r['seed']}")
+        dev = fidelity_curve._last_dev_eval(path / "train" / arm / f"seed{r['seed']}")
         rows.append({"part": "c1", "style": style, "arm": arm, "seed": int(r["seed"]), "steps": int(r["step"]),
                      "dev_accuracy": (dev or {}).get("accuracy"), "test_accuracy": r["accuracy"],
-                     "source": str(stage_dir)})
+                     "source": str(stage_dir)})   # as the params name it: no machine's absolute path in the table
     return rows
 
 
