@@ -107,3 +107,14 @@ def test_the_figure_draws_from_its_table(tmp_path):
     pd.testing.assert_frame_equal(back, pd.read_csv(tmp_path / "data" / tf.TABLE))
     paths = tf.draw(back, tmp_path)
     assert {p.suffix for p in paths} == {".pdf", ".png"} and all(p.stat().st_size > 0 for p in paths)
+
+
+def test_a_style_with_another_stages_thoughts_is_a_one_line_error():
+    from lt_utils.stages.bootstrap_em import BootstrapConfig
+    from lt_utils.stages.synthetic_thoughts import SyntheticThoughtsConfig
+
+    with pytest.raises(ConfigError, match="thought_style.*warmstart_thoughts_stage"):
+        BootstrapConfig(study="x", thought_style="spelled", warmstart_thoughts_stage="02_synthetic_thoughts")
+    with pytest.raises(ConfigError, match="thought_style"):
+        SyntheticThoughtsConfig(study="x", thought_style="verbose")
+    assert BootstrapConfig(study="x", thought_style="spelled_linear").thought_style == "spelled_linear"

@@ -76,7 +76,7 @@ class BootstrapConfig(TrainingParams):
     warmstart_split: str = "warmstart"      # documents the warmstart's teacher thoughts are written for
     warmstart_max_docs: int = 0             # use the split's first n documents (0 = all)
     warmstart_thoughts_stage: str = ""      # reuse this stage's teacher thoughts for the warmstart ("" = oracle)
-    thought_style: str = "compact"          # the oracle's thoughts (warmstart, fidelity's z*): compact or spelled
+    thought_style: str = "compact"          # the oracle's thoughts (warmstart, fidelity's z*): world.THOUGHT_STYLES
     warmstart_steps: int = 40               # optimizer steps of the warmstart
     steps: int = 40                         # optimizer steps of every M-step and of the FLOP-match baseline
     max_prefix_tokens: int = EStepConfig.max_prefix_tokens   # keep the last n prefix tokens (paper: 1024; 0 = all)
@@ -106,6 +106,9 @@ class BootstrapConfig(TrainingParams):
                 f"estep_selection: must be one of {', '.join(SELECTIONS)}, got {self.estep_selection!r}")
         require(self.thought_style in THOUGHT_STYLES,
                 f"thought_style: must be one of {', '.join(THOUGHT_STYLES)}, got {self.thought_style!r}")
+        require(self.thought_style == "compact" or not self.warmstart_thoughts_stage,
+                "thought_style: the oracle's style; with warmstart_thoughts_stage the warmstart reads that stage's "
+                "thoughts instead, so leave it compact")
         require(self.prior_sample_chunks >= 0, "prior_sample_chunks must be ≥ 0")
         require_min(self, 1, "max_thought_tokens", "estep_batch_chunks", "elbo_k", "chunk_mean_units",
                     "chunk_max_units", "warmstart_steps", "steps")

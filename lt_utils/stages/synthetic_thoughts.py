@@ -84,7 +84,8 @@ class SyntheticThoughtsConfig(TrainingParams):
     prefix_chunks: int = 1                  # previous chunks the teacher sees as context (paper: 1)
     teacher_error_rate: float = 0.0         # oracle: chance a unit's thought has one wrong step
     teacher_drop_rate: float = 0.0          # oracle: chance a unit's thought misses one step
-    thought_style: str = "compact"          # oracle: compact (sums/differences in one step) or spelled (by columns)
+    thought_style: str = "compact"          # oracle: compact (sums/differences in one step) or spelled (by columns;
+                                            # world.THOUGHT_STYLES)
     teacher_sweep: list[float] = field(default_factory=list)  # extra latent arms whose teacher errs at these rates
     wrap_orig_repeats: int = 5              # WRAP-Orig rewrites per document (paper: 5)
     wrap_cot_repeats: int = 4               # WRAP-CoT rewrites per document (paper: 4)
