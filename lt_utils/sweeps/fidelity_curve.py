@@ -112,7 +112,7 @@ def run_fidelity(params: dict, warm_id: str, estep_id: str, decode_chunks: int) 
     if fid is None:
         ecfg = em_estep.estep_config(cfg, k=em_plan.k_drawn(cfg, 1), seed=1000)   # E-step 1's proposal
         fid = em_estep.fidelity(study, gen, ecfg, decode_chunks=decode_chunks)
-    out = {"fidelity": fid, "source": source, "dev": _last_dev_eval(gen.parent), "steps": cfg.warmstart_steps,
+    out = {"fidelity": fid, "source": source, "dev": last_dev_eval(gen.parent), "steps": cfg.warmstart_steps,
            "tokens": cfg.warmstart_steps * cfg.batch_size * cfg.seq_len, "seconds": time.perf_counter() - t0}
     write_json(run.file("fidelity.json"), out)
     run.add_artifact("fidelity.json", "the warmstart's fidelity on the bootstrap corpus and dev problems")
@@ -120,7 +120,7 @@ def run_fidelity(params: dict, warm_id: str, estep_id: str, decode_chunks: int) 
     return out
 
 
-def _last_dev_eval(model_dir: Path) -> dict | None:
+def last_dev_eval(model_dir: Path) -> dict | None:
     from lt_utils.runtime.runs import read_jsonl
 
     path = Path(model_dir) / "metrics.jsonl"

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -163,7 +164,9 @@ class Cell:
         return f"{self.data_id}/03_cell_{self.cell_id}"
 
 
+@functools.lru_cache(maxsize=None)
 def _defaults(cls) -> dict:
+    """A stage's defaults, resolved once (every level id of every cell reads them; callers never mutate them)."""
     return to_dict(load(cls, {"study": "x"}))
 
 

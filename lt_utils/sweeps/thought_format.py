@@ -114,7 +114,7 @@ def c1_rows(style: str, stage_dir: Path, arm: str) -> list[dict]:
     require(len(final) > 0, f"{path}: no {arm} arm in final_metrics.json")
     rows = []
     for r in sorted(final, key=lambda r: r["seed"]):
-        dev = fidelity_curve._last_dev_eval(path / "train" / arm / f"seed{r['seed']}")
+        dev = fidelity_curve.last_dev_eval(path / "train" / arm / f"seed{r['seed']}")
         rows.append({"part": "c1", "style": style, "arm": arm, "seed": int(r["seed"]), "steps": int(r["step"]),
                      "dev_accuracy": (dev or {}).get("accuracy"), "test_accuracy": r["accuracy"],
                      "source": str(stage_dir)})   # as the params name it: no machine's absolute path in the table
