@@ -12,6 +12,30 @@ def test_cells_must_be_multiple_and_steps_pairs():
         mt.MStepTransferConfig(cells=[[0, 3000]])
     with pytest.raises(ValueError, match="measure_chunks"):
         mt.MStepTransferConfig(measure_chunks=0)
+    for bad in ([[1.0, 3000]], [[0.0, 3000]], [[0.5]], [[0.5, 0]]):
+        with pytest.raises(ValueError, match="correctness_cells"):
+            mt.MStepTransferConfig(correctness_cells=bad)
+    assert mt.MStepTransferConfig(correctness_cells=[[0.2, 3000]]).correctness_cells == [[0.2, 3000]]
+
+
+@pytest.mark.parametrize("target", [0.1, 0.3, 0.8])
+def test_the_exchange_reaches_its_target_touching_only_the_side_in_excess(target):
+    right = [i % 10 < 5 for i in range(200)]                 # half the chunks verify
+    can = [i % 7 != 0 for i in range(200)]
+    plan = mt.exchange_plan(right, can, target, seed=3)
+    after = [r != e for r, e in zip(right, plan)]
+    assert sum(after) == round(target * 200)
+    assert all(c for c, e in zip(can, plan) if e)            # only chunks with a thought of the other verdict
+    assert all(r == (target < 0.5) for r, e in zip(right, plan) if e)
+    assert plan == mt.exchange_plan(right, can, target, seed=3)      # seeded
+    assert plan != mt.exchange_plan(right, can, target, seed=4)
+
+
+def test_the_exchange_keeps_the_corpus_at_its_own_share_and_names_an_unreachable_target():
+    right = [True, False] * 50
+    assert not any(mt.exchange_plan(right, [True] * 100, 0.5, seed=0))
+    with pytest.raises(ValueError, match=r"correctness_cells: target 0.9 .* 0.600"):
+        mt.exchange_plan(right, [i < 20 for i in range(100)], 0.9, seed=0)
 
 
 def test_a_missing_run_is_a_one_line_error(tmp_path, capsys, monkeypatch):
@@ -25,12 +49,15 @@ def test_a_missing_run_is_a_one_line_error(tmp_path, capsys, monkeypatch):
 
 
 def test_the_figure_draws_from_its_table(tmp_path):
-    rows = [{"source": src, "multiple": m, "steps": s, "seed": seed, "docs": 2000 * m, "trained_on_correct": 0.46,
+    rows = [{"source": src, "corpus": "selected", "multiple": m, "steps": s, "seed": seed, "docs": 2000 * m, "trained_on_correct": 0.46,
              "sample_correct": 0.3 + 0.01 * m, "rho": (0.3 + 0.01 * m) / 0.46, "retention": 0.6, "repair": 0.1,
              "dev_accuracy": 0.5, "test_accuracy": 0.55, "n_chunks": 10}
             for src, m, s, seed in (("study", 1, 3000, 0), ("study", 1, 3000, 1), ("sweep", 1, 1500, 0),
                                     ("sweep", 4, 3000, 0), ("sweep", 4, 6000, 0))]
+    rows += [{**rows[0], "source": "sweep", "corpus": "controlled", "trained_on_correct": c, "oracle_share": 0.1,
+              "sample_correct": 0.8 * c, "rho": 0.8} for c in (0.8, 0.2)]
     df = mt.build_table(rows)
     assert list(df["steps"][:3]) == [1500, 3000, 3000]
+    assert list(df["corpus"][-2:]) == ["controlled"] * 2 and list(df["trained_on_correct"][-2:]) == [0.2, 0.8]
     paths = mt.draw(df, tmp_path)
     assert {p.suffix for p in paths} == {".pdf", ".png"} and all(p.stat().st_size > 0 for p in paths)

@@ -836,13 +836,18 @@ def fig_selection_ablation(df: pd.DataFrame) -> Figure:
 
 @register("mstep_transfer")
 def fig_mstep_transfer(df: pd.DataFrame) -> Figure:
-    """The M-step's retention ρ (left), its retention / repair split (middle) and the model's held-out accuracy
-    (right) against the M-step budget, one line per bootstrap-corpus size (`sweeps.mstep_transfer.build_table`)."""
+    """The M-step's retention ρ, its retention / repair split and the model's held-out accuracy against the M-step
+    budget, one line per bootstrap-corpus size; where the table has controlled-correctness corpora, a fourth panel:
+    one sample's correctness against the correctness of the thoughts trained on, the M-step map itself
+    (`sweeps.mstep_transfer.build_table`)."""
     _require(df, ["multiple", "steps", "seed", "rho", "retention", "repair", "test_accuracy"], "mstep_transfer")
+    kind = df["corpus"] if "corpus" in df else pd.Series("selected", index=df.index)
+    sel, ctl = df[kind == "selected"], df[kind == "controlled"]
     with style():
-        fig = _new_figure((11.0, 3.8))
-        ax_r, ax_s, ax_a = fig.subplots(1, 3)
-        for i, (m, d) in enumerate(sorted(df.groupby("multiple"), key=lambda kv: kv[0])):
+        fig = _new_figure((14.5 if len(ctl) else 11.0, 3.8))
+        axes = fig.subplots(1, 4 if len(ctl) else 3)
+        ax_r, ax_s, ax_a = axes[:3]
+        for i, (m, d) in enumerate(sorted(sel.groupby("multiple"), key=lambda kv: kv[0])):
             color = _WIDTH_COLORS[i % 4]
             mean = d.groupby("steps")[["rho", "retention", "repair", "test_accuracy"]].mean().sort_index()
             label = f"corpus {int(m)}× ({int(d['docs'].max()):,} docs)" if "docs" in d else f"corpus {int(m)}×"
@@ -862,7 +867,7 @@ def fig_mstep_transfer(df: pd.DataFrame) -> Figure:
         ax_a.set_title("The M-step model's accuracy")
         for ax in (ax_r, ax_s, ax_a):
             ax.set_xscale("log", base=2)
-            steps = sorted(df["steps"].unique())
+            steps = sorted(sel["steps"].unique())
             ax.set_xticks(steps, [f"{int(s):,}" for s in steps])
             ax.minorticks_off()
             ax.set_xlabel("M-step budget (optimizer steps)")
@@ -870,8 +875,39 @@ def fig_mstep_transfer(df: pd.DataFrame) -> Figure:
         for ax in (ax_s, ax_a):
             ax.set_ylim(0, 1)
             ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
-        fig.suptitle("The M-step's transfer curve: budget × bootstrap-corpus size (thoughts from E-step 1)")
+        if len(ctl):
+            _mstep_map_panel(axes[3], sel, ctl)
+        fig.suptitle("The M-step's transfer curve: budget × bootstrap-corpus size (thoughts from E-step 1)"
+                     + (" and the correctness of the thoughts trained on" if len(ctl) else ""))
     return fig
+
+
+def _mstep_map_panel(ax, sel: pd.DataFrame, ctl: pd.DataFrame) -> None:
+    """s' against trained-on c at the controlled cells' budget on the 1× corpus, with the least-squares line."""
+    steps = int(ctl["steps"].min())
+    own = sel[(sel["multiple"] == 1) & (sel["steps"] == steps)]
+    ctl = ctl[ctl["steps"] == steps]
+    pts = pd.concat([own, ctl])
+    ax.plot([0, 1], [0, 1], color="0.55", linewidth=0.9, linestyle="--", label="identity (ρ = 1)")
+    if pts["trained_on_correct"].nunique() >= 2:
+        b, a = np.polyfit(pts["trained_on_correct"], pts["sample_correct"], 1)
+        xs = np.array([0.0, 1.0])
+        ax.plot(xs, a + b * xs, color="0.25", linewidth=1.0, label=f"fit: s' = {a:+.3f} + {b:.3f}·c")
+    ax.scatter(own["trained_on_correct"], own["sample_correct"], color=_WIDTH_COLORS[0], s=22, zorder=3,
+               label="the E-step's own thoughts (seeds)")
+    ax.scatter(ctl["trained_on_correct"], ctl["sample_correct"], color=_WIDTH_COLORS[1], marker="D", s=24,
+               zorder=3, label="thoughts exchanged to a set c")
+    for _, r in ctl.iterrows():
+        ax.annotate(f"ρ {r['rho']:.2f}", (r["trained_on_correct"], r["sample_correct"]), fontsize=6.5,
+                    xytext=(4, -9), textcoords="offset points")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+    ax.set_xlabel("Trained-on thoughts that verify (c)")
+    ax.set_ylabel("One sample's correctness after the M-step (s')")
+    ax.set_title(f"The M-step map at {steps:,} steps, 1× corpus")
+    ax.legend(loc="upper left", fontsize=6.5)
 
 
 _STYLE_COLORS = {"compact": "#0072B2", "spelled": "#D55E00", "spelled_linear": "#009E73"}

@@ -12,6 +12,12 @@ one corpus.  This sweep trains more M-steps on the run's own iteration-1 thought
   stage's `fresh` split (same world, disjoint from every other split) and given thoughts by the same E-step 1
   (the run's warmstart, K and seed), so the added thoughts are as good as the run's own.
 
+* **trained-on correctness** (a diagnostic): the run's 1× corpus with its selected thoughts exchanged on a random
+  share of chunks so that a target share verifies: a right thought becomes one of the chunk's own wrong E-step-1
+  candidates, a wrong one becomes one of its right candidates or, where none is right, the world's oracle thought.
+  The verifier builds these corpora to place points on the M-step map c → s' that the loop itself does not reach;
+  no loop ever trains on them.
+
 Every M-step model, the run's own included (its iteration-1 seeds), is then measured on the same chunks of the
 1× corpus: `measure_k` samples per chunk at T = 1 in the E-step's proposal, checked by the world's verifier, split
 into retention r₁ (chunks whose trained thought was right) and repair r₀ (chunks whose thought was wrong).  The
@@ -24,6 +30,9 @@ import functools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 
 from lt_utils.runtime.config import ConfigError, require
 from lt_utils.runtime.paths import FIGURES_DIR, PARAMS_DIR, resolve  # noqa: F401 (the dirs: read by sweep_main)
@@ -34,14 +43,16 @@ PARAMS_FILE = "mstep.yaml"
 TABLE = "mstep_transfer.csv"
 FIGURE = "mstep_transfer"
 MAKER = "make mstep-transfer"
-COLUMNS = ["source", "multiple", "steps", "seed", "docs", "trained_on_correct", "sample_correct", "rho",
-           "retention", "repair", "dev_accuracy", "test_accuracy", "n_chunks"]
+COLUMNS = ["source", "corpus", "multiple", "steps", "seed", "docs", "trained_on_correct", "oracle_share",
+           "sample_correct", "rho", "retention", "repair", "dev_accuracy", "test_accuracy", "n_chunks"]
+# corpus: "selected" (the E-step's own thoughts) or "controlled" (exchanged to a target correctness, above)
 
 
 @dataclass(frozen=True)
 class MStepTransferConfig:
     run: str = "runs/cpu/03_bootstrap_em"            # a finished stage-03 run: its warmstart, iter1 thoughts, M-steps
     cells: list[list[int]] = field(default_factory=lambda: [[1, 1500], [1, 6000], [4, 3000], [4, 6000]])
+    correctness_cells: list[list[float]] = field(default_factory=list)   # [target correctness in (0, 1), steps]
     seed: int = 0                                    # of the new M-steps (the run's own keep their seeds)
     measure_chunks: int = 1000                       # chunks of the 1× corpus every model is measured on
     measure_k: int = 4                               # samples per chunk
@@ -51,6 +62,9 @@ class MStepTransferConfig:
     def __post_init__(self):
         require(all(isinstance(c, list) and len(c) == 2 and c[0] >= 1 and c[1] >= 1 for c in self.cells),
                 "cells: a list of [corpus multiple ≥ 1, M-step steps ≥ 1] pairs")
+        require(all(isinstance(c, list) and len(c) == 2 and 0 < c[0] < 1 and int(c[1]) == c[1] >= 1
+                    for c in self.correctness_cells),
+                "correctness_cells: a list of [target correctness in (0, 1), M-step steps ≥ 1] pairs")
         require(self.measure_chunks >= 1 and self.measure_k >= 1, "measure_chunks, measure_k: must be ≥ 1")
 
 
@@ -107,6 +121,62 @@ def grown_corpus(study, stage_dir: Path, multiple: int) -> tuple[Path, float]:
     return path, sum(right) / len(right)
 
 
+def exchange_plan(selected_right: Sequence[bool], can_exchange: Sequence[bool], target: float,
+                  seed: int) -> list[bool]:
+    """Which chunks get their thought exchanged so that round(target · n) chunks verify.
+
+    Only chunks on the side that has too many are exchanged (right ones when the target is below the selected
+    share, wrong ones when above), each only where `can_exchange` says a thought of the other verdict exists; which
+    of them, a seeded random draw, so the rest of the corpus keeps the E-step's own thoughts.
+    """
+    n = len(selected_right)
+    if len(can_exchange) != n:
+        raise ValueError("one exchange flag per chunk")
+    want = round(target * n)
+    have = sum(selected_right)
+    side = have > want                                  # exchange right chunks (True) or wrong ones (False)
+    pool = [i for i in range(n) if bool(selected_right[i]) == side and can_exchange[i]]
+    need = abs(have - want)
+    if need > len(pool):
+        reach = (have - len(pool) if side else have + len(pool)) / n
+        raise ConfigError(f"correctness_cells: target {target} is out of reach; this corpus can go to "
+                          f"{reach:.3f} at most in that direction")
+    chosen = set(np.random.default_rng(seed).choice(pool, size=need, replace=False).tolist()) if need else set()
+    return [i in chosen for i in range(n)]
+
+
+def controlled_corpus(study, stage_dir: Path, target: float, seed: int) -> tuple[Path, list[bool], float]:
+    """The run's 1× corpus with thoughts exchanged (see `exchange_plan`) so that `target` of its chunks verify;
+    returns its path, each chunk's verdict and the share of chunks whose thought is the oracle's."""
+    from lt_utils.runtime.runs import read_jsonl, write_json
+    from lt_utils.stages import em_estep
+    from lt_utils.teacher import OracleTeacher
+
+    records = read_jsonl(stage_dir / "iter1" / "estep.jsonl")
+    chunks = study.boot_chunks
+    oracle = OracleTeacher(study.cfg.thought_style)
+    selected, alt = [], []
+    for c, r in zip(chunks, records):
+        right = em_estep.chunk_is_correct(c, r["thought"])
+        other = [x["text"] for x in r["candidates"] if em_estep.chunk_is_correct(c, x["text"]) != right]
+        if not other and right is False:
+            z = oracle.thought_for(c)
+            other = [z] if z and em_estep.chunk_is_correct(c, z) else []
+        selected.append(right)
+        alt.append(other[0] if other else None)
+    plan = exchange_plan(selected, [a is not None for a in alt], target, seed)
+    thoughts = [a if ex else r["thought"] for r, a, ex in zip(records, alt, plan)]
+    verdicts = [s != ex for s, ex in zip(selected, plan)]
+    n_oracle = sum(ex and not any(x["text"] == a for x in r["candidates"]) for r, a, ex in zip(records, alt, plan))
+    tag = f"c{target:g}_seed{seed}"
+    path = em_estep.write_corpus(study.run.file(f"corpora/corpus_{tag}.jsonl"), study.boot_docs, study.boot_heads,
+                                 chunks, study.boot_spans, thoughts)
+    write_json(study.run.file(f"corpora/corpus_{tag}.json"),
+               {"target": target, "seed": seed, "correct": sum(verdicts) / len(verdicts),
+                "exchanged": sum(plan), "oracle": n_oracle, "n_chunks": len(plan)})
+    return path, verdicts, n_oracle / len(plan)
+
+
 def measure(study, model_dir: Path, chunks, trained_right: list[bool], cfg: MStepTransferConfig) -> dict:
     """One sample's correctness on `chunks` (measure_k samples each) with its retention / repair split."""
     from lt_utils.loop_diagnostics import retention_repair
@@ -138,26 +208,38 @@ def run(cfg: MStepTransferConfig):
     positions = em_estep.spread_positions(len(study.boot_chunks), cfg.measure_chunks)
     chunks = [study.boot_chunks[p] for p in positions]
     own = read_jsonl(stage_dir / "iter1" / "estep.jsonl")
-    trained_right = [em_estep.chunk_is_correct(study.boot_chunks[p], own[p]["thought"]) for p in positions]
+    selected_right = [em_estep.chunk_is_correct(study.boot_chunks[p], own[p]["thought"]) for p in positions]
     n_docs = len(study.boot_docs)
 
     corpora = {m: grown_corpus(study, stage_dir, m) for m in sorted({c[0] for c in cfg.cells} | {1})}
+    controlled = {target: controlled_corpus(study, stage_dir, target, cfg.seed)
+                  for target in sorted({c[0] for c in cfg.correctness_cells})}
     jobs = [study.job(f"x{m}_steps{steps}", corpora[m][0], "random", steps, cfg.seed, arm=f"mstep_x{m}_{steps}",
                       multiple=m) for m, steps in cfg.cells]
+    jobs += [study.job(f"c{target:g}_steps{int(steps)}", controlled[target][0], "random", int(steps), cfg.seed,
+                       arm=f"mstep_c{target:g}_{int(steps)}", target_correct=target)
+             for target, steps in cfg.correctness_cells]
     study.train(jobs, "M-steps")
 
-    models = [("study", 1, study.cfg.steps, s, stage_dir / f"train/iter1/seed{s}") for s in study.cfg.seeds]
-    models += [("sweep", m, steps, cfg.seed, study.run.file(f"train/x{m}_steps{steps}/seed{cfg.seed}"))
-               for m, steps in cfg.cells]
+    # (source, corpus, multiple, steps, seed, run dir, trained-on correctness, oracle share, verdicts measured)
+    models = [("study", "selected", 1, study.cfg.steps, s, stage_dir / f"train/iter1/seed{s}", corpora[1][1], 0.0,
+               selected_right) for s in study.cfg.seeds]
+    models += [("sweep", "selected", m, steps, cfg.seed, study.run.file(f"train/x{m}_steps{steps}/seed{cfg.seed}"),
+                corpora[m][1], 0.0, selected_right) for m, steps in cfg.cells]
+    for target, steps in cfg.correctness_cells:
+        _, verdicts, oracle_share = controlled[target]
+        models.append(("sweep", "controlled", 1, int(steps), cfg.seed,
+                       study.run.file(f"train/c{target:g}_steps{int(steps)}/seed{cfg.seed}"),
+                       sum(verdicts) / len(verdicts), oracle_share, [verdicts[p] for p in positions]))
     rows = []
-    for source, m, steps, seed, run_dir in models:
+    for source, corpus, m, steps, seed, run_dir, c, oracle_share, trained_right in models:
         got = measure(study, run_dir / "model", chunks, trained_right, cfg)
         dev, test = _accuracies(run_dir)
-        c = corpora[m][1]
-        rows.append({"source": source, "multiple": m, "steps": steps, "seed": seed, "docs": m * n_docs,
-                     "trained_on_correct": c, "sample_correct": got["sample_correct"],
-                     "rho": got["sample_correct"] / c, "retention": got["retention"], "repair": got["repair"],
-                     "dev_accuracy": dev, "test_accuracy": test, "n_chunks": len(chunks)})
+        rows.append({"source": source, "corpus": corpus, "multiple": m, "steps": steps, "seed": seed,
+                     "docs": m * n_docs, "trained_on_correct": c, "oracle_share": oracle_share,
+                     "sample_correct": got["sample_correct"], "rho": got["sample_correct"] / c,
+                     "retention": got["retention"], "repair": got["repair"], "dev_accuracy": dev,
+                     "test_accuracy": test, "n_chunks": len(chunks)})
         print(rows[-1], flush=True)
     write_json(study.run.file("rows.json"), rows)
     df = build_table(rows)
@@ -170,7 +252,9 @@ def build_table(rows: list[dict]):
     import pandas as pd
 
     df = pd.DataFrame(rows, columns=COLUMNS)
-    return df.sort_values(["multiple", "steps", "source", "seed"], kind="mergesort").reset_index(drop=True)
+    order = ["corpus", "multiple", "steps", "trained_on_correct", "source", "seed"]
+    return df.sort_values(order, ascending=[False, True, True, True, True, True],
+                          kind="mergesort").reset_index(drop=True)
 
 
 read_table = functools.partial(tables.read_table, maker=MAKER)   # read_table(path)
