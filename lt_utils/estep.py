@@ -276,6 +276,15 @@ def resample_index(log_w: Sequence[float], terminated: Sequence[bool], rng: np.r
     return idx
 
 
+def select_index(log_w: Sequence[float], terminated: Sequence[bool], seed: int, doc_id: str, index: int,
+                 selection: str = "resample") -> int:
+    """The E-step's rule on one chunk's candidates: argmax of log w, or one resampling draw from the chunk's own
+    stream (seeded by seed, doc_id, chunk index)."""
+    if selection == "argmax":
+        return int(np.argmax(effective_log_weights(log_w, terminated)))
+    return resample_index(log_w, terminated, _selection_rng(seed, doc_id, index))
+
+
 def select_first_k(record: Mapping, k: int, seed: int, selection: str = "resample") -> int:
     """Index of the thought selected from the record's first `k` candidates (k = 1: the first sample).
 
@@ -286,10 +295,29 @@ def select_first_k(record: Mapping, k: int, seed: int, selection: str = "resampl
     if not 1 <= k <= len(cands):
         raise ValueError(f"k must be in 1..{len(cands)}, got {k}")
     cands = cands[:k]
-    log_w, term = [c["log_w"] for c in cands], [c["terminated"] for c in cands]
-    if selection == "argmax":
-        return int(np.argmax(effective_log_weights(log_w, term)))
-    return resample_index(log_w, term, _selection_rng(seed, record["doc_id"], record["index"]))
+    return select_index([c["log_w"] for c in cands], [c["terminated"] for c in cands], seed, record["doc_id"],
+                        record["index"], selection)
+
+
+def rescore(model, tokenizer, chunks: Sequence[Chunk], thoughts: Sequence[Sequence[int]],
+            cfg: EStepConfig) -> list[tuple[float, float]]:
+    """(log q(z | x), log p(z, x)) of given thought tokens under `model`, in the E-step's proposal density
+    (temperature, banned tokens) and joint layout: the weights a candidate would get had it been sampled."""
+    from lt_utils.fidelity import thought_logprobs
+
+    ids = SpecialIds.of(tokenizer)
+    banned = thought_banned_ids(tokenizer, ids) if cfg.ban_special_in_thought else []
+    prompts, targets, contexts, continuations = [], [], [], []
+    for c, z in zip(chunks, thoughts):
+        prefix, suffix = chunk_pieces(tokenizer, c, cfg.max_prefix_tokens)
+        prompts.append(posterior_prompt_ids(ids, prefix, suffix))
+        targets.append([*z, ids.eol])
+        a, b = joint_ids(ids, prefix, z, suffix)
+        contexts.append(a)
+        continuations.append(b)
+    lq = thought_logprobs(model, prompts, targets, banned_ids=banned, temperature=cfg.temperature, pad_id=ids.pad)
+    lp = score(model, contexts, continuations, pad_id=ids.pad, batch_size=cfg.score_batch_size)
+    return [(float(sum(a)), float(sum(b))) for a, b in zip(lq, lp)]
 
 
 # --------------------------------------------------------------------------- cache

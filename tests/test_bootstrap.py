@@ -192,3 +192,65 @@ def test_every_estep_generator_gets_its_fidelity_on_the_corpus_and_dev_problems(
         assert part["greedy"]["correct"] == 0.0   # and cannot write one in 4 tokens
         assert set(part["by_family"]) <= {"addition", "linear"}
     assert dev["sampled"]["n"] == dev["n_chunks"]
+
+
+def _records(study, texts_per_chunk, log_w: float, tok):
+    from lt_utils.tokens import encode
+
+    return [{"position": pos, "doc_id": c.doc_id, "index": c.index, "selected": 0, "weights": [0.25] * 4, "ess": 1.0,
+             "n_unterminated": 0, "no_terminated": False, "n_suffix_tokens": 3, "elbo": {"1": 0.0},
+             "candidates": [{"text": t, "tokens": encode(tok, t), "n_tokens": 1, "log_q": -1.0, "log_p": -1.0 + log_w,
+                             "log_w": log_w, "terminated": True} for t in texts]}
+            for pos, (c, texts) in enumerate(zip(study.boot_chunks, texts_per_chunk))]
+
+
+@pytest.mark.parametrize("selection", ["resample", "argmax"])
+def test_the_memory_rule_weighs_the_thought_trained_on_beside_the_new_samples(study, tmp_path, selection):
+    """Iteration 1 trained on the oracle's thoughts; iteration 2's four samples are all wrong.  Drawn samples with a
+    negligible weight lose to the kept thought, dominant ones win; the choice is what the corpus, ρ's split and
+    the next iteration read, and the summary says which rule chose."""
+    import dataclasses
+
+    import torch
+
+    from lt_utils.model import ModelSpec, build_model
+    from lt_utils.runtime.runs import write_json, write_jsonl
+    from lt_utils.tokens import load_tokenizer
+
+    torch.set_num_threads(1)
+    study.cfg = dataclasses.replace(study.cfg, estep_memory=True, estep_selection=selection, k_ablation=[])
+    tok = load_tokenizer(study.tok_dir)
+    gen = tmp_path / "gen"
+    build_model(ModelSpec(n_layer=1, n_embd=16, n_head=2, n_kv_head=2, intermediate_size=32, max_seq_len=512),
+                tok, seed=0).save_pretrained(str(gen))
+    oracle = _oracle(study)
+    write_jsonl(study.run.file("iter1/estep.jsonl"), _records(study, [[t] * 4 for t in oracle], 0.0, tok))
+    write_json(study.run.file("iter1/estep_summary.json"), {"selected_correct_by_k": {"4": 1.0}})
+    broken = [[_break_first_step(t)] * 4 for t in oracle]
+    ecfg = em_estep.estep_config(study.cfg, k=4, seed=2000)
+
+    weak = _records(study, broken, -1e6, tok)
+    mem = em_estep.remember(study, 2, weak, gen, ecfg)
+    assert all(m["chose_kept"] for m in mem) and [m["chosen"]["text"] for m in mem] == oracle
+    assert all(m["kept"]["log_w"] == pytest.approx(m["kept"]["log_p"] - m["kept"]["log_q"]) for m in mem)
+    assert all(-1e4 < m["kept"]["log_q"] < 0 for m in mem)
+    assert em_estep.remember(study, 2, weak, tmp_path / "no-model-needed", ecfg) == mem   # read back
+    assert {p: t["text"] for p, t in em_estep.trained_on(study, 2).items()} == dict(enumerate(oracle))
+
+    s = em_estep.summarize_with_verifier(study, 2, weak, [], [], seed=2000, memory=mem)
+    assert s["loop_selected_correct"] == 1.0 and s["loop_selected_correct_bolt"] == 0.0
+    assert s["loop_memory_chosen"] == 1.0 and s["loop_memory_kept_correct"] == 1.0
+    assert s["loop_posterior_sample_correct"] == 0.0 and s["loop_retention"] == 0.0
+    assert s["loop_gain"] == 1.0 and s["loop_rho"] == 0.0
+
+    study.run.file("iter2/memory.jsonl").unlink()
+    strong = _records(study, broken, 1e6, tok)
+    mem = em_estep.remember(study, 2, strong, gen, ecfg)
+    assert not any(m["chose_kept"] for m in mem) and [m["chosen"]["text"] for m in mem] == [b[0] for b in broken]
+
+
+def test_the_memory_rule_needs_the_in_process_sampler():
+    with pytest.raises(ValueError, match="estep_memory"):
+        config.load(bootstrap_em.BootstrapConfig, {"estep_memory": True, "estep_backend": "vllm"})
+    with pytest.raises(ValueError, match="estep_memory"):
+        config.load(bootstrap_em.BootstrapConfig, {"estep_memory": True, "estep_shards": 2})

@@ -192,7 +192,7 @@ UNBOUNDED = {"run_root", "overwrite", "text_source", "text_field", "id_field", "
              "gsm8k_eval_path", "tie_embeddings", "init_from", "attend_across_docs", "launcher", "data_stage",
              "warmstart_thoughts_stage", "vllm_engine_args", "figures_dir", "headline_arm", "baseline_arm",
              "comparison_baselines", "ban_special_in_thought", "cut_at_chunks", "base_tie_embeddings",
-             "k_ablation_train"}
+             "k_ablation_train", "estep_memory"}
 
 
 def _fields():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lt_utils.data import chunk_document
-from lt_utils.estep import EStepConfig, normalized_weights, run_estep
+from lt_utils.estep import EStepConfig, normalized_weights, rescore, run_estep
 from lt_utils.sweeps import selection
 from lt_utils.tokens import SpecialIds
 from test_estep import EolBias   # a tiny model that closes its thoughts
@@ -60,7 +60,7 @@ def test_a_rescored_sample_gets_the_weights_it_was_drawn_with(tiny_model, tokeni
     records = run_estep(model, tokenizer, chunks, cfg, progress=False)
     done = [(c, x) for c, r in zip(chunks, records) for x in r["candidates"] if x["terminated"]]
     assert len(done) >= 6
-    got = selection.rescore(model, tokenizer, [c for c, _ in done], [x["tokens"] for _, x in done], cfg)
+    got = rescore(model, tokenizer, [c for c, _ in done], [x["tokens"] for _, x in done], cfg)
     np.testing.assert_allclose([g[0] for g in got], [x["log_q"] for _, x in done], atol=1e-4)
     np.testing.assert_allclose([g[1] for g in got], [x["log_p"] for _, x in done], atol=1e-4)
 

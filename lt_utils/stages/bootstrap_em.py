@@ -83,6 +83,7 @@ class BootstrapConfig(TrainingParams):
     estep_temperature: float = EStepConfig.temperature    # proposal temperature (paper: 1; < 1: tempered ablation)
     ban_special_in_thought: bool = EStepConfig.ban_special_in_thought   # only the closing EoL inside a thought
     estep_selection: str = EStepConfig.selection   # resample (BoLT) | argmax (ablation beyond the paper)
+    estep_memory: bool = False              # from E-step 2, the thought trained on joins the K samples (beyond the paper)
     prior_sample_chunks: int = 64           # chunks that also get a thought sampled from the prior (diagnostic)
     estep_backend: str = "transformers"     # E-step sampler: transformers (in process) or vllm
     vllm_engine_args: dict[str, Any] = field(default_factory=dict)   # vllm.LLM keywords (dtype, max_model_len, ...)
@@ -104,6 +105,9 @@ class BootstrapConfig(TrainingParams):
         require(self.estep_temperature > 0, f"estep_temperature must be > 0, got {self.estep_temperature}")
         require(self.estep_selection in SELECTIONS,
                 f"estep_selection: must be one of {', '.join(SELECTIONS)}, got {self.estep_selection!r}")
+        require(not self.estep_memory or (self.estep_backend == "transformers" and not self.estep_shards),
+                "estep_memory: re-weighs the kept thought with the generator in process; it needs "
+                "estep_backend: transformers and estep_shards: 0")
         require(self.thought_style in THOUGHT_STYLES,
                 f"thought_style: must be one of {', '.join(THOUGHT_STYLES)}, got {self.thought_style!r}")
         require(self.thought_style == "compact" or not self.warmstart_thoughts_stage,

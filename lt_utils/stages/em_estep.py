@@ -22,10 +22,10 @@ from lt_utils import em_plan
 
 from lt_utils.runtime import progress_events
 from lt_utils.data import Chunk, ThoughtDoc
-from lt_utils.estep import (EStepConfig, model_fingerprint, run_estep, sample_prior, save_records, select_first_k,
-                     summarize)
+from lt_utils.estep import (EStepConfig, model_fingerprint, rescore, run_estep, sample_prior, save_records,
+                            select_first_k, select_index, summarize)
 from lt_utils.fidelity import dev_chunks, fidelity_report
-from lt_utils.loop_diagnostics import Check, estep_diagnostics, retention_repair
+from lt_utils.loop_diagnostics import Check, estep_diagnostics, ratio, retention_repair
 from lt_utils.model import load_model
 from lt_utils.runtime.parallel import torch_threads
 from lt_utils.runtime.runs import read_json, read_jsonl, write_json, write_jsonl
@@ -141,7 +141,8 @@ def run(study: Study, iteration: int) -> dict:
 
         records, prior = with_stage_generator(study.cfg, study.tok_dir, gen, work)
     save_records(out, records)
-    summary = summarize_with_verifier(study, iteration, records, prior_pos, prior, seed=ecfg.seed)
+    memory = remember(study, iteration, records, gen, ecfg) if study.cfg.estep_memory and iteration > 1 else None
+    summary = summarize_with_verifier(study, iteration, records, prior_pos, prior, seed=ecfg.seed, memory=memory)
     summary["k"] = k
     summary["threads"] = 0 if study.cfg.estep_shards else torch_threads()  # 0: shard jobs
     if not study.text:   # f of this generator: needs the world's oracle thoughts
@@ -149,7 +150,10 @@ def run(study: Study, iteration: int) -> dict:
     ks = em_plan.selected_ks(study.cfg, iteration)
     summary["selected_correct_by_k"] = {}
     for kk in ks:
-        thoughts = [r["candidates"][select_first_k(r, kk, ecfg.seed, ecfg.selection)]["text"] for r in records]
+        if memory is not None and kk == study.cfg.k:
+            thoughts = [m["chosen"]["text"] for m in memory]
+        else:
+            thoughts = [r["candidates"][select_first_k(r, kk, ecfg.seed, ecfg.selection)]["text"] for r in records]
         name = f"iter{iteration}/corpus.jsonl" if kk == study.cfg.k else f"iter{iteration}/corpus_k{kk}.jsonl"
         write_corpus(study.run.file(name), study.boot_docs, study.boot_heads, study.boot_chunks,
                       study.boot_spans, thoughts)
@@ -159,6 +163,8 @@ def run(study: Study, iteration: int) -> dict:
     write_json(summary_path, summary)
     study.run.add_artifact(f"iter{iteration}/estep.jsonl", "every chunk's K candidates with log q, log p, log w")
     study.run.add_artifact(f"iter{iteration}/corpus.jsonl", "bootstrap corpus with the selected thoughts")
+    if memory is not None:
+        study.run.add_artifact(f"iter{iteration}/memory.jsonl", "the kept thought per chunk, its weight, the choice")
     study.run.add_artifact(f"iter{iteration}/estep_summary.json", "weights, ESS, verifier scores, loop diagnostics")
     study.run.log(kind="estep", iteration=iteration, **{k2: v for k2, v in summary.items()
                                                        if isinstance(v, (int, float))})
@@ -203,12 +209,14 @@ def stage_sample_and_score(cfg: BootstrapConfig, tok_dir: Path, gen: Path, chunk
 
 
 def summarize_with_verifier(study: Study, iteration: int, records: list[dict], prior_pos: list[int], prior: list[dict],
-                    seed: int = 0) -> dict:
+                    seed: int = 0, memory: list[dict] | None = None) -> dict:
     """`estep.summarize` plus, with a verifier, the loop diagnostics (prior samples saved beside the records).
 
     The loop diagnostics follow the loop itself: when the E-step drew more
     candidates than `k` (for the K ablation), they use the first `k` and the
-    thought selected among them, which is what the next M-step trains on.
+    thought selected among them, which is what the next M-step trains on.  With the memory rule (`remember`), the
+    selected correctness, λ and G are those of the thoughts it chose (BoLT's own among the K samples stays as
+    `loop_selected_correct_bolt`).
     """
     if study.text:
         return summarize(records)
@@ -231,23 +239,68 @@ def summarize_with_verifier(study: Study, iteration: int, records: list[dict], p
     diag = estep_diagnostics(loop_records, [cs[:k] for cs in checks],
                              trained_on_correct=trained_on_correct(study, iteration), prior_checks=prior_checks)
     diag.update(retention_and_repair(study, iteration, records, checks))
+    if memory is not None:
+        chosen = float(np.mean([chunk_is_correct(chunks[m["position"]], m["chosen"]["text"]) for m in memory]))
+        diag.update(selected_correct_bolt=diag["selected_correct"], selected_correct=chosen,
+                    lift=ratio(chosen, diag["posterior_sample_correct"]),
+                    gain=ratio(chosen, diag["trained_on_correct"]),
+                    memory_chosen=float(np.mean([m["chose_kept"] for m in memory])),
+                    memory_kept_correct=float(np.mean([chunk_is_correct(chunks[m["position"]], m["kept"]["text"])
+                                                       for m in memory])))
     summary.update({f"loop_{k}": v for k, v in diag.items()})
     return summary
 
 
 def retention_and_repair(study: Study, iteration: int, records: list[dict], checks: list[list[Check]]) -> dict:
     """ρ split over chunks by whether the thought the generator trained on verified (iteration ≥ 2)."""
-    prev_path = study.run.file(f"iter{iteration - 1}/estep.jsonl")
-    if iteration < 2 or not prev_path.exists():
+    if iteration < 2 or not study.run.file(f"iter{iteration - 1}/estep.jsonl").exists():
         return {}
     k = study.cfg.k
-    trained = {p["position"]: chunk_is_correct(study.boot_chunks[p["position"]],
-                                               p["candidates"][select_first_k(p, k, 1000 * (iteration - 1),
-                                                                            study.cfg.estep_selection)]["text"])
-               for p in read_jsonl(prev_path)}
+    trained = {pos: chunk_is_correct(study.boot_chunks[pos], t["text"])
+               for pos, t in trained_on(study, iteration - 1).items()}
     pairs = [(trained[r["position"]], [c.correct for c in cs[:k]]) for r, cs in zip(records, checks)
              if r["position"] in trained]
     return retention_repair([t for t, _ in pairs], [s for _, s in pairs])
+
+
+def trained_on(study: Study, iteration: int) -> dict[int, dict]:
+    """Per chunk position, the thought iteration `iteration`'s M-step trained on ({tokens, text, terminated}): the
+    memory rule's choice where it ran, else the loop's K selection."""
+    memory = study.run.file(f"iter{iteration}/memory.jsonl")
+    if memory.exists():
+        return {m["position"]: m["chosen"] for m in read_jsonl(memory)}
+    out = {}
+    for r in read_jsonl(study.run.file(f"iter{iteration}/estep.jsonl")):
+        c = r["candidates"][select_first_k(r, study.cfg.k, 1000 * iteration, study.cfg.estep_selection)]
+        out[r["position"]] = {"tokens": c["tokens"], "text": c["text"], "terminated": c["terminated"]}
+    return out
+
+
+def remember(study: Study, iteration: int, records: list[dict], gen: Path, ecfg: EStepConfig) -> list[dict]:
+    """Beyond the paper (`estep_memory`): the thought the previous M-step trained on joins each chunk's K samples,
+    weighed by the current generator as a sample would be (log q teacher-forced in the proposal, log p in the joint
+    layout), and the E-step's rule chooses among the K + 1.  The kept thought was not drawn from q, so its w is a
+    heuristic weight, not an importance weight.  Written to iter<i>/memory.jsonl, read back on a rerun."""
+    path = study.run.file(f"iter{iteration}/memory.jsonl")
+    if path.exists():
+        return read_jsonl(path)
+    kept = trained_on(study, iteration - 1)
+    prev = [kept[r["position"]] for r in records]
+    chunks = [study.boot_chunks[r["position"]] for r in records]
+    scores = with_stage_generator(study.cfg, study.tok_dir, gen,
+                                  lambda m, tok, be: rescore(m, tok, chunks, [p["tokens"] for p in prev], ecfg))
+    k, out = study.cfg.k, []
+    for r, p, (log_q, log_p) in zip(records, prev, scores):
+        cands = r["candidates"][:k]
+        j = select_index([c["log_w"] for c in cands] + [log_p - log_q],
+                         [c["terminated"] for c in cands] + [p["terminated"]], ecfg.seed, r["doc_id"], r["index"],
+                         ecfg.selection)
+        pick = p if j == k else cands[j]
+        out.append({"position": r["position"], "chose_kept": j == k,
+                    "kept": {**p, "log_q": log_q, "log_p": log_p, "log_w": log_p - log_q},
+                    "chosen": {"tokens": pick["tokens"], "text": pick["text"], "terminated": pick["terminated"]}})
+    write_jsonl(path, out)
+    return out
 
 
 def trained_on_correct(study: Study, iteration: int) -> float | None:

@@ -130,30 +130,6 @@ def paired_rows(per_chunk: Sequence[dict[tuple[int, str], float]], **labels) -> 
     return rows
 
 
-# --------------------------------------------------------------------------- scoring a thought that was not sampled
-def rescore(model, tokenizer, chunks, thoughts: Sequence[Sequence[int]], ecfg) -> list[tuple[float, float]]:
-    """(log q(z | x), log p(z, x)) of given thought tokens under `model`, in the E-step's proposal density
-    (temperature, banned tokens) and joint layout: the weights a candidate would get had it been sampled."""
-    from lt_utils.estep import chunk_pieces, joint_ids, posterior_prompt_ids, thought_banned_ids
-    from lt_utils.fidelity import thought_logprobs
-    from lt_utils.sample import score
-    from lt_utils.tokens import SpecialIds
-
-    ids = SpecialIds.of(tokenizer)
-    banned = thought_banned_ids(tokenizer, ids) if ecfg.ban_special_in_thought else []
-    prompts, targets, contexts, continuations = [], [], [], []
-    for c, z in zip(chunks, thoughts):
-        prefix, suffix = chunk_pieces(tokenizer, c, ecfg.max_prefix_tokens)
-        prompts.append(posterior_prompt_ids(ids, prefix, suffix))
-        targets.append([*z, ids.eol])
-        a, b = joint_ids(ids, prefix, z, suffix)
-        contexts.append(a)
-        continuations.append(b)
-    lq = thought_logprobs(model, prompts, targets, banned_ids=banned, temperature=ecfg.temperature, pad_id=ids.pad)
-    lp = score(model, contexts, continuations, pad_id=ids.pad, batch_size=ecfg.score_batch_size)
-    return [(float(sum(a)), float(sum(b))) for a, b in zip(lq, lp)]
-
-
 # --------------------------------------------------------------------------- one stage-03 run
 def _stage(stage_dir: Path):
     """The finished stage-03 run at `stage_dir`, read only."""
@@ -167,7 +143,7 @@ def _stage(stage_dir: Path):
 def estep_rows(study, iteration: int, cfg: SelectionConfig, work: Path) -> tuple[list[dict], list[dict]]:
     """The table rows of one E-step: every (K, rule) over `cfg.chunks` chunks of the bootstrap corpus, and the
     rules' paired differences."""
-    from lt_utils.estep import model_fingerprint, run_estep
+    from lt_utils.estep import model_fingerprint, rescore, run_estep
     from lt_utils.runtime.runs import MissingInputError, read_jsonl
     from lt_utils.stages import em_estep
 
