@@ -61,3 +61,23 @@ def test_the_figure_draws_from_its_table(tmp_path):
     assert list(df["corpus"][-2:]) == ["controlled"] * 2 and list(df["trained_on_correct"][-2:]) == [0.2, 0.8]
     paths = mt.draw(df, tmp_path)
     assert {p.suffix for p in paths} == {".pdf", ".png"} and all(p.stat().st_size > 0 for p in paths)
+
+
+def test_the_runs_own_cobweb_finds_the_fixed_point_of_known_maps():
+    """E(s) = 1 − (1 − s)² and M(c) = 0.1 + 0.5 c (a 4× row beside them is ignored): the stable c* solves
+    c = 1 − (0.9 − 0.5 c)²."""
+    import numpy as np
+    import pandas as pd
+
+    e_points = [(s, 1 - (1 - s) ** 2) for s in (0.2, 0.35, 0.5)]
+    df = pd.DataFrame([{"multiple": 1, "steps": 3000, "trained_on_correct": c, "sample_correct": 0.1 + 0.5 * c}
+                       for c in (0.2, 0.5, 0.8)] + [{"multiple": 4, "steps": 3000, "trained_on_correct": 0.5,
+                                                     "sample_correct": 0.0}])
+    got = mt.regime_cobweb(e_points, df, 3000)
+    assert got["gamma"] == pytest.approx(2.0, rel=2e-3) and got["m_points"] == 3
+    assert got["a"] == pytest.approx(0.1) and got["b"] == pytest.approx(0.5)
+    g = lambda c: 1 - (0.9 - 0.5 * c) ** 2 - c
+    stable = [f for f in got["fixed_points"] if f["stable"]]
+    assert len(stable) == 1 and abs(g(stable[0]["c"])) < 1e-3
+    assert got["predicted"][0] == got["measured"][0] == e_points[0][1]
+    assert got["predicted"][1] == pytest.approx(1 - (0.9 - 0.5 * e_points[0][1]) ** 2, rel=2e-3)

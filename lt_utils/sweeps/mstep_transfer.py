@@ -200,7 +200,7 @@ def _accuracies(run_dir: Path) -> tuple[float | None, float | None]:
 
 
 def run(cfg: MStepTransferConfig):
-    from lt_utils.runtime.runs import read_jsonl, write_json
+    from lt_utils.runtime.runs import read_json, read_jsonl, write_json
     from lt_utils.stages import em_estep
 
     stage_dir = resolve(cfg.run)
@@ -245,7 +245,37 @@ def run(cfg: MStepTransferConfig):
     df = build_table(rows)
     if cfg.figures_dir:
         tables.publish(df, resolve(cfg.figures_dir), TABLE, FIGURE, MAKER)
+    if cfg.correctness_cells:
+        points = []
+        for it in range(1, study.cfg.iterations + 1):
+            path = stage_dir / f"iter{it}" / "estep_summary.json"
+            if path.exists():
+                e = read_json(path)
+                points.append((e["loop_posterior_sample_correct"], e["loop_selected_correct"]))
+        own = regime_cobweb(points, df, study.cfg.steps)
+        write_json(study.run.file("regime_cobweb.json"), own)
+        print(f"the run's own cobweb: E(s) = 1 − (1 − s)^{own['gamma']:.2f}, M(c) = {own['a']:+.3f} + "
+              f"{own['b']:.3f}·c ({own['m_points']} M-steps); fixed points "
+              + ", ".join(f"c = {f['c']:.3f} (slope {f['slope']:.2f})" for f in own["fixed_points"])
+              + "; c_t measured " + " → ".join(f"{c:.3f}" for c in own["measured"])
+              + ", predicted " + " → ".join(f"{c:.3f}" for c in own["predicted"]), flush=True)
     return df
+
+
+def regime_cobweb(estep_points: Sequence[tuple[float, float]], df, steps: int) -> dict:
+    """The run's own cobweb: its E-steps' (s, c) fitted as E(s) = 1 − (1 − s)^γ, the M-step map fitted as
+    M(c) = a + b·c to every 1×-corpus row at the run's budget (its own seeds and the controlled corpora), their
+    fixed points, and the trajectory they predict from the run's c₁ beside the measured one."""
+    from lt_utils import cobweb
+
+    rows = df[(df["multiple"] == 1) & (df["steps"] == steps)]
+    e = cobweb.SelectionMap.fit([s for s, _ in estep_points], [c for _, c in estep_points])
+    m = cobweb.TrainingMap.fit(rows["trained_on_correct"], rows["sample_correct"])
+    measured = [c for _, c in estep_points]
+    return {"gamma": e.gamma, "e_span": list(e.span), "a": m.a, "b": m.b, "m_span": list(m.span),
+            "m_points": len(rows), "fixed_points": [{"c": f.c, "slope": f.slope, "stable": f.stable}
+                                                    for f in cobweb.fixed_points(e, m)],
+            "measured": measured, "predicted": cobweb.trajectory(e, m, measured[0], len(measured) - 1)}
 
 
 def build_table(rows: list[dict]):
