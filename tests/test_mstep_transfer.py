@@ -3,6 +3,7 @@
 import pytest
 
 from lt_utils.sweeps import mstep_transfer as mt
+from test_bootstrap import _break_first_step, _oracle, study  # noqa: F401 (study: a tiny stage-03 run, a fixture)
 
 
 def test_cells_must_be_multiple_and_steps_pairs():
@@ -81,3 +82,32 @@ def test_the_runs_own_cobweb_finds_the_fixed_point_of_known_maps():
     assert len(stable) == 1 and abs(g(stable[0]["c"])) < 1e-3
     assert got["predicted"][0] == got["measured"][0] == e_points[0][1]
     assert got["predicted"][1] == pytest.approx(1 - (0.9 - 0.5 * e_points[0][1]) ** 2, rel=2e-3)
+
+
+def test_a_controlled_corpus_exchanges_thoughts_for_the_chunks_own_or_the_oracles(study):
+    """Chunk i's E-step-1 candidates: even chunks hold one right thought and three wrong ones, odd chunks only wrong
+    ones; the selected thought is the first candidate.  Raising c takes right thoughts from a chunk's own candidates
+    where it has one and from the oracle where it has none; lowering c takes one of the chunk's own wrong ones."""
+    from lt_utils.runtime.runs import read_json, read_jsonl, write_jsonl
+    from lt_utils.stages import em_estep
+
+    oracle = _oracle(study)
+    n = len(study.boot_chunks)
+    cands = [([t] if i % 2 == 0 else []) + [_break_first_step(t)] * (4 - (i % 2 == 0)) for i, t in enumerate(oracle)]
+    cands = [c[::-1] if i % 4 == 0 else c for i, c in enumerate(cands)]   # some chunks select a right thought
+    write_jsonl(study.run.file("iter1/estep.jsonl"),
+                [{"position": i, "thought": c[0], "candidates": [{"text": t} for t in c]} for i, c in enumerate(cands)])
+    stage = study.run.path
+    selected = [em_estep.chunk_is_correct(ch, c[0]) for ch, c in zip(study.boot_chunks, cands)]
+    for target in (0.1, 0.9):
+        path, verdicts, oracle_share = mt.controlled_corpus(study, stage, target, seed=0)
+        thoughts = [t for d in read_jsonl(path) for t in d["thoughts"]]
+        assert verdicts == [em_estep.chunk_is_correct(ch, t) for ch, t in zip(study.boot_chunks, thoughts)]
+        assert sum(verdicts) == round(target * n)
+        for i, (t, before, after) in enumerate(zip(thoughts, selected, verdicts)):
+            assert t == cands[i][0] or before != after                 # only exchanged chunks change
+            assert t in cands[i] or t == oracle[i]                      # exchanged for the chunk's own, or the oracle's
+        from_oracle = [t == oracle[i] and t not in cands[i] for i, t in enumerate(thoughts)]
+        assert oracle_share == sum(from_oracle) / n
+        assert (oracle_share > 0) == (target > 0.5)                     # only raising c can need the oracle
+        assert read_json(path.with_suffix(".json"))["correct"] == sum(verdicts) / n
