@@ -159,7 +159,7 @@ def controlled_corpus(study, stage_dir: Path, target: float, seed: int) -> tuple
     for c, r in zip(chunks, records):
         right = em_estep.chunk_is_correct(c, r["thought"])
         other = [x["text"] for x in r["candidates"] if em_estep.chunk_is_correct(c, x["text"]) != right]
-        if not other and right is False:
+        if not other and not right:
             z = oracle.thought_for(c)
             other = [z] if z and em_estep.chunk_is_correct(c, z) else []
         selected.append(right)
