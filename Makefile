@@ -30,7 +30,8 @@ help:
 	@echo "make mstep-transfer - the M-step's retention over budget x bootstrap-corpus size, on the default study's"
 	@echo "                iteration-1 thoughts (needs make study; params/mstep_transfer; REDRAW=1: redraw)"
 	@echo "make loop-levers - the default's loop (seed 0) with argmax selection, with 6,000-step M-steps, and with the"
-	@echo "                memory rule (runs/cpu_argmax, runs/cpu_mstep6000, runs/cpu_memory)"
+	@echo "                memory rule (runs/cpu_argmax, runs/cpu_mstep6000, runs/cpu_memory); then the default and the"
+	@echo "                memory rule with seed 1 (runs/cpu_s1, runs/cpu_memory_s1)"
 	@echo "make thought-format - spelled-out sums and differences in the thoughts: fidelity, C1 and the loop (seed 0)"
 	@echo "make bench    - training / sampling throughput benchmark, then the same E-step through vLLM (own env)"
 	@echo "make faults   - kill -9 the smoke study at each fault point, rerun, compare with a clean run (~25 min)"
@@ -81,10 +82,17 @@ loop-confirm: $(STAMP)
 	  --set "03_bootstrap_em.seeds=[1]" & p1=$$!; \
 	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
 	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_memory --set "03_bootstrap_em.estep_memory=true"
+	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_s1 --only 01_data_prep
+	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_memory_s1 --only 01_data_prep
+	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_s1 --set "03_bootstrap_em.seeds=[1]" & p0=$$!; \
+	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_memory_s1 --set "03_bootstrap_em.seeds=[1]" \
+	  --set "03_bootstrap_em.estep_memory=true" & p1=$$!; \
+	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
 
 # the default study's loop (seed 0, params/cpu) with one lever changed each: argmax selection (beyond the paper),
 # M-steps of 6,000 steps, and the memory rule (beyond the paper: the thought trained on joins the K samples), the
-# last after the first two; stage 01 runs first (it trains the shared base model if it is missing)
+# last after the first two; then the default and the memory rule again with seed 1 (warmstart and M-step seed 1);
+# stage 01 runs first (it trains the shared base model if it is missing)
 LEVERS := --profile cpu --only 03_bootstrap_em --set "03_bootstrap_em.seeds=[0]" \
 	--set "03_bootstrap_em.k_ablation=[]" --set "03_bootstrap_em.baselines=[]"
 loop-levers: $(STAMP)
@@ -95,6 +103,12 @@ loop-levers: $(STAMP)
 	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_mstep6000 --set "03_bootstrap_em.steps=6000" & p1=$$!; \
 	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
 	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_memory --set "03_bootstrap_em.estep_memory=true"
+	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_s1 --only 01_data_prep
+	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_memory_s1 --only 01_data_prep
+	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_s1 --set "03_bootstrap_em.seeds=[1]" & p0=$$!; \
+	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_memory_s1 --set "03_bootstrap_em.seeds=[1]" \
+	  --set "03_bootstrap_em.estep_memory=true" & p1=$$!; \
+	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
 
 # the loop started below its fixed point: the same regime from the 1,000-step warmstart of loop-gain map 3
 loop-climb: $(STAMP)
