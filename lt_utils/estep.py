@@ -299,27 +299,6 @@ def select_first_k(record: Mapping, k: int, seed: int, selection: str = "resampl
                         record["index"], selection)
 
 
-def rescore(model, tokenizer, chunks: Sequence[Chunk], thoughts: Sequence[Sequence[int]],
-            cfg: EStepConfig) -> list[tuple[float, float]]:
-    """(log q(z | x), log p(z, x)) of given thought tokens under `model`, in the E-step's proposal density
-    (temperature, banned tokens) and joint layout: the weights a candidate would get had it been sampled."""
-    from lt_utils.fidelity import thought_logprobs
-
-    ids = SpecialIds.of(tokenizer)
-    banned = thought_banned_ids(tokenizer, ids) if cfg.ban_special_in_thought else []
-    prompts, targets, contexts, continuations = [], [], [], []
-    for c, z in zip(chunks, thoughts):
-        prefix, suffix = chunk_pieces(tokenizer, c, cfg.max_prefix_tokens)
-        prompts.append(posterior_prompt_ids(ids, prefix, suffix))
-        targets.append([*z, ids.eol])
-        a, b = joint_ids(ids, prefix, z, suffix)
-        contexts.append(a)
-        continuations.append(b)
-    lq = thought_logprobs(model, prompts, targets, banned_ids=banned, temperature=cfg.temperature, pad_id=ids.pad)
-    lp = score(model, contexts, continuations, pad_id=ids.pad, batch_size=cfg.score_batch_size)
-    return [(float(sum(a)), float(sum(b))) for a, b in zip(lq, lp)]
-
-
 # --------------------------------------------------------------------------- cache
 class CandidateCache:
     """SQLite store of sampled candidates (tokens, log q, terminated) and their joint log p.

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lt_utils.data import chunk_document
-from lt_utils.estep import EStepConfig, normalized_weights, rescore, run_estep
+from lt_utils.estep import EStepConfig, normalized_weights, run_estep
+from lt_utils.stages.em_estep import rescore
 from lt_utils.sweeps import selection
 from lt_utils.tokens import SpecialIds
 from test_estep import EolBias   # a tiny model that closes its thoughts

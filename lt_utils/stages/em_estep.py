@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -22,15 +22,16 @@ from lt_utils import em_plan
 
 from lt_utils.runtime import progress_events
 from lt_utils.data import Chunk, ThoughtDoc
-from lt_utils.estep import (EStepConfig, model_fingerprint, rescore, run_estep, sample_prior, save_records,
-                            select_first_k, select_index, summarize)
-from lt_utils.fidelity import dev_chunks, fidelity_report
+from lt_utils.estep import (EStepConfig, chunk_pieces, joint_ids, model_fingerprint, posterior_prompt_ids, run_estep,
+                            sample_prior, save_records, select_first_k, select_index, summarize, thought_banned_ids)
+from lt_utils.fidelity import dev_chunks, fidelity_report, thought_logprobs
 from lt_utils.loop_diagnostics import Check, estep_diagnostics, ratio, retention_repair
 from lt_utils.model import load_model
 from lt_utils.runtime.parallel import torch_threads
 from lt_utils.runtime.runs import read_json, read_jsonl, write_json, write_jsonl
+from lt_utils.sample import score
 from lt_utils.teacher import chunk_units, split_unit_thoughts
-from lt_utils.tokens import load_tokenizer
+from lt_utils.tokens import SpecialIds, load_tokenizer
 from lt_utils.stages.data_prep import dev_problems_path
 
 # `study` below is a `bootstrap_em.Study` and `cfg` its `BootstrapConfig` (not imported: the stage imports this)
@@ -261,6 +262,25 @@ def retention_and_repair(study: Study, iteration: int, records: list[dict], chec
     pairs = [(trained[r["position"]], [c.correct for c in cs[:k]]) for r, cs in zip(records, checks)
              if r["position"] in trained]
     return retention_repair([t for t, _ in pairs], [s for _, s in pairs])
+
+
+def rescore(model, tokenizer, chunks: Sequence[Chunk], thoughts: Sequence[Sequence[int]],
+            cfg: EStepConfig) -> list[tuple[float, float]]:
+    """(log q(z | x), log p(z, x)) of given thought tokens under `model`, in the E-step's proposal density
+    (temperature, banned tokens) and joint layout: the weights a candidate would get had it been sampled."""
+    ids = SpecialIds.of(tokenizer)
+    banned = thought_banned_ids(tokenizer, ids) if cfg.ban_special_in_thought else []
+    prompts, targets, contexts, continuations = [], [], [], []
+    for c, z in zip(chunks, thoughts):
+        prefix, suffix = chunk_pieces(tokenizer, c, cfg.max_prefix_tokens)
+        prompts.append(posterior_prompt_ids(ids, prefix, suffix))
+        targets.append([*z, ids.eol])
+        a, b = joint_ids(ids, prefix, z, suffix)
+        contexts.append(a)
+        continuations.append(b)
+    lq = thought_logprobs(model, prompts, targets, banned_ids=banned, temperature=cfg.temperature, pad_id=ids.pad)
+    lp = score(model, contexts, continuations, pad_id=ids.pad, batch_size=cfg.score_batch_size)
+    return [(float(sum(a)), float(sum(b))) for a, b in zip(lq, lp)]
 
 
 def trained_on(study: Study, iteration: int) -> dict[int, dict]:

@@ -143,7 +143,7 @@ def _stage(stage_dir: Path):
 def estep_rows(study, iteration: int, cfg: SelectionConfig, work: Path) -> tuple[list[dict], list[dict]]:
     """The table rows of one E-step: every (K, rule) over `cfg.chunks` chunks of the bootstrap corpus, and the
     rules' paired differences."""
-    from lt_utils.estep import model_fingerprint, rescore, run_estep
+    from lt_utils.estep import model_fingerprint, run_estep
     from lt_utils.runtime.runs import MissingInputError, read_jsonl
     from lt_utils.stages import em_estep
 
@@ -168,7 +168,7 @@ def estep_rows(study, iteration: int, cfg: SelectionConfig, work: Path) -> tuple
         if previous is None:
             return records, None
         kept = [previous[p]["candidates"][previous[p]["selected"]] for p in positions]
-        return records, (kept, rescore(model, tok, chunks, [c["tokens"] for c in kept], ecfg))
+        return records, (kept, em_estep.rescore(model, tok, chunks, [c["tokens"] for c in kept], ecfg))
 
     records, memory = em_estep.with_generator(gen, study.tok_dir, sample_and_rescore,
                                               threads=study.cfg.n_workers * study.cfg.threads_per_worker)
