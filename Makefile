@@ -81,13 +81,6 @@ loop-confirm: $(STAMP)
 	$(PY) -m lt_utils.cli.pipeline --profile loop_confirm --study loop_confirm_s1 --only 01_data_prep 03_bootstrap_em \
 	  --set "03_bootstrap_em.seeds=[1]" & p1=$$!; \
 	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
-	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_memory --set "03_bootstrap_em.estep_memory=true"
-	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_s1 --only 01_data_prep
-	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_memory_s1 --only 01_data_prep
-	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_s1 --set "03_bootstrap_em.seeds=[1]" & p0=$$!; \
-	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_memory_s1 --set "03_bootstrap_em.seeds=[1]" \
-	  --set "03_bootstrap_em.estep_memory=true" & p1=$$!; \
-	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
 
 # the default study's loop (seed 0, params/cpu) with one lever changed each: argmax selection (beyond the paper),
 # M-steps of 6,000 steps, and the memory rule (beyond the paper: the thought trained on joins the K samples), the
