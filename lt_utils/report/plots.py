@@ -890,9 +890,10 @@ def _mstep_map_panel(ax, sel: pd.DataFrame, ctl: pd.DataFrame) -> None:
     pts = pd.concat([own, ctl])
     ax.plot([0, 1], [0, 1], color="0.55", linewidth=0.9, linestyle="--", label="identity (ρ = 1)")
     if pts["trained_on_correct"].nunique() >= 2:
-        b, a = np.polyfit(pts["trained_on_correct"], pts["sample_correct"], 1)
-        xs = np.array([0.0, 1.0])
-        ax.plot(xs, a + b * xs, color="0.25", linewidth=1.0, label=f"fit: s' = {a:+.3f} + {b:.3f}·c")
+        from lt_utils.cobweb import TrainingMap
+
+        m = TrainingMap.fit(pts["trained_on_correct"], pts["sample_correct"])   # the fit the run's cobweb composes
+        ax.plot([0.0, 1.0], [m.a, m.a + m.b], color="0.25", linewidth=1.0, label=f"fit: s' = {m.a:+.3f} + {m.b:.3f}·c")
     ax.scatter(own["trained_on_correct"], own["sample_correct"], color=_WIDTH_COLORS[0], s=22, zorder=3,
                label="the E-step's own thoughts (seeds)")
     ax.scatter(ctl["trained_on_correct"], ctl["sample_correct"], color=_WIDTH_COLORS[1], marker="D", s=24,

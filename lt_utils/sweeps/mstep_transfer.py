@@ -155,19 +155,21 @@ def controlled_corpus(study, stage_dir: Path, target: float, seed: int) -> tuple
     records = read_jsonl(stage_dir / "iter1" / "estep.jsonl")
     chunks = study.boot_chunks
     oracle = OracleTeacher(study.cfg.thought_style)
-    selected, alt = [], []
+    selected, alt, is_oracle = [], [], []
     for c, r in zip(chunks, records):
         right = em_estep.chunk_is_correct(c, r["thought"])
         other = [x["text"] for x in r["candidates"] if em_estep.chunk_is_correct(c, x["text"]) != right]
-        if not other and not right:
+        from_oracle = not other and not right
+        if from_oracle:
             z = oracle.thought_for(c)
             other = [z] if z and em_estep.chunk_is_correct(c, z) else []
         selected.append(right)
         alt.append(other[0] if other else None)
+        is_oracle.append(from_oracle and bool(other))
     plan = exchange_plan(selected, [a is not None for a in alt], target, seed)
     thoughts = [a if ex else r["thought"] for r, a, ex in zip(records, alt, plan)]
     verdicts = [s != ex for s, ex in zip(selected, plan)]
-    n_oracle = sum(ex and not any(x["text"] == a for x in r["candidates"]) for r, a, ex in zip(records, alt, plan))
+    n_oracle = sum(ex and o for ex, o in zip(plan, is_oracle))
     tag = f"c{target:g}_seed{seed}"
     path = em_estep.write_corpus(study.run.file(f"corpora/corpus_{tag}.jsonl"), study.boot_docs, study.boot_heads,
                                  chunks, study.boot_spans, thoughts)
@@ -192,11 +194,11 @@ def measure(study, model_dir: Path, chunks, trained_right: list[bool], cfg: MSte
 
 
 def _accuracies(run_dir: Path) -> tuple[float | None, float | None]:
-    from lt_utils.runtime.runs import read_json, read_jsonl
+    """(last dev accuracy, test accuracy) of a finished training run."""
+    from lt_utils.runtime.runs import read_json
+    from lt_utils.sweeps.fidelity_curve import last_dev_eval
 
-    final = read_json(run_dir / "final.json")
-    dev = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m.get("split") == "dev" and "accuracy" in m]
-    return (dev[-1]["accuracy"] if dev else None), final.get("accuracy")
+    return (last_dev_eval(run_dir) or {}).get("accuracy"), read_json(run_dir / "final.json").get("accuracy")
 
 
 def run(cfg: MStepTransferConfig):
