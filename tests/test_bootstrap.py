@@ -162,6 +162,11 @@ def test_loop_diagnostics_follow_the_loops_k_when_the_estep_drew_more(study):
     assert s["frac_selected_correct"] == 1.0 and s["frac_candidates_correct"] == 0.5   # the whole E-step
     assert s["loop_selected_correct"] == 0.0 and s["loop_posterior_sample_correct"] == 0.0   # the loop's K = 4
     assert s["loop_distinct_per_chunk"] == 4.0 and s["loop_gain"] == 0.0
+    # the terminal's E-step line reports what the M-step trains on (K = 4), not the 8-sample selection
+    assert em_estep.progress_line({**s, "n_chunks": 4, "mean_ess": 8.0}) == {
+        "n_chunks": 4, "mean_ess": 8.0, "selected_correct": 0.0}
+    assert em_estep.progress_line({"frac_selected_correct": 0.5}) == {"selected_correct": 0.5}   # no loop keys
+    assert em_estep.progress_line({"n_chunks": 4}) == {"n_chunks": 4}   # no verifier: nothing to report
     s["selected_correct_by_k"] = {"4": 0.25}
     from lt_utils.runtime.runs import write_json
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -113,6 +113,19 @@ def spread_positions(n: int, m: int) -> list[int]:
     return sorted({int(x) for x in np.linspace(0, n - 1, min(m, n)).round()})
 
 
+def progress_line(summary: Mapping) -> dict:
+    """The E-step's line in the terminal: its size, ESS and the correctness of what the next M-step trains on.
+
+    That is the loop's K (and rule), not iteration 1's largest K, which the K ablation draws and
+    `frac_selected_correct` describes.
+    """
+    line = {k: summary[k] for k in ("n_chunks", "mean_ess") if k in summary}
+    trained = summary.get("loop_selected_correct", summary.get("frac_selected_correct"))
+    if trained is not None:   # absent without a verifier (paper scale)
+        line["selected_correct"] = trained
+    return line
+
+
 def run(study: Study, iteration: int) -> dict:
     """Thoughts for the bootstrap corpus from the previous iteration's seed-0 model; returns their summary.
 
@@ -169,8 +182,7 @@ def run(study: Study, iteration: int) -> dict:
     study.run.add_artifact(f"iter{iteration}/estep_summary.json", "weights, ESS, verifier scores, loop diagnostics")
     study.run.log(kind="estep", iteration=iteration, **{k2: v for k2, v in summary.items()
                                                        if isinstance(v, (int, float))})
-    progress_events.emit("estep_done", iteration=iteration, seconds=time.time() - t0,
-                  summary={k2: summary[k2] for k2 in ("n_chunks", "mean_ess", "frac_selected_correct") if k2 in summary})
+    progress_events.emit("estep_done", iteration=iteration, seconds=time.time() - t0, summary=progress_line(summary))
     return summary
 
 
