@@ -109,6 +109,30 @@ def test_eta_rate_counts_only_time_with_a_run_in_flight():
     assert "ETA stage 1 min 40 s" in during_estep and "(sampling or scoring)" in during_estep
 
 
+def test_runs_finished_before_a_resume_are_not_counted_as_work_left(tmp_path):
+    # a resumed stage skips its finished runs only when its pool reaches them; the ETA must not wait for that
+    import json
+
+    from lt_utils.cli.progress_display import finished_runs
+
+    for name, steps in (("raw_repeat/seed0", 100), ("raw_repeat/seed1", 100)):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        (tmp_path / "train" / name / "DONE").write_text(json.dumps({"step": steps}))
+    (tmp_path / "train" / "raw_fresh" / "seed0").mkdir(parents=True)   # started, not finished
+    assert finished_runs(tmp_path) == {"raw_repeat/seed0": 100, "raw_repeat/seed1": 100}
+    plan = Plan(runs=3, steps=300, finished=finished_runs(tmp_path))
+    assert plan.steps_left == 100
+    view = StageView("02_synthetic_thoughts", plan, later_steps=0)
+    t0 = view.t0
+    assert view.status(now=t0).startswith("  [02_synthetic_thoughts] 2/3 runs")
+    view.update({"event": "run_skipped", "name": "raw_repeat/seed0", "steps": 100, "time": t0})   # reached later
+    view.update({"event": "run_start", "name": "raw_fresh/seed0", "step": 0, "steps": 100, "time": t0})
+    view.update({"event": "train", "name": "raw_fresh/seed0", "step": 50, "steps": 100, "tokens_per_s": 1.0,
+                 "time": t0 + 100})
+    status = view.status(now=t0 + 100)
+    assert "2/3 runs" in status and "ETA stage 1 min 40 s" in status   # 50 steps left at 0.5 steps/s
+
+
 LAUNCHING_STAGE = """
 import subprocess, sys
 from lt_utils.runtime.die_with_parent import bound_command

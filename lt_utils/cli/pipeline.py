@@ -238,12 +238,14 @@ def run_profile(profile: str, only: list[str] | None = None, overrides: dict | N
         # children (the kernel, its workers) inherit these: where to report progress, whose group is the study
         os.environ[PROGRESS_ENV] = str(study_dir / "progress.jsonl")
         os.environ["LT_PIPELINE_PGID"] = str(os.getpgrp())
-        plans = {s: stage_plan(s, cfgs[s]) for s in stages}
+        # runs finished by an earlier invocation count as done from the start (not with --overwrite, which redoes them)
+        plans = {s: stage_plan(s, cfgs[s], None if getattr(cfgs[s], "overwrite", False)
+                               else resolve(cfgs[s].run_root) / cfgs[s].study / s) for s in stages}
         log = study_dir / "pipeline.json"
         times = {}
         for i, s in enumerate(stages):
             print(f"[{profile}] {s} ... (log: {study_dir / 'logs' / s}.txt)", flush=True)
-            view = StageView(s, plans[s], later_steps=sum(plans[t].steps for t in stages[i + 1:]))
+            view = StageView(s, plans[s], later_steps=sum(plans[t].steps_left for t in stages[i + 1:]))
             times[s] = run_stage(profile, s, overrides, per_stage.get(s), view=view, status_every=status_every)
             print(f"[{profile}] {s} done in {times[s]:.0f} s", flush=True)
             history = read_json(log) if log.exists() else {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,16 +25,39 @@ class Plan:
     runs: int = 0
     steps: int = 0
     esteps: int = 0
+    finished: dict[str, int] = field(default_factory=dict)   # run name -> steps, of runs finished before this start
+
+    @property
+    def steps_left(self) -> int:
+        return max(self.steps - sum(self.finished.values()), 0)
 
 
-def stage_plan(stage: str, cfg: Any) -> Plan:
-    """Training runs, optimizer steps and E-steps a stage will do (token-match baselines counted at `steps`)."""
+def finished_runs(stage_dir: Path) -> dict[str, int]:
+    """Runs of a stage already finished on disk (`train/<name>/seed<N>/DONE`), by the name their events carry.
+
+    A resumed study skips them only when its pool reaches them; counted from the start, the ETA does not take
+    them for work still to do.
+    """
+    done = {}
+    for marker in sorted(Path(stage_dir).glob("train/*/seed*/DONE")):
+        try:
+            steps = int(json.loads(marker.read_text()).get("step", 0))
+        except (OSError, ValueError, AttributeError):
+            continue
+        done[f"{marker.parent.parent.name}/{marker.parent.name}"] = steps
+    return done
+
+
+def stage_plan(stage: str, cfg: Any, stage_dir: Path | None = None) -> Plan:
+    """Training runs, optimizer steps and E-steps a stage will do (token-match baselines counted at `steps`),
+    with the runs already finished in `stage_dir`."""
+    finished = finished_runs(stage_dir) if stage_dir is not None else {}
     if stage == "02_synthetic_thoughts":
         n = (len(cfg.arms) + len(cfg.teacher_sweep)) * len(cfg.seeds)
-        return Plan(runs=n, steps=n * cfg.steps)
+        return Plan(runs=n, steps=n * cfg.steps, finished=finished)
     if stage == "03_bootstrap_em":
         return Plan(runs=len(em_plan.all_runs(cfg)), steps=em_plan.estimated_steps(cfg, token_ratio=1.0),
-                    esteps=cfg.iterations)
+                    esteps=cfg.iterations, finished=finished)
     return Plan()
 
 
@@ -60,6 +83,9 @@ class StageView:
         self.steps_at_start = 0               # steps finished before this invocation (resumed runs, skipped runs)
         self.busy = 0.0                       # wall seconds with a training run in flight (the rate's denominator)
         self._last = self.t0
+        for name, steps in plan.finished.items():   # finished before this start: done, and no work left
+            self.runs[name] = {"start": steps, "step": steps, "steps": steps, "tokens_per_s": 0.0, "done": True}
+            self.steps_at_start += steps
 
     def _tick(self, now: float) -> None:
         """Count the time since the last event as training time if a run was in flight (not while an E-step runs)."""
@@ -84,7 +110,7 @@ class StageView:
         elif kind in ("run_done", "run_skipped"):
             r = self._run(name)
             steps = ev.get("steps", r["steps"])
-            if kind == "run_skipped":
+            if kind == "run_skipped" and not r["done"]:   # a run the plan counted as finished is not added twice
                 self.steps_at_start += steps
                 r.update(start=steps)
             r.update(step=steps, steps=steps, done=True)
