@@ -38,13 +38,14 @@ def finished_runs(stage_dir: Path) -> dict[str, int]:
     A resumed study skips them only when its pool reaches them; counted from the start, the ETA does not take
     them for work still to do.
     """
+    from lt_utils.runtime.runs import read_json
+
     done = {}
     for marker in sorted(Path(stage_dir).glob("train/*/seed*/DONE")):
         try:
-            steps = int(json.loads(marker.read_text()).get("step", 0))
-        except (OSError, ValueError, AttributeError):
+            done[f"{marker.parent.parent.name}/{marker.parent.name}"] = int(read_json(marker).get("step", 0))
+        except (OSError, ValueError, AttributeError):   # a marker being written or damaged: not counted
             continue
-        done[f"{marker.parent.parent.name}/{marker.parent.name}"] = steps
     return done
 
 
@@ -84,7 +85,7 @@ class StageView:
         self.busy = 0.0                       # wall seconds with a training run in flight (the rate's denominator)
         self._last = self.t0
         for name, steps in plan.finished.items():   # finished before this start: done, and no work left
-            self.runs[name] = {"start": steps, "step": steps, "steps": steps, "tokens_per_s": 0.0, "done": True}
+            self._run(name).update(start=steps, step=steps, steps=steps, done=True)
             self.steps_at_start += steps
 
     def _tick(self, now: float) -> None:
