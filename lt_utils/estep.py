@@ -52,9 +52,12 @@ tokens scored per iteration.  Rows are grouped as ``batch_chunks`` chunks × K
 copies of each prompt; each prompt is encoded once and its K rows read that
 one copy of its keys, and each ``BOS prefix`` is encoded once for its K
 joint scores (`lt_utils.sample`; the rows and random streams are those of
-the unshared computation).  On CPU the E-step computes as many groups at once
-as torch has threads, one thread each (the stage gives it every core with
-``workers: 0``); a group's results do not depend on how many run beside it.
+the unshared computation).  On CPU the E-step runs as many lanes as torch
+has threads, one thread each (the stage gives it every core with
+``workers: 0``), fed as a pipeline: a group's sampling, then each of its
+scoring batches, is one task, and a lane takes the next task as soon as it is
+free, so no lane waits at a barrier for another.  A group's results do not
+depend on the lanes (its scoring batches are those `score` forms).
 
 Determinism, cache, resume, shards
 ----------------------------------
@@ -89,6 +92,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -99,7 +103,7 @@ import torch
 from lt_utils.runtime import faults
 from lt_utils.data import Chunk
 from lt_utils.runtime.runs import read_jsonl, write_jsonl
-from lt_utils.sample import sample, score
+from lt_utils.sample import sample, score, score_order
 from lt_utils.runtime.sqlite_store import open_cache
 from lt_utils.tokens import SpecialIds, encode
 
@@ -464,9 +468,9 @@ def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, ca
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(groups), desc=f"E-step shard {shard_index}/{num_shards}", unit="group")
-    # On CPU, groups run side by side, one torch thread each, as many as torch was given threads: the model is
-    # too small for torch to split its operations across threads (each small operation would pay a fork and
-    # join, and stall whenever another process holds a core).  A group's results do not depend on the lanes.
+    # On CPU, lanes of one torch thread each, as many as torch was given threads: the model is too small for torch
+    # to split its operations across threads (each small operation would pay a fork and join, and stall whenever
+    # another process holds a core).  The main thread alone touches the cache, in the order tasks finish.
     on_cpu = backend is None and next(model.parameters()).device.type == "cpu"
     lanes = max(1, torch.get_num_threads()) if on_cpu else 1   # a GPU runs one group at a time
     threads_before = torch.get_num_threads()
@@ -489,53 +493,92 @@ def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, ca
                                       [_candidate_key(base, digest, c, j) for j in range(cfg.k)]))
         return prepared, cache.get_many([k for p in prepared for k in p.keys])
 
-    def score_rows(rows):
-        found, unscored = rows
-        pairs = [joint_ids(ids, p.prefix, found[p.keys[j]]["tokens"], p.suffix) for p, j in unscored]
+    def joint_pairs(found, rows):
+        return [joint_ids(ids, p.prefix, found[p.keys[j]]["tokens"], p.suffix) for p, j in rows]
+
+    def score_rows(pairs):
         return scorer([a for a, _ in pairs], [b for _, b in pairs], pad_id=ids.pad, batch_size=cfg.score_batch_size)
 
+    submit = pool.submit if pool is not None else _run_now
+    # groups in flight: with lanes, twice their number, so a lane never waits for another lane's group; without,
+    # one, so each group's samples are saved before the next group is sampled
+    window = 2 * lanes if pool is not None else 1
+    state: dict[int, tuple] = {}              # group index -> (prepared, found)
+    scoring: dict[int, int] = {}              # group index -> its score tasks still running
+    done: set[int] = set()
+    running: dict = {}                        # future -> (group index, "sample" | "score", its rows)
+    next_group = next_record = 0
+    failure: BaseException | None = None
+
+    def start_scoring(g):
+        """Score a group's unscored rows: with lanes, one task per scoring batch (the batches `score` itself would
+        form, so the scores are the same), which lets the lanes share a group's scoring and finish together."""
+        prepared, found = state[g]
+        rows = [(p, j) for p in prepared for j in range(cfg.k) if found[p.keys[j]]["log_p"] is None]
+        pairs = joint_pairs(found, rows)
+        if pool is None or not rows:
+            parts = [list(range(len(rows)))] if rows else []
+        else:
+            order = score_order([a for a, _ in pairs], [b for _, b in pairs])
+            parts = [order[a:a + cfg.score_batch_size] for a in range(0, len(order), cfg.score_batch_size)]
+        scoring[g] = len(parts)
+        for part in parts:
+            running[submit(score_rows, [pairs[i] for i in part])] = (g, "score", [rows[i] for i in part])
+        if not parts:
+            done.add(g)
+
     try:
-        for w in range(0, len(groups), lanes):
-            wave = [prepare(g) for g in groups[w:w + lanes]]
-
-            # 1. proposal: sample each group's rows not saved yet, as one call, and save them at once
-            todos = [[(p, j) for p in prepared for j in range(cfg.k) if p.keys[j] not in found]
-                     for prepared, found in wave]
-            outs = _in_order(pool, lambda todo: _sample_group(model, todo, cfg, ids, backend, banned) if todo else [],
-                             todos)
-            for (prepared, found), todo, out in zip(wave, todos, outs):
-                if isinstance(out, BaseException):
-                    raise out
+        while next_record < len(groups):
+            while failure is None and next_group < len(groups) and next_group - next_record < window:
+                prepared, found = prepare(groups[next_group])
+                state[next_group] = (prepared, found)
+                todo = [(p, j) for p in prepared for j in range(cfg.k) if p.keys[j] not in found]
                 if todo:
-                    new = dict(zip((p.keys[j] for p, j in todo), out))
-                    faults.hit("estep_sample")
-                    cache.put_samples(new)
-                    for k, v in new.items():
-                        found.setdefault(k, {**v, "log_p": None})
-
-            # 2. joint score of every saved-but-unscored row of each group
-            unscored = [[(p, j) for p in prepared for j in range(cfg.k) if found[p.keys[j]]["log_p"] is None]
-                        for prepared, found in wave]
-            outs = _in_order(pool, lambda rows: score_rows(rows) if rows[1] else [],
-                             [(found, u) for (_, found), u in zip(wave, unscored)])
-            for (prepared, found), rows, lps in zip(wave, unscored, outs):
-                if isinstance(lps, BaseException):
-                    raise lps
-                if rows:
-                    scores = {p.keys[j]: float(sum(lp)) for (p, j), lp in zip(rows, lps)}
-                    faults.hit("estep_score")
-                    cache.put_scores(scores)
-                    for k, v in scores.items():
-                        found[k]["log_p"] = v
-
-                # 3. weights and selection
+                    running[submit(_sample_group, model, todo, cfg, ids, backend, banned)] = (next_group, "sample",
+                                                                                               todo)
+                else:
+                    start_scoring(next_group)
+                next_group += 1
+            if running:
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                # canonical order among those finished together, so saves (and a fault's count) do not depend on timing
+                for fut in sorted(finished, key=lambda f: running[f][:2]):
+                    g, kind, rows = running.pop(fut)
+                    if fut.exception() is not None:
+                        failure = failure or fut.exception()
+                        continue
+                    prepared, found = state[g]
+                    if kind == "sample":   # 1. proposal saved at once, then scored
+                        new = dict(zip((p.keys[j] for p, j in rows), fut.result()))
+                        faults.hit("estep_sample")
+                        cache.put_samples(new)
+                        for k, v in new.items():
+                            found.setdefault(k, {**v, "log_p": None})
+                        if failure is None:
+                            start_scoring(g)
+                    else:                  # 2. joint scores saved
+                        scores = {p.keys[j]: float(sum(lp)) for (p, j), lp in zip(rows, fut.result())}
+                        faults.hit("estep_score")
+                        cache.put_scores(scores)
+                        for k, v in scores.items():
+                            found[k]["log_p"] = v
+                        scoring[g] -= 1
+                        if not scoring[g]:
+                            done.add(g)
+            if failure is not None:
+                if running:    # let the other lanes finish, so their work is saved, then stop
+                    continue
+                raise failure
+            while next_record in done:    # 3. weights and selection, in canonical order
+                prepared, found = state.pop(next_record)
                 for p in prepared:
                     records.append(_record(p, [found[k] for k in p.keys], tokenizer, cfg))
+                next_record += 1
                 if bar is not None:
                     bar.update(1)
     finally:
         if pool is not None:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)
             torch.set_num_threads(threads_before)
         if bar is not None:
             bar.close()
@@ -543,20 +586,14 @@ def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, ca
     return records
 
 
-def _in_order(pool, fn, items) -> list:
-    """fn(item) for each item, on `pool`'s threads if any; results in order, an exception in its item's place
-    (without a pool, items after a failure are not run)."""
-    if pool is None:
-        out = []
-        for item in items:
-            try:
-                out.append(fn(item))
-            except Exception as exc:   # the caller saves the items before it, then raises
-                out.append(exc)
-                break
-        return out
-    futures = [pool.submit(fn, item) for item in items]
-    return [f.exception() or f.result() for f in futures]
+def _run_now(fn, *args) -> Future:
+    """A finished future of fn(*args): the pipeline's one code path without a thread pool."""
+    fut: Future = Future()
+    try:
+        fut.set_result(fn(*args))
+    except Exception as exc:   # reported where a lane's failure would be
+        fut.set_exception(exc)
+    return fut
 
 
 def sample_prior(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, backend=None) -> list[dict]:

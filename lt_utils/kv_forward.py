@@ -69,16 +69,10 @@ class Rows:
         return int(self.pos.shape[0])
 
     def keep(self, idx: torch.Tensor) -> "Rows":
-        """Only rows `idx` (their used columns copied into fresh tensors of the same width)."""
-        w = self.width
-
-        def take(t: torch.Tensor) -> torch.Tensor:
-            out = t.new_zeros((len(idx),) + tuple(t.shape[1:]))
-            out[:, :, :w] = t[:, :, :w].index_select(0, idx)
-            return out
-
-        return Rows([take(t) for t in self.k], [take(t) for t in self.v], self.bias.index_select(0, idx),
-                    self.prefix.index_select(0, idx), self.pos.index_select(0, idx), w)
+        """Only rows `idx`, copied whole into fresh tensors (their unwritten columns are zeros, and stay so)."""
+        return Rows([t.index_select(0, idx) for t in self.k], [t.index_select(0, idx) for t in self.v],
+                    self.bias.index_select(0, idx), self.prefix.index_select(0, idx), self.pos.index_select(0, idx),
+                    self.width)
 
 
 @dataclass
@@ -116,14 +110,16 @@ class _Slots:
         rank[order] = torch.arange(b, device=prefix.device) - start[prefix[order]]
         self.slot = prefix * self.g + rank
         self.identity = b == self.p * self.g and bool((self.slot == torch.arange(b, device=prefix.device)).all())
+        # the row each slot reads: an empty slot repeats row 0, harmless because a product's output row depends on
+        # its own input row only and empty slots are never read back (one gather instead of a fill and a scatter)
+        self.source = torch.zeros(self.p * self.g, dtype=torch.long, device=prefix.device)
+        self.source[self.slot] = torch.arange(b, device=prefix.device)
 
     def group(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, Hkv, R, D) row-major → (P, Hkv, G·R, D), empty slots zero."""
+        """(B, Hkv, R, D) row-major → (P, Hkv, G·R, D); an empty slot holds a copy of row 0."""
         b, h, r, d = x.shape
         if not self.identity:
-            full = x.new_zeros((self.p * self.g, h, r, d))
-            full[self.slot] = x
-            x = full
+            x = x.index_select(0, self.source)
         return x.view(self.p, self.g, h, r, d).transpose(1, 2).reshape(self.p, h, self.g * r, d)
 
     def ungroup(self, y: torch.Tensor, r: int) -> torch.Tensor:

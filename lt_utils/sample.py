@@ -302,13 +302,7 @@ def score(model, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequ
     todo = [i for i in range(len(contexts)) if len(continuations[i])]
     if any(len(contexts[i]) == 0 for i in todo):
         raise ValueError("a scored continuation needs a context of at least one token (BOS)")
-    if share:
-        first: dict[tuple, int] = {}
-        for i in todo:
-            first.setdefault(tuple(contexts[i]), i)
-        order = sorted(todo, key=lambda i: (len(contexts[i]), first[tuple(contexts[i])], i))
-    else:
-        order = sorted(todo, key=lambda i: len(contexts[i]) + len(continuations[i]))
+    order = score_order(contexts, continuations, share)
     run = _score_kv if supports(model) else _score_plain
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
@@ -316,6 +310,20 @@ def score(model, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequ
             out[i] = lp
     model.train(was_training)
     return out
+
+
+def score_order(contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], share: bool = True
+                ) -> list[int]:
+    """The rows `score` computes, in its order (it cuts batches of `batch_size` from this list): rows of one
+    context side by side with `share`, else by total length.  Scoring any run of this order alone, in this order,
+    forms the same batches."""
+    todo = [i for i in range(len(contexts)) if len(continuations[i])]
+    if not share:
+        return sorted(todo, key=lambda i: len(contexts[i]) + len(continuations[i]))
+    first: dict[tuple, int] = {}
+    for i in todo:
+        first.setdefault(tuple(contexts[i]), i)
+    return sorted(todo, key=lambda i: (len(contexts[i]), first[tuple(contexts[i])], i))
 
 
 def _score_kv(model, contexts, continuations, pad_id: int, share: bool) -> list[list[float]]:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lt_utils.sample import sample, score
+from lt_utils.sample import sample, score, score_order
 from lt_utils.tokens import SpecialIds, encode
 
 
@@ -104,6 +104,23 @@ def test_shared_context_scoring_equals_full_sequences(tokenizer, tiny_model):
     assert [len(x) for x in shared] == [len(c) for c in conts]
     for a, b in zip(shared, plain):
         assert a == pytest.approx(b, abs=1e-4)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_scoring_the_batches_of_score_order_alone_gives_the_same_scores(tokenizer, tiny_model, share):
+    """The E-step's lanes score a group batch by batch, cut from `score_order`: each batch alone is the batch
+    `score` forms itself, so the scores are identical, not merely close."""
+    prompts, ids = prompts_for(tokenizer)
+    ctxs = [p[:len(p) - i % 3] for i, p in enumerate(prompts) for _ in range(3)]   # contexts of several lengths
+    conts = [[5, 6, 7][:j + 1] + [ids.eol] for _ in prompts for j in range(3)]
+    whole = score(tiny_model, ctxs, conts, pad_id=ids.pad, batch_size=4, share=share)
+    order = score_order(ctxs, conts, share)
+    assert sorted(order) == list(range(len(ctxs)))
+    for a in range(0, len(order), 4):
+        part = order[a:a + 4]
+        alone = score(tiny_model, [ctxs[i] for i in part], [conts[i] for i in part], pad_id=ids.pad, batch_size=4,
+                      share=share)
+        assert alone == [whole[i] for i in part]
 
 
 def _rescored(model, prompts, samples, ids, *, temperature=1.0, banned=()):

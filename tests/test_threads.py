@@ -79,7 +79,7 @@ def _chunks(docs, n):
 
 def test_e_step_groups_side_by_side_give_the_records_of_one_lane(tiny_model, tokenizer, docs, tmp_path, monkeypatch):
     """With n threads the E-step computes n groups at once, one thread each: same records, torch's threads restored;
-    a group that fails still leaves the groups before it saved."""
+    a group that fails still leaves every other group in flight saved."""
     from lt_utils import estep
     from lt_utils.estep import CandidateCache, EStepConfig, run_estep
 
@@ -110,6 +110,12 @@ def test_e_step_groups_side_by_side_give_the_records_of_one_lane(tiny_model, tok
         with pytest.raises(RuntimeError, match="killed"):
             run_estep(tiny_model, tokenizer, chunks, cfg, model_key="m", cache_path=tmp_path / "c.db", progress=False)
         assert torch.get_num_threads() == 2
-        assert len(CandidateCache(tmp_path / "c.db")) == 2 * 3   # the first group of the wave was saved
+        # 2 lanes keep 4 groups in flight: groups 0, 2 and 3 were saved (2 chunks × K = 3 each), group 1 was not,
+        # and group 4 was never started
+        assert len(CandidateCache(tmp_path / "c.db")) == 3 * 2 * 3
+        torch.set_num_threads(1)    # one lane: one group at a time, so only group 0 was sampled and saved
+        with pytest.raises(RuntimeError, match="killed"):
+            run_estep(tiny_model, tokenizer, chunks, cfg, model_key="m", cache_path=tmp_path / "d.db", progress=False)
+        assert len(CandidateCache(tmp_path / "d.db")) == 2 * 3
     finally:
         torch.set_num_threads(before)

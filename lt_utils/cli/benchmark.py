@@ -256,7 +256,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="training threads (the study's workers use 1)")
     ap.add_argument("--estep-threads", type=int, default=0, help="E-step/decoding/forward threads (0: every core)")
     ap.add_argument("--docs", type=int, default=40, help="documents whose chunks the E-step samples")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--old", default="c2e619a", help="commit whose sampler is timed beside ('' to skip)")
     ap.add_argument("--out", help="write the figures as JSON here too")
     ap.add_argument("--keep", help="keep the trained model, tokenizer and figures in this directory")
