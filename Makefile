@@ -85,7 +85,7 @@ loop-confirm: $(STAMP)
 # the default study's loop (seed 0, params/cpu) with one lever changed each: argmax selection (beyond the paper),
 # M-steps of 6,000 steps, and the memory rule (beyond the paper: the thought trained on joins the K samples), the
 # last after the first two; then the default and the memory rule again with seed 1 (warmstart and M-step seed 1),
-# then argmax and 6,000-step M-steps with seed 1;
+# then argmax and 6,000-step M-steps with seed 1, then the default and the memory rule with seed 2;
 # stage 01 runs first (it trains the shared base model if it is missing)
 LEVERS := --profile cpu --only 03_bootstrap_em --set "03_bootstrap_em.seeds=[0]" \
 	--set "03_bootstrap_em.k_ablation=[]" --set "03_bootstrap_em.baselines=[]"
@@ -109,6 +109,12 @@ loop-levers: $(STAMP)
 	  --set "03_bootstrap_em.estep_selection=argmax" & p0=$$!; \
 	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_mstep6000_s1 --set "03_bootstrap_em.seeds=[1]" \
 	  --set "03_bootstrap_em.steps=6000" & p1=$$!; \
+	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
+	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_s2 --only 01_data_prep
+	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_memory_s2 --only 01_data_prep
+	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_s2 --set "03_bootstrap_em.seeds=[2]" & p0=$$!; \
+	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_memory_s2 --set "03_bootstrap_em.seeds=[2]" \
+	  --set "03_bootstrap_em.estep_memory=true" & p1=$$!; \
 	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
 
 # the loop started below its fixed point: the same regime from the 1,000-step warmstart of loop-gain map 3

@@ -541,7 +541,7 @@ def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, ca
                 next_group += 1
             if running:
                 finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                # canonical order among those finished together, so saves (and a fault's count) do not depend on timing
+                # those that finished together, taken in canonical order (group, then sampling before scoring)
                 for fut in sorted(finished, key=lambda f: running[f][:2]):
                     g, kind, rows = running.pop(fut)
                     if fut.exception() is not None:
