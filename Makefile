@@ -89,33 +89,26 @@ loop-confirm: $(STAMP)
 # stage 01 runs first (it trains the shared base model if it is missing)
 LEVERS := --profile cpu --only 03_bootstrap_em --set "03_bootstrap_em.seeds=[0]" \
 	--set "03_bootstrap_em.k_ablation=[]" --set "03_bootstrap_em.baselines=[]"
+ARGMAX := --set "03_bootstrap_em.estep_selection=argmax"
+M6000  := --set "03_bootstrap_em.steps=6000"
+MEMORY := --set "03_bootstrap_em.estep_memory=true"
+SEED1  := --set "03_bootstrap_em.seeds=[1]"
+SEED2  := --set "03_bootstrap_em.seeds=[2]"
+# $(call LOOP_PAIR,study_a,settings_a,study_b,settings_b): two loops side by side, each after its stage 01
+define LOOP_PAIR
+$(PY) -m lt_utils.cli.pipeline --profile cpu --study $(1) --only 01_data_prep
+$(PY) -m lt_utils.cli.pipeline --profile cpu --study $(3) --only 01_data_prep
+$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study $(1) $(2) & p0=$$!; \
+$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study $(3) $(4) & p1=$$!; \
+wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
+endef
 loop-levers: $(STAMP)
-	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_argmax --only 01_data_prep
-	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_mstep6000 --only 01_data_prep
+	$(call LOOP_PAIR,cpu_argmax,$(ARGMAX),cpu_mstep6000,$(M6000))
 	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_memory --only 01_data_prep
-	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_argmax --set "03_bootstrap_em.estep_selection=argmax" & p0=$$!; \
-	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_mstep6000 --set "03_bootstrap_em.steps=6000" & p1=$$!; \
-	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
-	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_memory --set "03_bootstrap_em.estep_memory=true"
-	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_s1 --only 01_data_prep
-	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_memory_s1 --only 01_data_prep
-	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_s1 --set "03_bootstrap_em.seeds=[1]" & p0=$$!; \
-	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_memory_s1 --set "03_bootstrap_em.seeds=[1]" \
-	  --set "03_bootstrap_em.estep_memory=true" & p1=$$!; \
-	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
-	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_argmax_s1 --only 01_data_prep
-	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_mstep6000_s1 --only 01_data_prep
-	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_argmax_s1 --set "03_bootstrap_em.seeds=[1]" \
-	  --set "03_bootstrap_em.estep_selection=argmax" & p0=$$!; \
-	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_mstep6000_s1 --set "03_bootstrap_em.seeds=[1]" \
-	  --set "03_bootstrap_em.steps=6000" & p1=$$!; \
-	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
-	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_s2 --only 01_data_prep
-	$(PY) -m lt_utils.cli.pipeline --profile cpu --study cpu_memory_s2 --only 01_data_prep
-	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_s2 --set "03_bootstrap_em.seeds=[2]" & p0=$$!; \
-	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_memory_s2 --set "03_bootstrap_em.seeds=[2]" \
-	  --set "03_bootstrap_em.estep_memory=true" & p1=$$!; \
-	wait $$p0; r0=$$?; wait $$p1; r1=$$?; test $$r0 = 0 && test $$r1 = 0
+	$(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_memory $(MEMORY)
+	$(call LOOP_PAIR,cpu_s1,$(SEED1),cpu_memory_s1,$(SEED1) $(MEMORY))
+	$(call LOOP_PAIR,cpu_argmax_s1,$(SEED1) $(ARGMAX),cpu_mstep6000_s1,$(SEED1) $(M6000))
+	$(call LOOP_PAIR,cpu_s2,$(SEED2),cpu_memory_s2,$(SEED2) $(MEMORY))
 
 # the loop started below its fixed point: the same regime from the 1,000-step warmstart of loop-gain map 3
 loop-climb: $(STAMP)
