@@ -504,8 +504,7 @@ def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, ca
     # one, so each group's samples are saved before the next group is sampled
     window = 2 * lanes if pool is not None else 1
     state: dict[int, tuple] = {}              # group index -> (prepared, found)
-    scoring: dict[int, int] = {}              # group index -> its score tasks still running
-    done: set[int] = set()
+    scoring: dict[int, int] = {}              # group index -> its score tasks still running (0: the group is done)
     running: dict = {}                        # future -> (group index, "sample" | "score", its rows)
     next_group = next_record = 0
     failure: BaseException | None = None
@@ -524,8 +523,6 @@ def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, ca
         scoring[g] = len(parts)
         for part in parts:
             running[submit(score_rows, [pairs[i] for i in part])] = (g, "score", [rows[i] for i in part])
-        if not parts:
-            done.add(g)
 
     try:
         while next_record < len(groups):
@@ -563,13 +560,12 @@ def run_estep(model, tokenizer, chunks: Sequence[Chunk], cfg: EStepConfig, *, ca
                         for k, v in scores.items():
                             found[k]["log_p"] = v
                         scoring[g] -= 1
-                        if not scoring[g]:
-                            done.add(g)
             if failure is not None:
                 if running:    # let the other lanes finish, so their work is saved, then stop
                     continue
                 raise failure
-            while next_record in done:    # 3. weights and selection, in canonical order
+            while scoring.get(next_record) == 0:    # 3. weights and selection, in canonical order
+                del scoring[next_record]
                 prepared, found = state.pop(next_record)
                 for p in prepared:
                     records.append(_record(p, [found[k] for k in p.keys], tokenizer, cfg))

@@ -112,8 +112,10 @@ class _Slots:
         self.identity = b == self.p * self.g and bool((self.slot == torch.arange(b, device=prefix.device)).all())
         # the row each slot reads: an empty slot repeats row 0, harmless because a product's output row depends on
         # its own input row only and empty slots are never read back (one gather instead of a fill and a scatter)
-        self.source = torch.zeros(self.p * self.g, dtype=torch.long, device=prefix.device)
-        self.source[self.slot] = torch.arange(b, device=prefix.device)
+        self.source = None
+        if not self.identity:
+            self.source = torch.zeros(self.p * self.g, dtype=torch.long, device=prefix.device)
+            self.source[self.slot] = torch.arange(b, device=prefix.device)
 
     def group(self, x: torch.Tensor) -> torch.Tensor:
         """(B, Hkv, R, D) row-major → (P, Hkv, G·R, D); an empty slot holds a copy of row 0."""
