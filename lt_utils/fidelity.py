@@ -226,6 +226,7 @@ def _decoded_correct(model, tokenizer, chunks: Sequence[Chunk], check: Callable[
                   temperature=temperature, banned_ids=thought_banned_ids(tokenizer, ids) if ban else [],
                   pad_id=ids.pad, seed=seed, batch_size=batch_size)
     verdicts: dict[str, list[bool]] = {}
+    where: dict[str, list[bool]] = {"first": [], "later": []}
     ok = []
     for c, s in zip(chunks, outs):
         toks = s.tokens[:-1] if s.finished else s.tokens
@@ -234,8 +235,10 @@ def _decoded_correct(model, tokenizer, chunks: Sequence[Chunk], check: Callable[
         ok.append(v)
         fam = (chunk_units(c) or [None])[0]
         verdicts.setdefault(fam.family if fam else "?", []).append(v)
+        where["first" if c.index == 0 else "later"].append(v)
     return {"n": len(ok), "correct": _mean(ok),
-            "by_family": {f: {"n": len(v), "correct": float(np.mean(v))} for f, v in sorted(verdicts.items())}}
+            "by_family": {f: {"n": len(v), "correct": float(np.mean(v))} for f, v in sorted(verdicts.items())},
+            "by_position": {k: {"n": len(v), "correct": _mean(v)} for k, v in where.items()}}
 
 
 def spread(n: int, m: int) -> list[int]:

@@ -128,6 +128,7 @@ class TrainSpec:
     eval_every: int = TrainingParams.eval_every          # steps between evaluations (and checkpoints)
     attend_across_docs: bool = TrainingParams.attend_across_docs
     cut_at_chunks: bool = TrainingParams.cut_at_chunks
+    no_thought_p: float = 0.0        # per-chunk coin: trained without its thought (stage 03's, beyond the paper)
     compile: bool = False            # torch.compile the model (GPU)
     keep_checkpoints: str = TrainingParams.keep_checkpoints
 
@@ -138,6 +139,10 @@ class TrainSpec:
         require(0 < self.lr < 1, f"lr must be in (0, 1), got {self.lr}")
         require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]")
         require(self.eval_every > 0, "eval_every must be > 0")
+        require(0 <= self.no_thought_p < 1, f"no_thought_p must be in [0, 1), got {self.no_thought_p}")
+        require(not (self.no_thought_p and self.attend_across_docs),
+                "no_thought_p: the per-chunk coin is laid out by the per-document packing only "
+                "(attend_across_docs: false)")
         require(self.keep_checkpoints in KEEP_CHECKPOINTS,
                 f"keep_checkpoints must be one of {', '.join(KEEP_CHECKPOINTS)}, got '{self.keep_checkpoints}'")
 
@@ -216,7 +221,8 @@ def packing_stats(stream) -> dict:
     out = {"cut_at_chunks": stream.cut_at_chunks, **stream.thoughts_apart(0)}
     if stream.cut_at_chunks:   # the same epoch cut into row-sized pieces, for comparison
         rowcut = EpochStream(stream.docs, stream.layout, stream.ids, seq_len=stream.seq_len,
-                             batch_size=stream.batch_size, seed=stream.seed, attend_across_docs=False)
+                             batch_size=stream.batch_size, seed=stream.seed, attend_across_docs=False,
+                             no_thought_p=stream.no_thought_p)
         out["share_apart_row_cuts"] = rowcut.thoughts_apart(0)["share_apart"]
     return out
 
@@ -359,7 +365,8 @@ class _TrainRun:
             self.stream = EpochStream(tokenize_docs(tokenizer, load_docs(job.corpus_path)), job.layout, ids,
                                       seq_len=job.train.seq_len, batch_size=job.train.batch_size, seed=job.seed,
                                       attend_across_docs=False, cut_at_chunks=job.train.cut_at_chunks,
-                                      rank=acc.process_index, world_size=acc.num_processes)
+                                      rank=acc.process_index, world_size=acc.num_processes,
+                                      no_thought_p=job.train.no_thought_p)
         self.problems = load_problems(job.eval_problems_path, job.max_eval_problems) if job.eval_problems_path else []
         self.dev = load_problems(job.dev_problems_path, job.max_dev_problems) if job.dev_problems_path else []
         self.style = job.eval_style or ("latent" if job.latent_eval else "direct")

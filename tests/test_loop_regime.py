@@ -93,7 +93,7 @@ def test_a_width_may_have_its_own_budgets():
     assert [(w, c.row_value) for w, c in fidelity_curve.cells(cfg)] == [(64, 300), (64, 3000), (128, 300)]
     with pytest.raises(ConfigError, match="budgets_by_width"):
         fidelity_curve.FidelityCurveConfig(widths=[64], budgets_by_width={128: [300]})
-    assert fidelity_curve.load_curve().budgets_of(128) == [300, 1000]
+    assert fidelity_curve.load_curve().budgets_of(128) == [300, 1000, 3000]
 
 
 def test_the_curves_cells_keep_the_ids_of_its_committed_runs():
@@ -104,6 +104,28 @@ def test_the_curves_cells_keep_the_ids_of_its_committed_runs():
     from lt_utils.runtime.paths import FIGURES_DIR
 
     table = pd.read_csv(FIGURES_DIR / "data" / fidelity_curve.TABLE)
-    named = {(int(r.width), int(r.steps)): r.warmstart for r in table.itertuples()}
-    cells = fidelity_curve.cells(fidelity_curve.load_curve())
-    assert {(w, c.row_value): f"{c.data_id}/03_warmstart_{c.warm_id}" for w, c in cells} == named
+    named = {(int(r.width), int(r.layers), int(r.steps)): r.warmstart for r in table.itertuples()}
+    cfg = fidelity_curve.load_curve()
+    cells = [(w, 4, c) for w, c in fidelity_curve.cells(cfg)]
+    cells += [(cfg.widths[0], d, c) for d, c in fidelity_curve.depth_cells(cfg)]
+    assert {(w, d, c.row_value): f"{c.data_id}/03_warmstart_{c.warm_id}" for w, d, c in cells} == named
+
+
+def test_a_deeper_model_gets_its_own_base_at_the_first_width():
+    cfg = fidelity_curve.FidelityCurveConfig(map="loop_map_transfer", budgets=[300, 1000], widths=[64, 128],
+                                             depths=[8])
+    deep = fidelity_curve.depth_cells(cfg)
+    assert [(d, c.row_value) for d, c in deep] == [(8, 300), (8, 1000)]
+    wide = {c.data_id for _, c in fidelity_curve.cells(cfg)}
+    assert len({c.data_id for _, c in deep}) == 1 and not wide & {c.data_id for _, c in deep}
+    c = deep[0][1]
+    assert (c.data_params["base_n_layer"], c.boot_params["n_layer"], c.boot_params["n_embd"]) == (8, 8, 64)
+    assert fidelity_curve.depth_cells(fidelity_curve.FidelityCurveConfig()) == []
+    with pytest.raises(ConfigError, match="depths"):
+        fidelity_curve.FidelityCurveConfig(depths=[0])
+    own = fidelity_curve.FidelityCurveConfig(budgets=[300, 1000, 6000], depths=[8], budgets_by_depth={8: [1000]})
+    assert [(d, c.row_value) for d, c in fidelity_curve.depth_cells(own)] == [(8, 1000)]
+    with pytest.raises(ConfigError, match="budgets_by_depth"):
+        fidelity_curve.FidelityCurveConfig(depths=[8], budgets_by_depth={6: [300]})
+    r = fidelity_curve.row(64, {"fidelity": {}, "steps": 300, "tokens": 614400}, "w", layers=8)
+    assert r["layers"] == 8 and list(fidelity_curve.build_table([r]).columns) == fidelity_curve.COLUMNS

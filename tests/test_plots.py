@@ -82,6 +82,11 @@ def _sample_frame(name):
               for i, (style, arm) in enumerate((("compact", "raw_repeat"), ("compact", "latent_thoughts"),
                                                 ("spelled", "latent_thoughts"))) for sd in range(3)]
         return pd.DataFrame(fid + c1)
+    if name == "prefix_layout":
+        return pd.DataFrame([dict(no_thought_p=coin, steps=st, seed=0, prefix_chunks=n, prefix_layout=kind,
+                                  f_first_chunks=0.8, f_later_chunks=0.8 - 0.3 * (n == 3), greedy_first=0.9,
+                                  greedy_later=0.9 - 0.3 * (n == 3)) for coin in (0.0, 0.5) for st in (1000, 3000)
+                             for kind in ("raw", "thoughts") for n in (1, 3)])
     return _tidy()
 
 

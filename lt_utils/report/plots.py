@@ -661,7 +661,8 @@ _WIDTH_COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7"]
 
 @register("fidelity_curve")
 def fig_fidelity_curve(df: pd.DataFrame) -> Figure:
-    """Fidelity f = mean q(z* | x) against oracle-thought training tokens, one colour per model width.
+    """Fidelity f = mean q(z* | x) against oracle-thought training tokens, one colour per model shape (width, and
+    depth where the table has deeper models).
 
     `df` is `fidelity_curve.build_table`.  Left: f on the bootstrap corpus
     (solid) and on dev problems (dashed), with f = 0.9 marked.  Middle: what
@@ -670,7 +671,10 @@ def fig_fidelity_curve(df: pd.DataFrame) -> Figure:
     Right: per family, each problem's probability of its own steps.
     """
     _require(df, ["width", "tokens", "f", "f_dev"], "fidelity_curve")
-    widths = sorted(df["width"].dropna().astype(int).unique())
+    df = df.assign(layers=pd.to_numeric(df["layers"], errors="coerce") if "layers" in df else np.nan)
+    shapes = sorted({(int(r.width), None if pd.isna(r.layers) else int(r.layers)) for r in df.itertuples()},
+                    key=lambda s: (s[1] or 0, s[0]))
+    fewest = min((lay for _, lay in shapes if lay is not None), default=None)
     panels = (
         ("Fidelity f = mean q(z* | x)", (("f", "-", "o", "corpus"), ("f_dev", "--", "s", "dev problems"))),
         ("Posterior thoughts that verify", (("greedy_correct", "-", "o", "greedy, corpus"),
@@ -683,15 +687,17 @@ def fig_fidelity_curve(df: pd.DataFrame) -> Figure:
         fig = _new_figure((13.0, 3.8))
         axes = fig.subplots(1, 3)
         for ax, (title, series) in zip(axes, panels):
-            for i, w in enumerate(widths):
-                d = df[df["width"] == w].sort_values("tokens")
+            for i, (w, lay) in enumerate(shapes):
+                d = df[(df["width"] == w) & (df["layers"].isna() if lay is None else df["layers"] == lay)]
+                d = d.sort_values("tokens")
+                name = f"d = {w}" + (f", {lay} layers" if lay is not None and lay != fewest else "")
                 for col, ls, mk, label in series:
                     if col not in d:
                         continue
                     v = d[["tokens", col]].apply(pd.to_numeric, errors="coerce").dropna()
                     if len(v):
                         ax.plot(v["tokens"] / 1e6, v[col], linestyle=ls, marker=mk, color=_WIDTH_COLORS[i % 4],
-                                label=f"d = {w}, {label}")
+                                label=f"{name}, {label}")
             ax.set_xscale("log")
             ticks = sorted(pd.to_numeric(df["tokens"], errors="coerce").dropna().unique() / 1e6)
             ax.set_xticks(ticks, [f"{t:.1f}" for t in ticks])
@@ -978,4 +984,49 @@ def fig_thought_format(df: pd.DataFrame) -> Figure:
             ax.set_ylim(0, 1)
             ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
         fig.suptitle("Thoughts that spell out sums and differences column by column, against the compact default")
+    return fig
+
+
+@register("prefix_layout")
+def fig_prefix_layout(df: pd.DataFrame) -> Figure:
+    """The raw-prefix gap (`sweeps.prefix_layout.build_table`): per prefix layout, one bar per warmstart.
+
+    Left: fidelity f on a document's later chunks (bar) and on its first chunks (black tick: the context every
+    layout shares).  Right: greedy posterior correctness, the same split.  Colour: warmstart steps; hatched: trained
+    with the no-thought coin.  Mean over seeds; dots: each seed.
+    """
+    _require(df, ["no_thought_p", "steps", "seed", "prefix_chunks", "prefix_layout", "f_first_chunks",
+                  "f_later_chunks", "greedy_first", "greedy_later"], "prefix_layout")
+    layouts = sorted({(r.prefix_layout, int(r.prefix_chunks)) for r in df.itertuples()},
+                     key=lambda lay: (lay[0] != "raw", lay[1]))
+    warm = sorted({(int(r.steps), float(r.no_thought_p)) for r in df.itertuples()})
+    steps = sorted({s for s, _ in warm})
+    color = {s: _WIDTH_COLORS[i % 4] for i, s in enumerate(steps)}
+    width = 0.8 / max(len(warm), 1)
+    with style():
+        fig = _new_figure((12.5, 4.2))
+        axes = fig.subplots(1, 2)
+        for ax, (later, first, title) in zip(axes, (("f_later_chunks", "f_first_chunks", "Fidelity f"),
+                                                    ("greedy_later", "greedy_first", "Greedy posterior correct"))):
+            for j, (st, coin) in enumerate(warm):
+                x0 = np.arange(len(layouts)) + (j - (len(warm) - 1) / 2) * width
+                for k, (kind, n) in enumerate(layouts):
+                    d = df[(df["steps"] == st) & (df["no_thought_p"] == coin) & (df["prefix_layout"] == kind)
+                           & (df["prefix_chunks"] == n)]
+                    if not len(d):
+                        continue
+                    ax.bar(x0[k], d[later].mean(), width=width * 0.9, color=color[st], alpha=0.8,
+                           hatch="//" if coin else None, edgecolor="white" if coin else None,
+                           label=f"{st:,} steps{f', coin {coin:g}' if coin else ''}" if k == 0 else None)
+                    ax.scatter([x0[k]] * len(d), d[later], color="0.15", s=8, zorder=3)
+                    ax.hlines(d[first].mean(), x0[k] - width * 0.45, x0[k] + width * 0.45, color="black",
+                              linewidth=1.6, zorder=4, label="first chunks" if (j, k) == (0, 0) else None)
+            ax.set_xticks(range(len(layouts)), [f"{n} chunk{'s' * (n != 1)},\n{kind}" for kind, n in layouts])
+            ax.set_ylim(0, 1.17)   # room for the legend above the bars
+            ax.set_yticks(np.linspace(0, 1, 6))
+            ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+            ax.set_title(f"{title}: later chunks (bars), first chunks (ticks)")
+            ax.set_xlabel("The posterior's prefix")
+        axes[0].legend(loc="upper center", ncol=3, fontsize=7, framealpha=0.95)
+        fig.suptitle("Which context the posterior reads best: raw chunks, or chunks carrying their (oracle) thoughts")
     return fig

@@ -10,8 +10,9 @@ in seconds, without rerunning the study.  The loop-gain map's table
 (`loop_map.csv`, written by `make loop-map`), the fidelity curve's
 (`fidelity_curve.csv`, `make fidelity`), the cobweb's (`loop_cobweb.csv`,
 `make cobweb`), the selection ablation's (`selection_ablation.csv`, `make selection`) and the M-step
-transfer curve's (`mstep_transfer.csv`, `make mstep-transfer`) and the thought format's (`thought_format.csv`,
-`make thought-format`) are redrawn too where they are stored.
+transfer curve's (`mstep_transfer.csv`, `make mstep-transfer`), the thought format's (`thought_format.csv`,
+`make thought-format`) and the prefix layouts' (`prefix_layout.csv`, `make prefix-layout`) are redrawn too where
+they are stored.
 """
 
 from __future__ import annotations
@@ -55,12 +56,12 @@ def draw(data_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, l
 
 
 def draw_loop_regime(data_dir: Path, out_dir: str | Path) -> dict[str, list[Path]]:
-    """The fidelity curve, the cobweb, the selection ablation, the M-step transfer curve and the thought format,
-    where their tables are stored in `data_dir`."""
-    from lt_utils.sweeps import cobweb_map, fidelity_curve, mstep_transfer, selection, thought_format
+    """The fidelity curve, the cobweb, the selection ablation, the M-step transfer curve, the thought format and
+    the prefix layouts, where their tables are stored in `data_dir`."""
+    from lt_utils.sweeps import cobweb_map, fidelity_curve, mstep_transfer, prefix_layout, selection, thought_format
 
     out = {}
-    for mod in (fidelity_curve, cobweb_map, selection, mstep_transfer, thought_format):
+    for mod in (fidelity_curve, cobweb_map, selection, mstep_transfer, thought_format, prefix_layout):
         if (data_dir / mod.TABLE).is_file():
             out[mod.FIGURE] = mod.draw(mod.read_table(data_dir / mod.TABLE), out_dir)
     return out

@@ -35,7 +35,7 @@ HASHED_WHEN_SET = frozenset({
     "init", "base_steps", "base_docs", "base_families", "base_difficulty", "base_worked_share", "base_n_layer",
     "base_n_embd", "base_n_head", "base_n_kv_head", "base_intermediate_size", "base_tie_embeddings", "base_init_std",
     "base_batch_size", "base_seq_len", "base_lr", "base_min_lr_ratio", "base_warmup_steps", "base_weight_decay",
-    "base_eval_shots", "k_ablation_train", "thought_style", "estep_memory",
+    "base_eval_shots", "k_ablation_train", "thought_style", "estep_memory", "no_thought_p",
 })
 
 

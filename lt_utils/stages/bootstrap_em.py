@@ -84,6 +84,8 @@ class BootstrapConfig(TrainingParams):
     ban_special_in_thought: bool = EStepConfig.ban_special_in_thought   # only the closing EoL inside a thought
     estep_selection: str = EStepConfig.selection   # resample (BoLT) | argmax (ablation beyond the paper)
     estep_memory: bool = False              # from E-step 2, the thought trained on joins the K samples (beyond the paper)
+    no_thought_p: float = 0.0               # warmstart and M-steps: each chunk trained without its thought with this
+                                            # probability, so raw prefixes occur in training (beyond the paper)
     prior_sample_chunks: int = 64           # chunks that also get a thought sampled from the prior (diagnostic)
     estep_backend: str = "transformers"     # E-step sampler: transformers (in process) or vllm
     vllm_engine_args: dict[str, Any] = field(default_factory=dict)   # vllm.LLM keywords (dtype, max_model_len, ...)
@@ -114,6 +116,9 @@ class BootstrapConfig(TrainingParams):
                 "thought_style: the oracle's style; with warmstart_thoughts_stage the warmstart reads that stage's "
                 "thoughts instead, so leave it compact")
         require(self.prior_sample_chunks >= 0, "prior_sample_chunks must be ≥ 0")
+        require(0 <= self.no_thought_p < 1, f"no_thought_p must be in [0, 1), got {self.no_thought_p}")
+        require(not (self.no_thought_p and self.attend_across_docs),
+                "no_thought_p: the per-chunk coin is laid out by the per-document packing only (attend_across_docs: false)")
         require_min(self, 1, "max_thought_tokens", "estep_batch_chunks", "elbo_k", "chunk_mean_units",
                     "chunk_max_units", "warmstart_steps", "steps")
         require_min(self, 0, "seeds", "prefix_chunks")
@@ -299,7 +304,7 @@ class Study:
 
             return layout_ratio(open_store(self.run.file(corpus), tok), "random")
         docs = tokenize_docs(tok, [ThoughtDoc.from_dict(r) for r in read_jsonl(self.run.file(corpus))])
-        return token_ratio(docs, "random", SpecialIds.of(tok))
+        return token_ratio(docs, "random", SpecialIds.of(tok), no_thought_p=self.cfg.no_thought_p)
 
     def write_token_ratios(self) -> dict[str, float]:
         """Training tokens per raw token of every arm trained so far (for the effective-raw-tokens axis).

@@ -9,14 +9,15 @@ it proposes them about as often as f = mean q(z* | x) (`lt_utils.fidelity`).
 This curve trains warmstarts from the shared base model on the warmstart
 corpus with oracle thoughts, at training budgets spanning ≥ 10× (each with its
 own cosine schedule decayed to the floor at its end) and at several model
-widths (each width its own base model), and measures every one's f, its
+widths and depths (each shape its own base model), and measures every one's f, its
 greedy and sampled posterior correctness, dev accuracy and thought NLL: what
 compute gives f ≥ 0.9, family by family.
 
 The runs are the loop-gain map's warmstart level (`lt_utils.sweeps.loop_map`)
 under the map named in the params file, so a warmstart the map trained is
 reused here and the other way round; a width is the map's profile with
-`n_embd`, `intermediate_size` (4×) and their `base_*` twins overridden.
+`n_embd`, `intermediate_size` (4×) and their `base_*` twins overridden, a
+depth (`depths`, at the first width) `n_layer` and `base_n_layer` as well.
 Dev problems only: a calibration never reads test.
 """
 
@@ -44,7 +45,7 @@ DECODE_CHUNKS = 256                # the E-step's own greedy-decoding sample (`S
 TABLE = "fidelity_curve.csv"
 FIGURE = "fidelity_curve"
 MAKER = "the fidelity curve: make fidelity"
-COLUMNS = ["width", "steps", "tokens", "f", "f_first_chunks", "f_later_chunks", "f_dev", "greedy_correct",
+COLUMNS = ["width", "layers", "steps", "tokens", "f", "f_first_chunks", "f_later_chunks", "f_dev", "greedy_correct",
            "greedy_dev_correct", "sampled_dev_correct", "dev_accuracy", "thought_nll_per_token",
            "p_addition", "p_linear", "p_word", "worst_operation", "worst_operation_nll_share", "warmstart"]
 
@@ -55,6 +56,8 @@ class FidelityCurveConfig:
     budgets: list[int] = field(default_factory=lambda: [300, 1000, 3000])   # warmstart steps
     widths: list[int] = field(default_factory=lambda: [64, 128])            # n_embd (heads kept; MLP 4x)
     budgets_by_width: dict[int, list[int]] = field(default_factory=dict)    # a width's own budgets, if not `budgets`
+    depths: list[int] = field(default_factory=list)    # deeper models (n_layer) at the first width, each its own base
+    budgets_by_depth: dict[int, list[int]] = field(default_factory=dict)    # a depth's own budgets, if not `budgets`
     decode_chunks: int = DECODE_CHUNKS   # bootstrap chunks decoded greedily per generator
     workers: int = 0                     # parallel worker processes (0: one per core)
     figures_dir: str = "figures"         # where the figure and figures/data/fidelity_curve.csv go ("" = none)
@@ -66,28 +69,41 @@ class FidelityCurveConfig:
         require(self.decode_chunks >= 0 and self.workers >= 0, "decode_chunks and workers must be ≥ 0")
         bad = [w for w, b in self.budgets_by_width.items() if w not in self.widths or not b or min(b) < 1]
         require(not bad, f"budgets_by_width: {bad[0] if bad else ''} is not one of widths, or lists no budget ≥ 1")
+        require(all(d >= 1 for d in self.depths), "depths must list n_layer values ≥ 1")
+        bad = [d for d, b in self.budgets_by_depth.items() if d not in self.depths or not b or min(b) < 1]
+        require(not bad, f"budgets_by_depth: {bad[0] if bad else ''} is not one of depths, or lists no budget ≥ 1")
 
     def budgets_of(self, width: int) -> list[int]:
         return list(self.budgets_by_width.get(width, self.budgets))
 
 
-def width_overrides(width: int) -> tuple[dict, dict]:
-    """(stage-01, stage-03) overrides that make a model of this width (the base's and every run's)."""
-    size = {"n_embd": width, "intermediate_size": 4 * width}
+def width_overrides(width: int, layers: int | None = None) -> tuple[dict, dict]:
+    """(stage-01, stage-03) overrides that make a model of this width (and depth, if given): the base's and
+    every run's."""
+    size = {"n_embd": width, "intermediate_size": 4 * width, **({"n_layer": layers} if layers else {})}
     return {f"base_{k}": v for k, v in size.items()}, dict(size)
+
+
+def _grid(base: loop_map.LoopMapConfig, overrides: tuple[dict, dict], budgets: list[int]) -> list[loop_map.Cell]:
+    d_over, b_over = overrides
+    m = dataclasses.replace(base, data_prep={**base.data_prep, **d_over}, bootstrap={**base.bootstrap, **b_over},
+                            row_param="warmstart_steps", row_values=list(budgets),
+                            col_param="steps", col_values=base.col_values[:1], ablation={}, ablation_rows=[])
+    return loop_map.expand(m)
 
 
 def cells(cfg: FidelityCurveConfig) -> list[tuple[int, loop_map.Cell]]:
     """(width, cell) for every width × budget, each cell's warmstart level named as the map would name it."""
     base = loop_map.load_map(cfg.map)
-    out = []
-    for w in cfg.widths:
-        d_over, b_over = width_overrides(w)
-        m = dataclasses.replace(base, data_prep={**base.data_prep, **d_over}, bootstrap={**base.bootstrap, **b_over},
-                                row_param="warmstart_steps", row_values=cfg.budgets_of(w),
-                                col_param="steps", col_values=base.col_values[:1], ablation={}, ablation_rows=[])
-        out += [(w, c) for c in loop_map.expand(m)]
-    return out
+    return [(w, c) for w in cfg.widths for c in _grid(base, width_overrides(w), cfg.budgets_of(w))]
+
+
+def depth_cells(cfg: FidelityCurveConfig) -> list[tuple[int, loop_map.Cell]]:
+    """(n_layer, cell) for every extra depth × budget, at the first width."""
+    base = loop_map.load_map(cfg.map)
+    w = cfg.widths[0]
+    return [(d, c) for d in cfg.depths
+            for c in _grid(base, width_overrides(w, d), cfg.budgets_by_depth.get(d, cfg.budgets))]
 
 
 def run_fidelity(params: dict, warm_id: str, estep_id: str, decode_chunks: int) -> dict:
@@ -128,14 +144,14 @@ def last_dev_eval(model_dir: Path) -> dict | None:
     return max(evals, key=lambda r: r["step"]) if evals else None
 
 
-def row(width: int, res: dict, warm: str) -> dict:
-    """One row of the table from a warmstart's `fidelity.json`."""
+def row(width: int, res: dict, warm: str, layers: int | None = None) -> dict:
+    """One row of the table from a warmstart's `fidelity.json` (`layers`: the model's n_layer)."""
     fid = res["fidelity"]
     b, d = fid.get("bootstrap", {}), fid.get("dev", {})
     fam = b.get("by_family", {})
     ops = b.get("by_operation", {})
     worst = max(ops, key=lambda k: ops[k]["nll_share"]) if ops else ""
-    return {"width": width, "steps": res["steps"], "tokens": res["tokens"], "f": b.get("f"),
+    return {"width": width, "layers": layers, "steps": res["steps"], "tokens": res["tokens"], "f": b.get("f"),
             "f_first_chunks": b.get("by_position", {}).get("first", {}).get("f"),
             "f_later_chunks": b.get("by_position", {}).get("later", {}).get("f"), "f_dev": d.get("f"),
             "greedy_correct": b.get("greedy", {}).get("correct"), "greedy_dev_correct": d.get("greedy", {}).get("correct"),
@@ -149,7 +165,8 @@ def row(width: int, res: dict, warm: str) -> dict:
 def build_table(rows: list[dict]):
     import pandas as pd
 
-    return pd.DataFrame(rows, columns=COLUMNS).sort_values(["width", "steps"], kind="mergesort").reset_index(drop=True)
+    return pd.DataFrame(rows, columns=COLUMNS).sort_values(["width", "layers", "steps"],
+                                                            kind="mergesort").reset_index(drop=True)
 
 
 def measure_warmstarts(todo: list, workers: int, decode_chunks: int) -> list[dict]:
@@ -170,11 +187,13 @@ def measure_warmstarts(todo: list, workers: int, decode_chunks: int) -> list[dic
 
 def run_curve(cfg: FidelityCurveConfig):
     """Base models, warmstarts (reused where the map has them) and their fidelity; writes the table and figure."""
-    grid = cells(cfg)
+    grid = [((w, loop_map._level_params(c.boot_params, frozenset())["n_layer"]), c) for w, c in cells(cfg)]
+    grid += [((cfg.widths[0], d), c) for d, c in depth_cells(cfg)]
     todo = loop_map._unique([c for _, c in grid], "estep_id")
-    width_of = {c.warm_id: w for w, c in grid}
+    shape_of = {c.warm_id: shape for shape, c in grid}
     outs = measure_warmstarts(todo, cfg.workers, cfg.decode_chunks)
-    df = build_table([row(width_of[c.warm_id], o, f"{c.data_id}/03_warmstart_{c.warm_id}") for c, o in zip(todo, outs)])
+    df = build_table([row(*shape_of[c.warm_id][:1], o, f"{c.data_id}/03_warmstart_{c.warm_id}",
+                          layers=shape_of[c.warm_id][1]) for c, o in zip(todo, outs)])
     m = loop_map.load_map(cfg.map)
     root = resolve(m.run_root) / m.name
     loop_map.write_table(df, root / TABLE)
