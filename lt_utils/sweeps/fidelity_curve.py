@@ -192,8 +192,11 @@ def run_curve(cfg: FidelityCurveConfig):
     todo = loop_map._unique([c for _, c in grid], "estep_id")
     shape_of = {c.warm_id: shape for shape, c in grid}
     outs = measure_warmstarts(todo, cfg.workers, cfg.decode_chunks)
-    df = build_table([row(*shape_of[c.warm_id][:1], o, f"{c.data_id}/03_warmstart_{c.warm_id}",
-                          layers=shape_of[c.warm_id][1]) for c, o in zip(todo, outs)])
+    rows = []
+    for c, o in zip(todo, outs):
+        width, layers = shape_of[c.warm_id]
+        rows.append(row(width, o, f"{c.data_id}/03_warmstart_{c.warm_id}", layers=layers))
+    df = build_table(rows)
     m = loop_map.load_map(cfg.map)
     root = resolve(m.run_root) / m.name
     loop_map.write_table(df, root / TABLE)
