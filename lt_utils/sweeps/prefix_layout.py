@@ -5,7 +5,7 @@
 
 Every training document carries a thought at every chunk, so the paper's bootstrap E-step, which shows the
 posterior 3 chunks of raw text before x, asks it to read a context it never trained on.  The study cut that
-prefix to the one chunk that holds the question (docs/loop_regime.md); the issue's other two candidates are
+prefix to the one chunk that holds the question (docs/loop_regime.md); two other candidates are
 measured here, by fidelity (f, the probability of the oracle thought, `lt_utils.fidelity`) and greedy
 posterior correctness on the bootstrap corpus, split by a document's first chunks and later ones:
 
