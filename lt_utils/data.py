@@ -167,7 +167,7 @@ def layout_doc(doc: TokenizedDoc, layout: str, ids: SpecialIds, rng: np.random.G
         raise ValueError(f"layout '{layout}' needs thoughts but the document has none")
     if not 0.0 <= no_thought_p < 1.0:
         raise ValueError(f"no_thought_p must be in [0, 1), got {no_thought_p}")
-    if no_thought_p and (layout == "thought_only" or rng is None):
+    if no_thought_p and layout != "raw" and (layout == "thought_only" or rng is None):
         raise ValueError("no_thought_p needs a layout of chunks with thoughts (prior, posterior, random) and an rng")
     out = LaidOut([ids.bos], [True])
     toks, raw = out.ids, out.raw
@@ -427,7 +427,7 @@ def token_ratio(docs: Sequence[TokenizedDoc], layout: str, ids: SpecialIds, seed
     rng = np.random.default_rng(seed)
     total = raw = 0
     for d in docs:
-        toks, _ = layout_ids(d, layout, ids, rng, no_thought_p if layout != "raw" else 0.0)
+        toks, _ = layout_ids(d, layout, ids, rng, no_thought_p)
         total += len(toks)
         raw += d.raw_len
     return total / max(raw, 1)

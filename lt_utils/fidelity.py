@@ -252,18 +252,22 @@ def fidelity_report(model, tokenizer, corpus_chunks: Sequence[Chunk], dev: Seque
                     check: Callable[[Chunk, str], bool], *, max_prefix_tokens: int = 0,
                     ban_special_in_thought: bool = True, temperature: float = 1.0, max_thought_tokens: int = 64,
                     decode_chunks: int = 256, seed: int = 0, batch_size: int = 64,
-                    thought_style: str = "compact") -> dict:
+                    thought_style: str = "compact", per_chunk: bool = False) -> dict:
     """f on the bootstrap corpus and on dev problems, with greedy (both) and T-sampled (dev) correctness beside it.
 
     `check(chunk, thought)` is the world's verifier for a chunk's thought.
     Greedy decoding on the corpus runs on `decode_chunks` chunks spread over it.
+    `per_chunk` adds the corpus' ``chunks``: [position, index, log q] per chunk scored (for paired comparisons).
     """
     kw = dict(max_prefix_tokens=max_prefix_tokens, ban_special_in_thought=ban_special_in_thought,
               temperature=temperature, batch_size=batch_size, thought_style=thought_style)
     dec = dict(max_thought_tokens=max_thought_tokens, max_prefix_tokens=max_prefix_tokens,
                ban=ban_special_in_thought, batch_size=max(batch_size, 64))
     out = {"temperature": temperature, "banned_special": ban_special_in_thought}
-    corpus = summarize_fidelity(score_oracle(model, tokenizer, corpus_chunks, **kw))
+    rows = score_oracle(model, tokenizer, corpus_chunks, **kw)
+    corpus = summarize_fidelity(rows)
+    if per_chunk:
+        corpus["chunks"] = [[r["position"], r["index"], r["log_q"]] for r in rows]
     pick = [corpus_chunks[i] for i in spread(len(corpus_chunks), decode_chunks)]
     corpus["greedy"] = _decoded_correct(model, tokenizer, pick, check, greedy=True, seed=seed,
                                         temperature=1.0, **dec)

@@ -73,13 +73,9 @@ def test_relayout_rejects_what_it_cannot_build(docs, tokenizer):
         relayout(heads, shuffled, spans, tokenizer, 3)
 
 
-def _tokenized(docs, tokenizer):
-    return tokenize_docs(tokenizer, docs)
-
-
 def test_the_no_thought_coin_drops_thoughts_at_its_rate_and_costs_nothing_at_zero(docs, tokenizer):
     ids = SpecialIds.of(tokenizer)
-    tdocs = _tokenized(docs, tokenizer)
+    tdocs = tokenize_docs(tokenizer, docs)
     # p = 0: no coin drawn, so the layout and the generator's stream are those of the layout without the argument
     r1, r2 = np.random.default_rng(3), np.random.default_rng(3)
     for d in tdocs:
@@ -110,7 +106,7 @@ def test_the_no_thought_coin_drops_thoughts_at_its_rate_and_costs_nothing_at_zer
 
 def test_the_epoch_stream_lays_out_the_coin_and_is_unchanged_without_it(docs, tokenizer):
     ids = SpecialIds.of(tokenizer)
-    tdocs = _tokenized(docs, tokenizer)
+    tdocs = tokenize_docs(tokenizer, docs)
     kw = dict(seq_len=64, batch_size=4, seed=1, attend_across_docs=False, cut_at_chunks=True)
     plain, zero = EpochStream(tdocs, "random", ids, **kw), EpochStream(tdocs, "random", ids, no_thought_p=0.0, **kw)
     for step in (0, 3):

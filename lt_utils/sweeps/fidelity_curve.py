@@ -106,18 +106,26 @@ def depth_cells(cfg: FidelityCurveConfig) -> list[tuple[int, loop_map.Cell]]:
             for c in _grid(base, width_overrides(w, d), cfg.budgets_by_depth.get(d, cfg.budgets))]
 
 
+def open_with_warmstart(params: dict, warm_id: str, stage: str):
+    """(config, run) of a measurement at a warmstart's level: its own run directory `stage`, the warmstart's
+    model linked in unless the run is already done."""
+    cfg, run = loop_map._open(loop_map._level_params(params, loop_map.MSTEP_ONLY), stage)
+    if not run.already_done:
+        seed = cfg.seeds[0]
+        loop_map._link(run.path.parent / f"03_warmstart_{warm_id}" / f"train/warmstart/seed{seed}",
+                       run.file(f"train/warmstart/seed{seed}"))
+    return cfg, run
+
+
 def run_fidelity(params: dict, warm_id: str, estep_id: str, decode_chunks: int) -> dict:
     """Fidelity of one warmstart in one E-step layout (its own run directory, the model linked in),
     with the warmstart's last dev evaluation."""
     from lt_utils.runtime.runs import read_json, write_json
     from lt_utils.stages.bootstrap_em import Study
 
-    cfg, run = loop_map._open(loop_map._level_params(params, loop_map.MSTEP_ONLY), f"03_fidelity_{estep_id}")
+    cfg, run = open_with_warmstart(params, warm_id, f"03_fidelity_{estep_id}")
     if run.already_done:
         return read_json(run.file("fidelity.json"))
-    warm = run.path.parent / f"03_warmstart_{warm_id}"
-    seed = cfg.seeds[0]
-    loop_map._link(warm / f"train/warmstart/seed{seed}", run.file(f"train/warmstart/seed{seed}"))
     t0 = time.perf_counter()
     study = Study(run, cfg)
     gen = study.model_dir("warmstart")

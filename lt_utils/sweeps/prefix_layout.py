@@ -96,40 +96,30 @@ def cells(cfg: PrefixLayoutConfig) -> list[tuple[float, loop_map.Cell]]:
 
 def run_layout(params: dict, warm_id: str, estep_id: str, layout: str, decode_chunks: int) -> dict:
     """f and greedy posterior correctness of one warmstart with the bootstrap corpus' prefixes in `layout`."""
-    from lt_utils.fidelity import _decoded_correct, score_oracle, spread, summarize_fidelity
+    from lt_utils import em_plan
+    from lt_utils.fidelity import fidelity_report
     from lt_utils.prefix_layout import relayout
     from lt_utils.runtime.runs import read_json, write_json
     from lt_utils.stages import em_estep
     from lt_utils.stages.bootstrap_em import Study
     from lt_utils.teacher import OracleTeacher
-    from lt_utils import em_plan
 
-    cfg, run = loop_map._open(loop_map._level_params(params, loop_map.MSTEP_ONLY), f"03_prefix_{estep_id}_{layout}")
+    cfg, run = fidelity_curve.open_with_warmstart(params, warm_id, f"03_prefix_{estep_id}_{layout}")
     if run.already_done:
         return read_json(run.file("prefix_fidelity.json"))
-    seed = cfg.seeds[0]
-    loop_map._link(run.path.parent / f"03_warmstart_{warm_id}" / f"train/warmstart/seed{seed}",
-                   run.file(f"train/warmstart/seed{seed}"))
     t0 = time.perf_counter()
     study = Study(run, cfg)
     kind, n = parse_layout(layout)
     _, heads, chunks, spans = study._boot
     ecfg = em_estep.estep_config(cfg, k=em_plan.k_drawn(cfg, 1), seed=1000)   # E-step 1's proposal
-    teacher = OracleTeacher(cfg.thought_style)
+    thought_of = OracleTeacher(cfg.thought_style).thought_for
 
     def measure(model, tok, _):
-        laid = relayout(heads, chunks, spans, tok, n, layout=kind, thought_of=teacher.thought_for)
-        kw = dict(max_prefix_tokens=ecfg.max_prefix_tokens, ban_special_in_thought=ecfg.ban_special_in_thought,
-                  temperature=ecfg.temperature)
-        rows = score_oracle(model, tok, laid, thought_style=cfg.thought_style, **kw)
-        fid = summarize_fidelity(rows)
-        fid["chunks"] = [[r["position"], r["index"], r["log_q"]] for r in rows]   # for paired comparisons
-        pick = [laid[i] for i in spread(len(laid), decode_chunks)]
-        fid["greedy"] = _decoded_correct(model, tok, pick, em_estep.chunk_is_correct, greedy=True, seed=ecfg.seed,
-                                         max_thought_tokens=ecfg.max_thought_tokens, batch_size=64,
-                                         max_prefix_tokens=ecfg.max_prefix_tokens,
-                                         ban=ecfg.ban_special_in_thought, temperature=1.0)
-        return fid
+        laid = relayout(heads, chunks, spans, tok, n, layout=kind, thought_of=thought_of)
+        return fidelity_report(model, tok, laid, [], em_estep.chunk_is_correct, max_prefix_tokens=ecfg.max_prefix_tokens,
+                               ban_special_in_thought=ecfg.ban_special_in_thought, temperature=ecfg.temperature,
+                               max_thought_tokens=ecfg.max_thought_tokens, decode_chunks=decode_chunks,
+                               seed=ecfg.seed, thought_style=cfg.thought_style, per_chunk=True)["bootstrap"]
 
     fid = em_estep.with_generator(study.model_dir("warmstart"), study.tok_dir, measure, threads=1)
     out = {"layout": layout, "prefix_layout": kind, "prefix_chunks": n, "fidelity": fid,
