@@ -41,6 +41,11 @@ help:
 	@echo "make test-paper-path  - SmolLM2-135M (GGUF from PyPI) through tokens, training, E-step and MATH/GSM8K eval"
 	@echo "make gpu-check        - on a CUDA machine: TinyLlama-1.1B training MFU, then the smoke study on the GPU"
 
+# Tests run on TEST_WORKERS processes (pytest-xdist); an idle worker takes tests queued for a busy one (worksteal).
+# TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+PARALLEL_TESTS := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist worksteal)
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -68,10 +73,10 @@ figures: $(STAMP)
 	$(PY) -m lt_utils.report.redraw
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not gpu and not vllm and not paper_path and not faults" -q
+	$(PY) -m pytest $(PARALLEL_TESTS) -m "not gpu and not vllm and not paper_path and not faults" -q
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not gpu and not slow and not vllm and not paper_path and not faults" -q
+	$(PY) -m pytest $(PARALLEL_TESTS) -m "not gpu and not slow and not vllm and not paper_path and not faults" -q
 
 MAP ?= loop_map
 loop-map: $(STAMP)

@@ -210,6 +210,7 @@ def test_analysis_of_an_empty_study_names_the_command(tmp_path):
         results.require_evals(results.collect_evals(tmp_path / "smoke"), tmp_path / "smoke")
 
 
+@pytest.mark.slow
 def test_every_committed_figure_redraws_byte_identically_from_its_committed_tables(tmp_path):
     # what `make figures` promises in a fresh clone: every committed figure has its tables committed beside it
     from lt_utils.report import redraw
