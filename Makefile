@@ -10,9 +10,9 @@ STAMP  := $(VENV)/.installed
 help:
 	@echo "make study    - the default CPU study, set by competence: every notebook on params/cpu, figures in figures/ (1 h 31 min)"
 	@echo "make study-full - the default's whole design: + raw fresh, degraded teachers, FLOP-matched baseline, M-steps per K"
-	@echo "                (params/cpu_full, figures in figures/full; not yet run)"
+	@echo "                (params/cpu_full, figures in figures/full; about 2 h 45 min in a fresh clone)"
 	@echo "make study-proportions - the study in the paper's token proportions (params/cpu_proportions, ~42 min)"
-	@echo "make test     - the test suite (includes a papermill run of every notebook on params/smoke)"
+	@echo "make test     - the test suite on two workers, TEST_WORKERS=0 for one process (every notebook on params/smoke included)"
 	@echo "make study-long - raw repeat vs latent thoughts, 1,500 steps x 16 rows (params/cpu_long, ~16 min)"
 	@echo "make smoke    - every notebook on the tiny params/smoke profile (runs/smoke/)"
 	@echo "make figures  - redraw every committed figure from its stored tables (figures/data), no study run"
