@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 .PHONY: study study-full study-proportions study-long smoke figures loop-map loop-confirm loop-climb fidelity cobweb selection mstep-transfer loop-levers thought-format prefix-layout test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
 
 help:
-	@echo "make study    - the default CPU study, set by competence: every notebook on params/cpu, figures in figures/ (1 h 31 min)"
+	@echo "make study    - the default CPU study, set by competence: every notebook on params/cpu, figures in figures/"
+	@echo "                (1 h 31 min on an Intel Xeon, about 2 h 25 min on an AVX2-only AMD EPYC)"
 	@echo "make study-full - the default's whole design: + raw fresh, degraded teachers, FLOP-matched baseline, M-steps per K"
 	@echo "                (params/cpu_full, figures in figures/full; about 2 h 45 min in a fresh clone)"
 	@echo "make study-proportions - the study in the paper's token proportions (params/cpu_proportions, ~42 min)"
