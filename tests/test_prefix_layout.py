@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lt_utils.data import EpochStream, chunk_document, layout_doc, tokenize_docs
+from lt_utils.data import EpochStream, TokenizedDoc, chunk_document, layout_doc, tokenize_docs
 from lt_utils.estep import chunk_pieces, posterior_prompt
 from lt_utils.prefix_layout import relayout
 from lt_utils.runtime.config import ConfigError, load
@@ -48,10 +48,13 @@ def test_a_thoughts_prefix_holds_each_earlier_chunk_in_the_joints_training_form(
     a, b = next(s for s in spans if s[1] - s[0] >= 3)
     doc = one[a:b]
     head = encode(tokenizer, heads[spans.index((a, b))])
-    block = lambda c: [ids.sol, ids.prior, *encode(tokenizer, thought(c)), ids.eol, *encode(tokenizer, c.suffix)]  # noqa: E731
+    # the same document in the joint's own prior form, as training lays it out: BOS head [SoL PRI z EoL x] ... EOS
+    prior = layout_doc(TokenizedDoc(head, [encode(tokenizer, c.suffix) for c in doc],
+                                    [encode(tokenizer, thought(c)) for c in doc]), "prior", ids)
     assert got[a].prefix_ids == tuple(head)                         # chunk 0: the head, which has no thought
-    assert got[a + 1].prefix_ids == tuple(head + block(doc[0]))
-    assert got[a + 2].prefix_ids == tuple(block(doc[0]) + block(doc[1]))
+    assert got[a + 1].prefix_ids == tuple(prior.ids[1:prior.blocks[1]])
+    assert got[a + 2].prefix_ids == tuple(prior.ids[1 + len(head):prior.blocks[2]])
+    assert ids.prior in got[a + 2].prefix_ids and ids.posterior not in got[a + 2].prefix_ids
     # the raw text stays the prefix the verifier reads; the prompt is built from the ids
     raw2 = relayout(heads, one, spans, tokenizer, 2)
     assert [c.prefix for c in got] == [c.prefix for c in raw2]
