@@ -245,7 +245,7 @@ def run_profile(profile: str, only: list[str] | None = None, overrides: dict | N
         times = {}
         for i, s in enumerate(stages):
             print(f"[{profile}] {s} ... (log: {study_dir / 'logs' / s}.txt)", flush=True)
-            view = StageView(s, plans[s], later_steps=sum(plans[t].steps_left for t in stages[i + 1:]))
+            view = StageView(s, plans[s], later_tokens=sum(plans[t].slot_tokens_left for t in stages[i + 1:]))
             times[s] = run_stage(profile, s, overrides, per_stage.get(s), view=view, status_every=status_every)
             print(f"[{profile}] {s} done in {times[s]:.0f} s", flush=True)
             history = read_json(log) if log.exists() else {}

@@ -1,11 +1,15 @@
 """What a running study shows at the terminal: one line per finished run or E-step, and a periodic status.
 
 The pipeline tails `runs/<study>/progress.jsonl` (written by `lt_utils.runtime.progress_events`
-from the kernel and its workers) in a thread.  ETAs count optimizer steps: the
-stage's rate so far (finished steps per wall second with a run in flight, evaluations included)
-applied to the steps still planned for this stage and the later ones, planned
-from their validated configs.  E-steps are not in the count, so the EM
-stage's ETA is a lower bound until its E-steps are done.
+from the kernel and its workers) in a thread.  ETAs count training tokens: the
+rate of one training process so far (steps finished per second of each run in
+flight, evaluations included), times the stage's parallel runs, applied to the
+steps still planned for this stage and the later ones, planned from their
+validated configs.  Tokens, not steps, carry the rate across stages whose
+batches differ, and one process's rate, not the pool's, stays right while an
+odd-sized pool runs its last run alone.  The E-steps left are priced at the
+mean of those this invocation has seen; until one finishes they are not in the
+count, and the EM stage's ETA is a lower bound.
 """
 
 from __future__ import annotations
@@ -26,10 +30,18 @@ class Plan:
     steps: int = 0
     esteps: int = 0
     finished: dict[str, int] = field(default_factory=dict)   # run name -> steps, of runs finished before this start
+    tokens_per_step: int = 1    # batch × sequence length × accumulation of one process (1: rates in steps)
+    workers: int = 1            # training runs the stage keeps in flight
+    esteps_done: int = 0        # E-steps whose summaries an earlier invocation wrote
 
     @property
     def steps_left(self) -> int:
         return max(self.steps - sum(self.finished.values()), 0)
+
+    @property
+    def slot_tokens_left(self) -> float:
+        """Tokens each of the stage's parallel runs still has to train, if the stage's work splits evenly."""
+        return self.steps_left * self.tokens_per_step / max(self.workers, 1)
 
 
 def finished_runs(stage_dir: Path) -> dict[str, int]:
@@ -49,16 +61,36 @@ def finished_runs(stage_dir: Path) -> dict[str, int]:
     return done
 
 
+def measured_token_ratio(stage_dir: Path | None) -> float:
+    """Training tokens per raw token of the iteration-1 corpus, once an earlier invocation measured it (else 1,
+    which counts a token-match run as long as an M-step: an ETA on the safe side)."""
+    from lt_utils.runtime.runs import read_json
+
+    path = Path(stage_dir) / "token_ratios.json" if stage_dir is not None else None
+    try:
+        return float(read_json(path)["bolt_iter1"]) if path is not None and path.exists() else 1.0
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1.0
+
+
 def stage_plan(stage: str, cfg: Any, stage_dir: Path | None = None) -> Plan:
-    """Training runs, optimizer steps and E-steps a stage will do (token-match baselines counted at `steps`),
-    with the runs already finished in `stage_dir`."""
+    """Training runs, optimizer steps and E-steps a stage will do (token-match baselines at the measured token
+    ratio, or at `steps` before it is measured), with the runs and E-steps already finished in `stage_dir`."""
     finished = finished_runs(stage_dir) if stage_dir is not None else {}
+    shape = {}
+    if hasattr(cfg, "batch_size") and hasattr(cfg, "seq_len"):
+        shape = {"tokens_per_step": cfg.batch_size * cfg.seq_len * getattr(cfg, "grad_accum", 1),
+                 "workers": cfg.n_workers}
+    if stage == "01_data_prep" and hasattr(cfg, "base_batch_size"):   # its base model, when not cached
+        return Plan(tokens_per_step=cfg.base_batch_size * cfg.base_seq_len)
     if stage == "02_synthetic_thoughts":
         n = (len(cfg.arms) + len(cfg.teacher_sweep)) * len(cfg.seeds)
-        return Plan(runs=n, steps=n * cfg.steps, finished=finished)
+        return Plan(runs=n, steps=n * cfg.steps, finished=finished, **shape)
     if stage == "03_bootstrap_em":
-        return Plan(runs=len(em_plan.all_runs(cfg)), steps=em_plan.estimated_steps(cfg, token_ratio=1.0),
-                    esteps=cfg.iterations, finished=finished)
+        done = len(list(Path(stage_dir).glob("iter*/estep_summary.json"))) if stage_dir is not None else 0
+        steps = em_plan.estimated_steps(cfg, token_ratio=measured_token_ratio(stage_dir))
+        return Plan(runs=len(em_plan.all_runs(cfg)), steps=steps, esteps=cfg.iterations, finished=finished,
+                    esteps_done=min(done, cfg.iterations), **shape)
     return Plan()
 
 
@@ -76,22 +108,23 @@ def _duration(seconds: float | None) -> str:
 class StageView:
     """Progress of one stage, built from its events."""
 
-    def __init__(self, stage: str, plan: Plan, later_steps: int):
-        self.stage, self.plan, self.later_steps = stage, plan, later_steps
+    def __init__(self, stage: str, plan: Plan, later_tokens: float = 0.0):
+        """`later_tokens`: what each parallel run of the later stages still has to train (`Plan.slot_tokens_left`)."""
+        self.stage, self.plan, self.later_tokens = stage, plan, later_tokens
         self.t0 = time.time()
         self.runs: dict[str, dict] = {}       # name -> {"start", "step", "steps", "tokens_per_s", "done"}
-        self.esteps_done = 0
+        self.esteps_done = plan.esteps_done
+        self.estep_seconds: list[float] = []  # E-steps finished in this invocation (the price of those left)
         self.steps_at_start = 0               # steps finished before this invocation (resumed runs, skipped runs)
-        self.busy = 0.0                       # wall seconds with a training run in flight (the rate's denominator)
+        self.busy = 0.0                       # run-seconds: wall seconds × runs in flight (the rate's denominator)
         self._last = self.t0
         for name, steps in plan.finished.items():   # finished before this start: done, and no work left
             self._run(name).update(start=steps, step=steps, steps=steps, done=True)
             self.steps_at_start += steps
 
     def _tick(self, now: float) -> None:
-        """Count the time since the last event as training time if a run was in flight (not while an E-step runs)."""
-        if any(not r["done"] for r in self.runs.values()):
-            self.busy += max(now - self._last, 0.0)
+        """Count the time since the last event once per run in flight (none while an E-step runs)."""
+        self.busy += max(now - self._last, 0.0) * sum(not r["done"] for r in self.runs.values())
         self._last = max(now, self._last)
 
     def _run(self, name: str) -> dict:
@@ -121,6 +154,8 @@ class StageView:
                 return f"  run {name:<28} {acc_s}  {_duration(ev.get('seconds'))}"
         elif kind == "estep_done":
             self.esteps_done += 1
+            if isinstance(ev.get("seconds"), (int, float)):
+                self.estep_seconds.append(float(ev["seconds"]))
             extra = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                               for k, v in (ev.get("summary") or {}).items())
             return f"  E-step {ev.get('iteration')} done: {_duration(ev.get('seconds'))}" + (f", {extra}" if extra else "")
@@ -135,7 +170,10 @@ class StageView:
         running = [r for r in self.runs.values() if not r["done"]]
         steps_done = sum(r["step"] for r in self.runs.values())
         new_steps = steps_done - self.steps_at_start
-        rate = new_steps / max(self.busy, 1e-9) if new_steps > 0 and self.busy > 0 else None
+        # steps per second of one run, times the runs the stage keeps in flight
+        per_run = new_steps / self.busy if new_steps > 0 and self.busy > 0 else None
+        rate = per_run * max(self.plan.workers, 1) if per_run else None
+        later_s = self.later_tokens / (per_run * self.plan.tokens_per_step) if per_run else None
         finished = done >= self.plan.runs and not running
         # a stage without a planned count (01's base model, built only when not cached) counts its running runs
         left_in_running = sum(max(r["steps"] - r["step"], 0) for r in running)
@@ -149,12 +187,17 @@ class StageView:
         if tps:
             parts.append(f"{tps / 1000:.1f}k tok/s")
         parts.append(f"elapsed {_duration(now - self.t0)}")
-        later = f"study {_duration(self.later_steps / rate if rate else None)}" if self.later_steps else ""
+        later = f"study {_duration(later_s)}" if self.later_tokens else ""
         if finished:
             parts.append("training done, finishing the stage" + (f"; ETA {later}" if later else ""))
         else:
-            eta = _duration(remaining / rate if rate else None)
-            eta_study = _duration((remaining + self.later_steps) / rate if rate else None)
+            # the stage lasts at least as long as its longest run in flight: its last runs cannot share out
+            estep_s = (max(self.plan.esteps - self.esteps_done, 0) * sum(self.estep_seconds) / len(self.estep_seconds)
+                       if self.estep_seconds else 0.0)
+            stage_s = max(remaining / rate, max((r["steps"] - r["step"] for r in running), default=0) / per_run) \
+                + estep_s if rate else None
+            eta = _duration(stage_s)
+            eta_study = _duration(stage_s + later_s if rate else None)
             parts.append(f"ETA stage {eta}, study {eta_study}")
         return f"  [{self.stage}] " + " | ".join(parts)
 
