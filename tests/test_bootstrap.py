@@ -259,3 +259,28 @@ def test_the_memory_rule_needs_the_in_process_sampler():
         config.load(bootstrap_em.BootstrapConfig, {"estep_memory": True, "estep_backend": "vllm"})
     with pytest.raises(ValueError, match="estep_memory"):
         config.load(bootstrap_em.BootstrapConfig, {"estep_memory": True, "estep_shards": 2})
+
+
+def test_estep_seed_draws_another_run_of_the_loop_and_leaves_the_studys_own_unchanged(study):
+    """`estep_seed` moves every E-step's seed; at 0 the seeds, selections and config hash are the study's own."""
+    import dataclasses
+
+    from lt_utils.runtime.runs import write_jsonl
+
+    cfg = study.cfg
+    other = dataclasses.replace(cfg, estep_seed=7)
+    assert [em_estep.estep_seed(cfg, i) for i in (1, 2, 3)] == [1000, 2000, 3000]
+    assert [em_estep.estep_seed(other, i) for i in (1, 2, 3)] == [1007, 2007, 3007]
+    assert config.config_hash(cfg) == config.config_hash(dataclasses.replace(cfg, estep_seed=0))
+    assert config.config_hash(other) != config.config_hash(cfg)   # another run: its own directory
+    # the kept thought of each chunk follows the seed: 4 equally weighted candidates, resampled
+    records = [{"position": p, "doc_id": c.doc_id, "index": c.index,
+                "candidates": [{"text": f"t{j}", "tokens": [j], "log_w": 0.0, "terminated": True} for j in range(4)]}
+               for p, c in enumerate(study.boot_chunks)]
+    write_jsonl(study.run.file("iter2/estep.jsonl"), records)
+    own = {p: t["text"] for p, t in em_estep.trained_on(study, 2).items()}
+    assert own == {r["position"]: f"t{em_estep.select_first_k(r, 4, 2000)}" for r in records}
+    moved = {p: t["text"] for p, t in em_estep.trained_on(bootstrap_em.Study(study.run, other), 2).items()}
+    assert moved != own and len(moved) == len(own)
+    with pytest.raises(config.ConfigError, match="estep_seed"):
+        dataclasses.replace(cfg, estep_seed=-1)

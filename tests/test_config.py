@@ -178,7 +178,7 @@ OUT_OF_RANGE = {
     "iterations": 0, "k": 0, "k_ablation": [0], "max_thought_tokens": 0, "estep_batch_chunks": 0, "elbo_k": 0,
     "baselines": ["no_such_baseline"], "warmstart_split": "bootstrap", "warmstart_max_docs": -1,
     "warmstart_steps": 0, "max_prefix_tokens": -1, "estep_backend": "sglang", "estep_shards": -1,
-    "estep_temperature": 0.0, "prior_sample_chunks": -1, "no_thought_p": 1.0, "estep_selection": "best", "thought_style": "verbose",
+    "estep_temperature": 0.0, "estep_seed": -1, "prior_sample_chunks": -1, "no_thought_p": 1.0, "estep_selection": "best", "thought_style": "verbose",
     # evaluation splits and packing
     "dev_problems": -1, "eval_dev_problems": -1, "init": "pretrained",
     # the shared base model (stage 01)

@@ -31,7 +31,7 @@ HASHED_WHEN_SET = frozenset({
     "source", "text_source", "text_field", "id_field", "split_specs", "comparison_tokens", "fresh_tokens",
     "bootstrap_tokens", "tokenizer_from", "math_eval_path", "gsm8k_eval_path",
     "teacher_options", "grad_accum", "eval_max_new_tokens", "eval_max_prompt_tokens", "eval_samples",
-    "eval_temperature", "warmstart_thoughts_stage", "estep_selection", "estep_backend", "vllm_engine_args", "max_prefix_tokens",
+    "eval_temperature", "warmstart_thoughts_stage", "estep_selection", "estep_seed", "estep_backend", "vllm_engine_args", "max_prefix_tokens",
     "init", "base_steps", "base_docs", "base_families", "base_difficulty", "base_worked_share", "base_n_layer",
     "base_n_embd", "base_n_head", "base_n_kv_head", "base_intermediate_size", "base_tie_embeddings", "base_init_std",
     "base_batch_size", "base_seq_len", "base_lr", "base_min_lr_ratio", "base_warmup_steps", "base_weight_decay",

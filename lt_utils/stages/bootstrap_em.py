@@ -83,6 +83,7 @@ class BootstrapConfig(TrainingParams):
     estep_temperature: float = EStepConfig.temperature    # proposal temperature (paper: 1; < 1: tempered ablation)
     ban_special_in_thought: bool = EStepConfig.ban_special_in_thought   # only the closing EoL inside a thought
     estep_selection: str = EStepConfig.selection   # resample (BoLT) | argmax (ablation beyond the paper)
+    estep_seed: int = 0       # added to every E-step's seed (1000 × iteration): n > 0 draws another run of the same loop
     estep_memory: bool = False              # from E-step 2, the thought trained on joins the K samples (beyond the paper)
     no_thought_p: float = 0.0               # warmstart and M-steps: each chunk trained without its thought with this
                                             # probability, so raw prefixes occur in training (beyond the paper)
@@ -104,6 +105,7 @@ class BootstrapConfig(TrainingParams):
                 f"estep_backend must be transformers or vllm, got '{self.estep_backend}'")
         require(self.estep_shards >= 0 and self.max_prefix_tokens >= 0,
                 "estep_shards and max_prefix_tokens must be ≥ 0")
+        require(self.estep_seed >= 0, f"estep_seed must be ≥ 0, got {self.estep_seed}")
         require(self.estep_temperature > 0, f"estep_temperature must be > 0, got {self.estep_temperature}")
         require(self.estep_selection in SELECTIONS,
                 f"estep_selection: must be one of {', '.join(SELECTIONS)}, got {self.estep_selection!r}")

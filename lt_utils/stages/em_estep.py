@@ -138,7 +138,7 @@ def run(study: Study, iteration: int) -> dict:
     t0 = time.time()
     gen = study.model_dir("warmstart" if iteration == 1 else f"iter{iteration - 1}")
     k = em_plan.k_drawn(study.cfg, iteration)
-    ecfg = estep_config(study.cfg, k=k, seed=1000 * iteration)
+    ecfg = estep_config(study.cfg, k=k, seed=estep_seed(study.cfg, iteration))
     # prior thoughts for a spread of chunks: only a verifier can tell how good they are
     prior_pos = [] if study.text else spread_positions(len(study.boot_chunks), study.cfg.prior_sample_chunks)
     prior_chunks = [study.boot_chunks[i] for i in prior_pos]
@@ -184,6 +184,12 @@ def run(study: Study, iteration: int) -> dict:
                                                        if isinstance(v, (int, float))})
     progress_events.emit("estep_done", iteration=iteration, seconds=time.time() - t0, summary=progress_line(summary))
     return summary
+
+
+def estep_seed(cfg: BootstrapConfig, iteration: int) -> int:
+    """The seed of an iteration's samples and selection: 1000 × iteration, moved by `estep_seed` for another
+    run of the same loop (the runs of one loop differ by more than its gain: docs/results.md)."""
+    return 1000 * iteration + cfg.estep_seed
 
 
 def fidelity(study: Study, gen: Path, ecfg: EStepConfig, decode_chunks: int = 256) -> dict:
@@ -303,7 +309,7 @@ def trained_on(study: Study, iteration: int) -> dict[int, dict]:
         return {m["position"]: m["chosen"] for m in read_jsonl(memory)}
     out = {}
     for r in read_jsonl(study.run.file(f"iter{iteration}/estep.jsonl")):
-        c = r["candidates"][select_first_k(r, study.cfg.k, 1000 * iteration, study.cfg.estep_selection)]
+        c = r["candidates"][select_first_k(r, study.cfg.k, estep_seed(study.cfg, iteration), study.cfg.estep_selection)]
         out[r["position"]] = {"tokens": c["tokens"], "text": c["text"], "terminated": c["terminated"]}
     return out
 

@@ -108,7 +108,7 @@ def grown_corpus(study, stage_dir: Path, multiple: int) -> tuple[Path, float]:
     if records_path.exists():
         records = read_jsonl(records_path)
     else:
-        ecfg = em_estep.estep_config(study.cfg, k=study.cfg.k, seed=1000)   # E-step 1's proposal and seed
+        ecfg = em_estep.estep_config(study.cfg, k=study.cfg.k, seed=em_estep.estep_seed(study.cfg, 1))   # E-step 1's seed
         records = em_estep.stage_sample_and_score(study.cfg, study.tok_dir, stage_dir / "train/warmstart/seed0/model",
                                                   chunks, ecfg, study.run.file(f"corpora/fresh_{n_extra}.sqlite"))
         write_jsonl(records_path, records)

@@ -157,7 +157,7 @@ def estep_rows(study, iteration: int, cfg: SelectionConfig, work: Path) -> tuple
     previous = read_jsonl(stage / f"iter{iteration - 1}" / "estep.jsonl") if iteration > 1 else None
     gen_name = "warmstart" if iteration == 1 else f"iter{iteration - 1}"
     gen = study.model_dir(gen_name)
-    ecfg = em_estep.estep_config(study.cfg, k=cfg.k, seed=1000 * iteration)   # the E-step's own seed
+    ecfg = em_estep.estep_config(study.cfg, k=cfg.k, seed=em_estep.estep_seed(study.cfg, iteration))   # its own seed
     cache = work / f"iter{iteration}_candidates.sqlite"
     if not cache.exists():   # the study's own samples first: candidates 0..k_drawn-1 are read, not drawn
         shutil.copy(stage / f"iter{iteration}" / "candidates.sqlite", cache)
