@@ -282,5 +282,6 @@ def test_estep_seed_draws_another_run_of_the_loop_and_leaves_the_studys_own_unch
     assert own == {r["position"]: f"t{em_estep.select_first_k(r, 4, 2000)}" for r in records}
     moved = {p: t["text"] for p, t in em_estep.trained_on(bootstrap_em.Study(study.run, other), 2).items()}
     assert moved != own and len(moved) == len(own)
-    with pytest.raises(config.ConfigError, match="estep_seed"):
-        dataclasses.replace(cfg, estep_seed=-1)
+    for bad in (-1, 1000):   # 1000 would give iteration 1 the study's seed of iteration 2
+        with pytest.raises(config.ConfigError, match="estep_seed"):
+            dataclasses.replace(cfg, estep_seed=bad)

@@ -191,9 +191,9 @@ class StageView:
         if finished:
             parts.append("training done, finishing the stage" + (f"; ETA {later}" if later else ""))
         else:
-            # the stage lasts at least as long as its longest run in flight: its last runs cannot share out
             estep_s = (max(self.plan.esteps - self.esteps_done, 0) * sum(self.estep_seconds) / len(self.estep_seconds)
                        if self.estep_seconds else 0.0)
+            # the stage lasts at least as long as its longest run in flight: its last runs cannot share out
             stage_s = max(remaining / rate, max((r["steps"] - r["step"] for r in running), default=0) / per_run) \
                 + estep_s if rate else None
             eta = _duration(stage_s)

@@ -105,7 +105,8 @@ class BootstrapConfig(TrainingParams):
                 f"estep_backend must be transformers or vllm, got '{self.estep_backend}'")
         require(self.estep_shards >= 0 and self.max_prefix_tokens >= 0,
                 "estep_shards and max_prefix_tokens must be ≥ 0")
-        require(self.estep_seed >= 0, f"estep_seed must be ≥ 0, got {self.estep_seed}")
+        require(0 <= self.estep_seed < 1000, f"estep_seed must be in 0..999 (1000 would repeat the next iteration's seed), "
+                                              f"got {self.estep_seed}")
         require(self.estep_temperature > 0, f"estep_temperature must be > 0, got {self.estep_temperature}")
         require(self.estep_selection in SELECTIONS,
                 f"estep_selection: must be one of {', '.join(SELECTIONS)}, got {self.estep_selection!r}")
