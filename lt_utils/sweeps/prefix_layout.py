@@ -111,7 +111,7 @@ def run_layout(params: dict, warm_id: str, estep_id: str, layout: str, decode_ch
     study = Study(run, cfg)
     kind, n = parse_layout(layout)
     _, heads, chunks, spans = study._boot
-    ecfg = em_estep.estep_config(cfg, k=em_plan.k_drawn(cfg, 1), seed=1000)   # E-step 1's proposal
+    ecfg = em_estep.estep_config(cfg, k=em_plan.k_drawn(cfg, 1), seed=em_estep.estep_seed(cfg, 1))
     thought_of = OracleTeacher(cfg.thought_style).thought_for
 
     def measure(model, tok, _):
