@@ -8,7 +8,8 @@ else.  Pure: no torch, no files.
 Runs, in the order the stage schedules them:
 
 * ``warmstart`` (iteration 0), one per seed, on the warmstart corpus;
-* ``iter<i>``, the M-steps, one per seed and iteration, from the base model;
+* ``iter<i>``, the M-steps, one per seed and iteration, from the base model (the
+  iterations between the first and the last: one per `middle_iteration_seeds`);
 * side runs that no E-step waits for: ``raw_token_match`` (as many raw tokens
   as one M-step: its steps are known once the iteration-1 corpus is measured),
   ``raw_flop_match`` (an M-step's steps on raw text) and ``iter1_k<K>`` (the
@@ -50,9 +51,15 @@ def warmstarts(cfg: Any) -> list[PlannedRun]:
                        "warmstart_steps", iteration=0) for s in cfg.seeds]
 
 
+def m_step_seeds(cfg: Any, iteration: int) -> list[int]:
+    """Seeds of one iteration's M-steps: the claims read the first and the last iteration, the next E-step seed 0's."""
+    middle = getattr(cfg, "middle_iteration_seeds", None)
+    return list(middle) if middle and 1 < iteration < cfg.iterations else list(cfg.seeds)
+
+
 def m_steps(cfg: Any, iteration: int) -> list[PlannedRun]:
     return [PlannedRun(f"iter{iteration}", f"bolt_iter{iteration}", "m_step", s, f"iter{iteration}/corpus.jsonl",
-                       "random", "steps", iteration=iteration, k=cfg.k) for s in cfg.seeds]
+                       "random", "steps", iteration=iteration, k=cfg.k) for s in m_step_seeds(cfg, iteration)]
 
 
 def baselines(cfg: Any) -> list[PlannedRun]:

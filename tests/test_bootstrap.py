@@ -51,6 +51,20 @@ def test_side_runs_spread_every_extra_run_over_the_iterations_once(study):
     assert len({(r.name, r.seed) for r in every}) == len(every)
 
 
+def test_middle_iterations_may_train_fewer_m_steps_but_always_the_generators(study):
+    """`middle_iteration_seeds` trims iterations 2..n-1 only: C3 and C4 read the first and last, E-steps seed 0's."""
+    import dataclasses
+
+    cfg = dataclasses.replace(study.cfg, middle_iteration_seeds=[0])
+    assert [[r.seed for r in em_plan.m_steps(cfg, it)] for it in (1, 2, 3)] == [[0, 1, 2], [0], [0, 1, 2]]
+    assert len(em_plan.all_runs(cfg)) == len(em_plan.all_runs(study.cfg)) - 2
+    assert em_plan.m_step_seeds(study.cfg, 2) == [0, 1, 2]   # unset: every seed
+    assert config.config_hash(study.cfg) == config.config_hash(dataclasses.replace(study.cfg, middle_iteration_seeds=[]))
+    for bad in ([1], [0, 5]):   # without the generator's seed, or a seed the study does not run
+        with pytest.raises(config.ConfigError, match="middle_iteration_seeds"):
+            dataclasses.replace(study.cfg, middle_iteration_seeds=bad)
+
+
 def test_an_ablation_that_only_selects_trains_no_m_step_but_keeps_its_corpora(study):
     import dataclasses
 

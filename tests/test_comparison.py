@@ -121,6 +121,21 @@ def test_every_arm_is_evaluated_few_shot_in_its_own_style(stage):
     assert len(shots[0]) == 3 and all(s == shots[0] for s in shots)   # the same exemplars for every arm
 
 
+def test_an_arm_may_run_fewer_seeds_and_the_progress_view_counts_them(stage):
+    """`arm_seeds` trims one arm's seeds (the default's WRAP arms run 2 of 3); the other arms keep `seeds`."""
+    from lt_utils.cli.progress_display import stage_plan
+
+    cfg, run, data = stage
+    cfg = config.load(synthetic_thoughts.SyntheticThoughtsConfig, {
+        **config.to_dict(cfg), "arms": ["raw_repeat", "wrap_cot"], "seeds": [0, 1, 2], "arm_seeds": {"wrap_cot": [0, 1]}})
+    names = [j.info["name"] for j in synthetic_thoughts.make_jobs(run, cfg, data, progress=False)]
+    assert names == ["raw_repeat/seed0", "raw_repeat/seed1", "raw_repeat/seed2", "wrap_cot/seed0", "wrap_cot/seed1"]
+    assert synthetic_thoughts.n_runs(cfg) == 5
+    assert stage_plan("02_synthetic_thoughts", cfg).runs == 5
+    with pytest.raises(config.ConfigError, match="arm_seeds"):   # an arm the config does not train
+        config.load(synthetic_thoughts.SyntheticThoughtsConfig, {**config.to_dict(cfg), "arm_seeds": {"raw_fresh": [0]}})
+
+
 def test_dev_and_test_problems_are_disjoint_and_absent_from_training_text(stage):
     cfg, run, data = stage
     test = read_jsonl(data / "eval_problems.jsonl")

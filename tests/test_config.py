@@ -173,9 +173,9 @@ OUT_OF_RANGE = {
     "arms": ["no_such_arm"], "seeds": [-1], "teacher": "gpt", "teacher_options": {"model": "x"},
     "chunk_mean_units": 0.5, "chunk_max_units": 0, "prefix_chunks": -1, "teacher_error_rate": 1.5,
     "teacher_drop_rate": 1.5, "teacher_sweep": [0.0], "wrap_orig_repeats": 0, "wrap_cot_repeats": 0,
-    "rewrite_seed": -1, "steps": 0,
+    "rewrite_seed": -1, "steps": 0, "arm_seeds": {"no_such_arm": [0]},
     # stage 03
-    "iterations": 0, "k": 0, "k_ablation": [0], "max_thought_tokens": 0, "estep_batch_chunks": 0, "elbo_k": 0,
+    "iterations": 0, "middle_iteration_seeds": [7], "k": 0, "k_ablation": [0], "max_thought_tokens": 0, "estep_batch_chunks": 0, "elbo_k": 0,
     "baselines": ["no_such_baseline"], "warmstart_split": "bootstrap", "warmstart_max_docs": -1,
     "warmstart_steps": 0, "max_prefix_tokens": -1, "estep_backend": "sglang", "estep_shards": -1,
     "estep_temperature": 0.0, "estep_seed": -1, "prior_sample_chunks": -1, "no_thought_p": 1.0, "estep_selection": "best", "thought_style": "verbose",

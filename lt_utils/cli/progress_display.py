@@ -84,7 +84,9 @@ def stage_plan(stage: str, cfg: Any, stage_dir: Path | None = None) -> Plan:
     if stage == "01_data_prep" and hasattr(cfg, "base_batch_size"):   # its base model, when not cached
         return Plan(tokens_per_step=cfg.base_batch_size * cfg.base_seq_len)
     if stage == "02_synthetic_thoughts":
-        n = (len(cfg.arms) + len(cfg.teacher_sweep)) * len(cfg.seeds)
+        from lt_utils.stages.synthetic_thoughts import n_runs
+
+        n = n_runs(cfg)
         return Plan(runs=n, steps=n * cfg.steps, finished=finished, **shape)
     if stage == "03_bootstrap_em":
         done = len(list(Path(stage_dir).glob("iter*/estep_summary.json"))) if stage_dir is not None else 0

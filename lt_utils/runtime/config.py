@@ -36,6 +36,7 @@ HASHED_WHEN_SET = frozenset({
     "base_n_embd", "base_n_head", "base_n_kv_head", "base_intermediate_size", "base_tie_embeddings", "base_init_std",
     "base_batch_size", "base_seq_len", "base_lr", "base_min_lr_ratio", "base_warmup_steps", "base_weight_decay",
     "base_eval_shots", "k_ablation_train", "thought_style", "estep_memory", "no_thought_p",
+    "middle_iteration_seeds", "arm_seeds",
 })
 
 

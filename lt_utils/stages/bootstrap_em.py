@@ -63,6 +63,8 @@ class BootstrapConfig(TrainingParams):
     data_stage: str = "01_data_prep"        # input: runs/<study>/<data_stage>
     seeds: list[int] = field(default_factory=lambda: [0])  # M-step seeds; seed `seeds[0]` generates the next thoughts
     iterations: int = 2                     # EM iterations after the warmstart
+    middle_iteration_seeds: list[int] = field(default_factory=list)   # M-step seeds of the iterations between the
+                                            # first and the last ([]: all of `seeds`); C3 and C4 read only those two
     k: int = 4                              # Monte Carlo samples per chunk in each E-step
     k_ablation: list[int] = field(default_factory=list)   # extra K values trained at iteration 1 (first K of max K)
     k_ablation_train: bool = True           # False: the ablation's K only select thoughts (C6), no M-step (C5)
@@ -97,6 +99,10 @@ class BootstrapConfig(TrainingParams):
         require(self.iterations >= 1, "iterations must be ≥ 1")
         require(self.k >= 1 and all(x >= 1 for x in self.k_ablation), "k and k_ablation values must be ≥ 1")
         require(len(self.seeds) > 0, "seeds must list at least one seed")
+        require(not self.middle_iteration_seeds or (self.middle_iteration_seeds[0] == self.seeds[0]
+                                                     and set(self.middle_iteration_seeds) <= set(self.seeds)),
+                f"middle_iteration_seeds must start with seeds[0] ({self.seeds[0]}, whose model generates the next "
+                f"thoughts) and be drawn from seeds, got {self.middle_iteration_seeds}")
         require(self.warmstart_split in ("warmstart", "fresh", "comparison"),
                 f"warmstart_split must be warmstart, fresh or comparison (never the bootstrap corpus), "
                 f"got '{self.warmstart_split}'")

@@ -77,6 +77,7 @@ class SyntheticThoughtsConfig(TrainingParams):
     data_stage: str = "01_data_prep"        # input: runs/<study>/<data_stage>
     arms: list[str] = field(default_factory=lambda: ["raw_repeat", "latent_thoughts"])  # arms to train
     seeds: list[int] = field(default_factory=lambda: [0])   # one training run per arm and seed
+    arm_seeds: dict[str, list[int]] = field(default_factory=dict)   # arm -> its seeds, where not `seeds`
     teacher: str = "oracle"                 # who writes the thoughts: oracle (world), api or local (llm_teacher)
     teacher_options: dict[str, Any] = field(default_factory=dict)  # api / local: keyword arguments of the teacher
     chunk_mean_units: float = 1.0           # mean problems per chunk (Poisson(mean−1)+1)
@@ -97,6 +98,9 @@ class SyntheticThoughtsConfig(TrainingParams):
         bad = [a for a in self.arms if a not in ARMS]
         require(not bad, f"arms: unknown arm '{bad[0] if bad else ''}' (known: {', '.join(ARMS)})")
         require(len(self.seeds) > 0, "seeds must list at least one seed")
+        bad = [a for a in self.arms_seeds_unknown()]
+        require(not bad, f"arm_seeds: '{bad[0] if bad else ''}' is not an arm this config trains")
+        require(all(v and min(v) >= 0 for v in self.arm_seeds.values()), "arm_seeds: each arm needs seeds ≥ 0")
         require(self.teacher in TEACHERS, f"teacher: unknown teacher '{self.teacher}' (known: {', '.join(TEACHERS)})")
         require(self.thought_style in THOUGHT_STYLES,
                 f"thought_style: must be one of {', '.join(THOUGHT_STYLES)}, got {self.thought_style!r}")
@@ -122,6 +126,21 @@ class SyntheticThoughtsConfig(TrainingParams):
         require_min(self, 0, "seeds", "prefix_chunks", "rewrite_seed")
         require_study_name(self.study)
         self.check_training_params()
+
+
+    def arms_seeds_unknown(self) -> list[str]:
+        trained = set(self.arms) | {sweep_arm_name(r) for r in self.teacher_sweep}
+        return [a for a in self.arm_seeds if a not in trained]
+
+
+def seeds_of(cfg: SyntheticThoughtsConfig, arm: str) -> list[int]:
+    """An arm's seeds: `arm_seeds[arm]` where set (fewer seeds where a claim's margin allows), else `seeds`."""
+    return list(cfg.arm_seeds.get(arm, cfg.seeds))
+
+
+def n_runs(cfg: SyntheticThoughtsConfig) -> int:
+    """Training runs of the stage: every arm's seeds."""
+    return sum(len(seeds_of(cfg, a)) for a in arm_specs(cfg))
 
 
 def arm_specs(cfg: SyntheticThoughtsConfig) -> dict[str, Arm]:
@@ -329,7 +348,7 @@ def make_jobs(run: RunDir, cfg: SyntheticThoughtsConfig, data_dir: Path, progres
     jobs = []
     for arm, spec in arm_specs(cfg).items():
         corpus = arm_corpus(run, cfg, data_dir, arm)
-        for seed in cfg.seeds:
+        for seed in seeds_of(cfg, arm):
             jobs.append(TrainJob(
                 out_dir=str(run.file(f"train/{arm}/seed{seed}")), tokenizer_dir=str(data_dir / "tokenizer"),
                 corpus_path=str(corpus), layout=spec.layout, model=model, train=train, seed=seed,
