@@ -52,7 +52,7 @@ def warmstarts(cfg: Any) -> list[PlannedRun]:
 
 
 def m_step_seeds(cfg: Any, iteration: int) -> list[int]:
-    """Seeds of one iteration's M-steps: the claims read the first and the last iteration, the next E-step seed 0's."""
+    """Seeds of one iteration's M-steps: the claims read the first and last iterations, the next E-step seeds[0]'s."""
     middle = getattr(cfg, "middle_iteration_seeds", None)
     return list(middle) if middle and 1 < iteration < cfg.iterations else list(cfg.seeds)
 

@@ -296,6 +296,31 @@ def _latest_ckpt(out: Path) -> Path | None:
     return None
 
 
+def threads_change_nothing(model, spec: TrainSpec, own: int, more: int) -> bool:
+    """Whether one training step of `model` at `spec`'s batch shape gives bitwise the same loss and gradients on
+    `own` and on `more` threads (a random batch from a private generator; the model's gradients are left unset).
+
+    Matrix kernels may split a reduction between threads and so round differently; where they do here, a run keeps
+    its own thread count, so which runs of a pool happen to run alone never changes a number.
+    """
+    gen = torch.Generator().manual_seed(0)
+    vocab = int(model.config.vocab_size)
+    ids = torch.randint(0, vocab, (spec.batch_size, spec.seq_len), generator=gen)
+    pos = torch.arange(spec.seq_len).repeat(spec.batch_size, 1)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (own, more):
+            torch.set_num_threads(n)
+            loss = model(input_ids=ids, position_ids=pos, labels=ids, use_cache=False).loss
+            loss.backward()
+            outs.append([loss.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None])
+            model.zero_grad(set_to_none=True)
+    finally:
+        torch.set_num_threads(before)
+    return len(outs[0]) == len(outs[1]) and all(torch.equal(a, b) for a, b in zip(*outs))
+
+
 def run_train_job(job: TrainJob) -> dict[str, Any]:
     """Train (or resume, or skip if finished) one run; returns its final metrics."""
     out = Path(job.out_dir)
@@ -308,6 +333,7 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
     run.start_clock()
     spec = run.spec
     while run.step < spec.steps:
+        run.use_spare_threads()
         batch = run.train_step()
         if run.step % 25 == 0 or run.step == spec.steps:
             run.log_train(batch)
@@ -423,6 +449,7 @@ class _TrainRun:
             progress_events.emit("run_start", name=self.name, step=self.step, steps=spec.steps)
         self.bar = None
         self.loss_acc, self.n_acc = 0.0, 0
+        self.same_on: dict[int, bool] = {}   # thread count -> whether training there is bitwise this run's own
 
     # ------------------------------------------------------------------ evaluate
     def eval_model(self):
@@ -475,6 +502,7 @@ class _TrainRun:
 
     def evaluate(self, final: bool) -> None:
         """Evaluate now (every rank takes part) and log the records at the current step."""
+        torch.set_num_threads(self.job.threads)   # evaluation on the run's own threads, whatever training used
         m = self.eval_model()
         if self.acc.is_main_process:
             counts = {"step": self.step, "tokens": self.tokens, "raw_tokens": self.raw_tokens}
@@ -492,6 +520,22 @@ class _TrainRun:
             self.bar = tqdm(total=self.spec.steps, initial=self.step, desc=self.name, unit="step",
                             dynamic_ncols=True, mininterval=2.0)
         self.t0, self.tok0 = time.perf_counter(), self.tokens
+
+    def use_spare_threads(self) -> None:
+        """Train on the cores a pool's finished runs left idle (`parallel.spare_threads`), where that changes
+        nothing but speed on this machine (`threads_change_nothing`, probed once per thread count)."""
+        from lt_utils.runtime.parallel import spare_threads
+
+        n = spare_threads(self.job.threads)
+        if n > self.job.threads and self.acc.device.type == "cpu" and self.acc.num_processes == 1:
+            if n not in self.same_on:
+                self.same_on[n] = threads_change_nothing(self.acc.unwrap_model(self.model), self.spec,
+                                                         self.job.threads, n)
+            n = n if self.same_on[n] else self.job.threads
+        else:
+            n = self.job.threads
+        if n != torch.get_num_threads():
+            torch.set_num_threads(n)
 
     def train_step(self) -> dict:
         """One optimizer step (grad_accum micro-batches); returns the last micro-batch."""
@@ -529,7 +573,8 @@ class _TrainRun:
         dt = time.perf_counter() - self.t0
         rec = {"kind": "train", "step": self.step, "tokens": self.tokens, "raw_tokens": self.raw_tokens,
                "loss": self.loss_acc / self.n_acc, "lr": self.scheduler.get_last_lr()[0],
-               "tokens_per_s": (self.tokens - self.tok0) / max(dt, 1e-9), "epoch": batch["epoch"]}
+               "tokens_per_s": (self.tokens - self.tok0) / max(dt, 1e-9), "epoch": batch["epoch"],
+               "threads": torch.get_num_threads()}
         if self.acc.is_main_process:
             append_jsonl(self.out / "metrics.jsonl", rec)
             progress_events.emit("train", name=self.name, step=self.step, steps=self.spec.steps,

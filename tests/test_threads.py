@@ -119,3 +119,45 @@ def test_e_step_groups_side_by_side_give_the_records_of_one_lane(tiny_model, tok
         assert len(CandidateCache(tmp_path / "d.db")) == 2 * 3
     finally:
         torch.set_num_threads(before)
+
+
+def _threads_once_alone(wait_s: float) -> tuple[int, int]:
+    """A pool job: its spare threads beside the other job, then after that one finished (waits up to `wait_s`)."""
+    import time
+
+    beside = parallel.spare_threads(1)
+    t0 = time.monotonic()
+    while parallel._running.value > 1 and time.monotonic() - t0 < wait_s:
+        time.sleep(0.05)
+    return beside, parallel.spare_threads(1)
+
+
+def _quick(_):
+    return None
+
+
+def test_a_pools_last_run_gets_the_threads_its_finished_neighbour_left():
+    """Two workers, one thread each: the long job sees 1 thread while the short one runs, the pool's 2 (as far as
+    the machine has them) once it is alone; outside a pool a job keeps its own."""
+    out = parallel.run_parallel(parallel_job, [("long", 20.0), ("short", 0.0)], workers=2, threads_per_worker=1)
+    beside, alone = out[0]
+    assert alone == min(2, parallel.available_cores())
+    assert beside in (1, alone)   # 1 unless the short job had already finished when the long one looked
+    assert parallel.spare_threads(3) == 3   # the main process is in no pool
+
+
+def parallel_job(arg):
+    name, wait_s = arg
+    return _threads_once_alone(wait_s) if name == "long" else _quick(None)
+
+
+def test_the_thread_probe_leaves_no_gradient_and_no_random_state(tiny_model):
+    """`threads_change_nothing` trains nothing: no gradient stays set and the global random stream is untouched;
+    on the same thread count it finds, trivially, nothing changed."""
+    spec = train.TrainSpec(steps=1, batch_size=2, seq_len=16)
+    state = torch.get_rng_state()
+    before = torch.get_num_threads()
+    assert train.threads_change_nothing(tiny_model, spec, 1, 1) is True
+    assert isinstance(train.threads_change_nothing(tiny_model, spec, 1, 2), bool)
+    assert all(p.grad is None for p in tiny_model.parameters())
+    assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == before

@@ -16,7 +16,13 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
 
-def _init_worker(threads: int) -> None:
+# In a pool's worker: the pool's count of jobs running now (a shared int) and the threads the pool may use in all.
+_running: Any = None
+_pool_threads = 0
+
+
+def _init_worker(threads: int, running: Any = None, pool_threads: int = 0) -> None:
+    global _running, _pool_threads
     parent = mp.parent_process()
     if parent is not None:
         from lt_utils.runtime.die_with_parent import die_with_parent
@@ -26,6 +32,30 @@ def _init_worker(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    _running, _pool_threads = running, pool_threads
+
+
+def _counted(fn: Callable[[Any], Any], job: Any) -> Any:
+    """fn(job), counted among the pool's running jobs while it runs."""
+    with _running.get_lock():
+        _running.value += 1
+    try:
+        return fn(job)
+    finally:
+        with _running.get_lock():
+            _running.value -= 1
+
+
+def spare_threads(own: int) -> int:
+    """Threads a job of a pool may use now: its own, or its share of the pool's threads once fewer jobs run than
+    the pool has workers (a pool's last run, alone on 2 cores, would otherwise leave one idle).
+
+    Outside a pool: `own`.  `train` uses the share only where the model's training step gives bitwise the same
+    gradients on either thread count (`train.threads_change_nothing`), so it buys speed, never other numbers.
+    """
+    if _running is None:
+        return own
+    return max(own, _pool_threads // max(1, _running.value))
 
 
 def available_cores() -> int:
@@ -55,15 +85,20 @@ def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int,
     names = list(names) if names is not None else [str(i) for i in range(len(jobs))]
     results: list[Any] = [None] * len(jobs)
     errors: list[str] = []
-    if workers <= 1 or len(jobs) <= 1:
-        _init_worker(threads_per_worker)
-        for i, job in enumerate(tqdm(jobs, desc=desc, unit="run")):
-            results[i] = fn(job)
-        return results
     ctx = mp.get_context("spawn")
+    pool_threads = min(max(1, workers) * threads_per_worker, available_cores())
+    if workers <= 1 or len(jobs) <= 1:
+        global _running, _pool_threads
+        _init_worker(threads_per_worker, ctx.Value("i", 0), pool_threads)
+        try:
+            for i, job in enumerate(tqdm(jobs, desc=desc, unit="run")):
+                results[i] = _counted(fn, job)
+        finally:
+            _running, _pool_threads = None, 0   # this process is in no pool any more
+        return results
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(threads_per_worker,)) as pool:
-        futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
+                             initargs=(threads_per_worker, ctx.Value("i", 0), pool_threads)) as pool:
+        futures = {pool.submit(_counted, fn, job): i for i, job in enumerate(jobs)}
         with tqdm(total=len(jobs), desc=desc, unit="run") as bar:
             for fut in as_completed(futures):
                 i = futures[fut]

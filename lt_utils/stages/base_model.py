@@ -184,6 +184,7 @@ def write_corpus(base_dir: Path, cfg, key: dict, tokenizer_dir: str | Path) -> d
 
 def build_base(cfg, tokenizer_dir: str | Path, progress: bool = True) -> tuple[Path, bool]:
     """The base model's directory for `cfg`, trained now unless cached; returns (directory, built now)."""
+    from lt_utils.runtime.parallel import available_cores, run_parallel
     from lt_utils.train import TrainJob, run_train_job
 
     key = base_key(cfg, tokenizer_dir)
@@ -202,7 +203,9 @@ def build_base(cfg, tokenizer_dir: str | Path, progress: bool = True) -> tuple[P
                        layout="raw", model=cfg.model_spec(), train=cfg.train_spec(), seed=key["train_seed"],
                        threads=cfg.base_threads, info={"name": "base", "arm": "base", "base": digest},
                        progress=progress)
-        run_train_job(job)
+        # alone on the machine: on every core where that gives the same weights (`parallel.spare_threads`)
+        run_parallel(run_train_job, [job], workers=available_cores(), threads_per_worker=cfg.base_threads,
+                     desc="base model")
     return base_dir, True
 
 
