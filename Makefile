@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 
 help:
 	@echo "make study    - the default CPU study, set by competence: every notebook on params/cpu, figures in figures/"
-	@echo "                (1 h 31 min on an Intel Xeon, 2 h 16 min on an AVX2-only AMD EPYC)"
+	@echo "                (2 h 04 min on an AVX2-only AMD EPYC; about 1 h 19 min on an Intel Xeon)"
 	@echo "make study-full - the default's whole design: + raw fresh, degraded teachers, FLOP-matched baseline, M-steps per K"
 	@echo "                (params/cpu_full, figures in figures/full; about 2 h 45 min in a fresh clone)"
 	@echo "make study-proportions - the study in the paper's token proportions (params/cpu_proportions, ~42 min)"

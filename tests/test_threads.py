@@ -161,3 +161,16 @@ def test_the_thread_probe_leaves_no_gradient_and_no_random_state(tiny_model):
     assert isinstance(train.threads_change_nothing(tiny_model, spec, 1, 2), bool)
     assert all(p.grad is None for p in tiny_model.parameters())
     assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == before
+
+
+def _nested(_):
+    """A pool job that runs a pool of its own in process (as a sweep's job building a base model does)."""
+    return parallel.run_parallel(lambda x: parallel.spare_threads(1), [0], workers=2, threads_per_worker=1)[0]
+
+
+def test_a_pool_inside_a_pools_job_keeps_the_outer_count():
+    """An in-process pool nested in an in-process pool's job: the job counts once, and the outer pool's state
+    is what the process has afterwards (none outside any pool)."""
+    out = parallel.run_parallel(_nested, [0], workers=2, threads_per_worker=1)
+    assert out == [min(2, parallel.available_cores())]
+    assert parallel._running is None and parallel.spare_threads(1) == 1

@@ -255,6 +255,12 @@ def _seed_curves(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return curves.sort_values(keys + ["tokens"])
 
 
+def _seeds_range(n: pd.Series) -> str:
+    """Seeds behind the points of one curve: "3+" as before where every point has as many, "1–3" where they differ."""
+    lo, hi = int(n.min()), int(n.max())
+    return f"{lo}+" if lo == hi else f"{lo}–{hi}"
+
+
 def _seed_label(arm: str, n_seeds: int) -> str:
     return f"{arm_style(arm)['label']} (n={n_seeds} seed{'s' if n_seeds != 1 else ''})"
 
@@ -429,7 +435,7 @@ def fig_teacher_quality(df: pd.DataFrame, *, references: Mapping[str, tuple[floa
         for arm, level in (references or {}).items():
             _reference_band(ax, level, arm)
         x = qual.loc[pts["error_rate"]].to_numpy(dtype=float)
-        _draw_points(ax, x, pts, st, f"Latent thoughts (n={int(pts['n'].min())}+ seeds)")
+        _draw_points(ax, x, pts, st, f"Latent thoughts (n={_seeds_range(pts['n'])} seeds)")
         ax.scatter(qual.loc[df["error_rate"]].to_numpy(dtype=float), df["accuracy"], s=10, color=st["color"],
                    alpha=0.35, zorder=2, label="single seeds")
         for xi, yi, err in zip(x, pts["mean"], pts["error_rate"]):
@@ -461,7 +467,7 @@ def fig_em_iterations(df: pd.DataFrame, *, references: Mapping[str, tuple[float,
         ax = fig.add_subplot()
         for arm, level in (references or {}).items():
             _reference_band(ax, level, arm)
-        _draw_points(ax, pts["iteration"], pts, st, f"BoLT (n={int(pts['n'].min())}+ seeds)")
+        _draw_points(ax, pts["iteration"], pts, st, f"BoLT (n={_seeds_range(pts['n'])} seeds)")
         per_seed = df.sort_values("iteration")
         ax.scatter(per_seed["iteration"], per_seed["accuracy"], s=10, color=st["color"], alpha=0.35, zorder=2,
                    label="single seeds")
@@ -543,7 +549,7 @@ def fig_em_k(df: pd.DataFrame) -> Figure:
         _draw_points(ax_a, pts["k"], pts, st)
         ax_a.scatter(df["k"], df["accuracy"], s=10, color=st["color"], alpha=0.35)
         ax_a.set_ylabel("Held-out accuracy after iteration 1")
-        ax_a.set_title(f"Accuracy (n={int(pts['n'].min())}+ seeds)")
+        ax_a.set_title(f"Accuracy (n={_seeds_range(pts['n'])} seeds)")
         ax_q.plot(qual.index, qual.to_numpy(), color=st["color"], marker=st["marker"])
         if not qual.notna().any():
             ax_q.text(0.5, 0.5, "no verifier for this corpus", ha="center", va="center", transform=ax_q.transAxes,

@@ -37,13 +37,14 @@ def _init_worker(threads: int, running: Any = None, pool_threads: int = 0) -> No
 
 def _counted(fn: Callable[[Any], Any], job: Any) -> Any:
     """fn(job), counted among the pool's running jobs while it runs."""
-    with _running.get_lock():
-        _running.value += 1
+    running = _running
+    with running.get_lock():
+        running.value += 1
     try:
         return fn(job)
     finally:
-        with _running.get_lock():
-            _running.value -= 1
+        with running.get_lock():
+            running.value -= 1
 
 
 def spare_threads(own: int) -> int:
@@ -89,6 +90,9 @@ def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int,
     pool_threads = min(max(1, workers) * threads_per_worker, available_cores())
     if workers <= 1 or len(jobs) <= 1:
         global _running, _pool_threads
+        if _running is not None:   # inside a job of a pool already: that pool's count and threads stand
+            _init_worker(threads_per_worker, _running, _pool_threads)
+            return [fn(job) for job in tqdm(jobs, desc=desc, unit="run")]
         _init_worker(threads_per_worker, ctx.Value("i", 0), pool_threads)
         try:
             for i, job in enumerate(tqdm(jobs, desc=desc, unit="run")):
