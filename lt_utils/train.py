@@ -22,6 +22,7 @@ from lt_utils.runtime import faults
 
 from lt_utils.runtime import progress_events
 from lt_utils.runtime.config import require, require_min
+from lt_utils.runtime.parallel import spare_threads
 from lt_utils.data import EpochStream, ThoughtDoc, pack_rows, layout_ids, tokenize_docs
 from lt_utils.evaluate import ANSWER_TOKENS
 from lt_utils.model import ModelSpec, build_model, load_model
@@ -524,8 +525,6 @@ class _TrainRun:
     def use_spare_threads(self) -> None:
         """Train on the cores a pool's finished runs left idle (`parallel.spare_threads`), where that changes
         nothing but speed on this machine (`threads_change_nothing`, probed once per thread count)."""
-        from lt_utils.runtime.parallel import spare_threads
-
         n = spare_threads(self.job.threads)
         if n > self.job.threads and self.acc.device.type == "cpu" and self.acc.num_processes == 1:
             if n not in self.same_on:

@@ -82,11 +82,10 @@ def estimate(params: dict[str, dict], arch: ArchSpec, a: Assumptions = Assumptio
     data = params.get("01_data_prep", {})
     s02 = params.get("02_synthetic_thoughts")
     if s02:
-        from lt_utils.stages.synthetic_thoughts import sweep_arm_name
+        from lt_utils.stages.synthetic_thoughts import run_count
 
-        seeds, by_arm = s02.get("seeds", [0]), s02.get("arm_seeds", {})
-        names = list(s02.get("arms", [])) + [sweep_arm_name(r) for r in s02.get("teacher_sweep", [])]
-        runs = sum(len(by_arm.get(a, seeds)) for a in names)
+        runs = run_count(s02.get("arms", []), s02.get("teacher_sweep", []), s02.get("seeds", [0]),
+                         s02.get("arm_seeds", {}))
         train_row("02", "training: every arm x seed", runs, s02["steps"], s02)
     s03 = params.get("03_bootstrap_em")
     if s03:

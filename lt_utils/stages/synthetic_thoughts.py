@@ -98,7 +98,7 @@ class SyntheticThoughtsConfig(TrainingParams):
         bad = [a for a in self.arms if a not in ARMS]
         require(not bad, f"arms: unknown arm '{bad[0] if bad else ''}' (known: {', '.join(ARMS)})")
         require(len(self.seeds) > 0, "seeds must list at least one seed")
-        bad = [a for a in self.arms_seeds_unknown()]
+        bad = sorted(set(self.arm_seeds) - set(arm_names(self.arms, self.teacher_sweep)))
         require(not bad, f"arm_seeds: '{bad[0] if bad else ''}' is not an arm this config trains")
         require(all(v and min(v) >= 0 for v in self.arm_seeds.values()), "arm_seeds: each arm needs seeds ≥ 0")
         require(self.teacher in TEACHERS, f"teacher: unknown teacher '{self.teacher}' (known: {', '.join(TEACHERS)})")
@@ -127,10 +127,14 @@ class SyntheticThoughtsConfig(TrainingParams):
         require_study_name(self.study)
         self.check_training_params()
 
+def arm_names(arms, teacher_sweep) -> list[str]:
+    """The arms a config trains: the chosen `arms`, then one latent arm per teacher-sweep rate."""
+    return list(arms) + [sweep_arm_name(r) for r in teacher_sweep]
 
-    def arms_seeds_unknown(self) -> list[str]:
-        trained = set(self.arms) | {sweep_arm_name(r) for r in self.teacher_sweep}
-        return [a for a in self.arm_seeds if a not in trained]
+
+def run_count(arms, teacher_sweep, seeds, arm_seeds) -> int:
+    """Training runs of the stage, from plain values (the compute estimate counts them without a config)."""
+    return sum(len(arm_seeds.get(a, seeds)) for a in arm_names(arms, teacher_sweep))
 
 
 def seeds_of(cfg: SyntheticThoughtsConfig, arm: str) -> list[int]:
@@ -140,7 +144,7 @@ def seeds_of(cfg: SyntheticThoughtsConfig, arm: str) -> list[int]:
 
 def n_runs(cfg: SyntheticThoughtsConfig) -> int:
     """Training runs of the stage: every arm's seeds."""
-    return sum(len(seeds_of(cfg, a)) for a in arm_specs(cfg))
+    return run_count(cfg.arms, cfg.teacher_sweep, cfg.seeds, cfg.arm_seeds)
 
 
 def arm_specs(cfg: SyntheticThoughtsConfig) -> dict[str, Arm]:
