@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -608,8 +608,11 @@ class _TrainRun:
         return final
 
 
-def run_jobs(jobs: list[TrainJob], params: TrainingParams, jobs_dir: Path, desc: str = "runs") -> list[dict]:
-    """Run training jobs: in parallel worker processes, or one after another through `params.launcher`.
+def run_jobs(jobs: list[TrainJob], params: TrainingParams, jobs_dir: Path, desc: str = "runs",
+             then: Callable[[], Any] | None = None, then_needs: Sequence[int] = ()) -> list[dict]:
+    """Run training jobs: in parallel worker processes, or one after another through `params.launcher`;
+    `then()` once the jobs `then_needs` are done, beside the pool's last runs where a core is idle
+    (`parallel.run_parallel`), or after every job.
 
     With a launcher (e.g. "accelerate launch --config_file params/paper/accelerate/ddp.yaml
     --num_processes 8"), each job is written to `jobs_dir/<name>.json` and the stage runs
@@ -621,7 +624,7 @@ def run_jobs(jobs: list[TrainJob], params: TrainingParams, jobs_dir: Path, desc:
         from lt_utils.runtime.parallel import run_parallel
 
         return run_parallel(run_train_job, jobs, workers=params.n_workers, threads_per_worker=params.threads_per_worker,
-                            names=[j.info["name"] for j in jobs], desc=desc)
+                            names=[j.info["name"] for j in jobs], desc=desc, then=then, then_needs=then_needs)
     import shlex
     import subprocess
     import sys
@@ -646,4 +649,6 @@ def run_jobs(jobs: list[TrainJob], params: TrainingParams, jobs_dir: Path, desc:
                 raise RuntimeError(f"{job.info['name']}: launcher exited with {proc.returncode} "
                                    f"({' '.join(cmd)} -m lt_utils.paper.train_launch {path})")
         finals.append(read_json(Path(job.out_dir) / "final.json"))
+    if then is not None:
+        then()
     return finals

@@ -174,3 +174,79 @@ def test_a_pool_inside_a_pools_job_keeps_the_outer_count():
     out = parallel.run_parallel(_nested, [0], workers=2, threads_per_worker=1)
     assert out == [min(2, parallel.available_cores())]
     assert parallel._running is None and parallel.spare_threads(1) == 1
+
+
+def _wait_for(path: Path, wait_s: float = 60.0) -> bool:
+    import time
+
+    t0 = time.monotonic()
+    while not path.exists() and time.monotonic() - t0 < wait_s:
+        time.sleep(0.05)
+    return path.exists()
+
+
+def _then_job(arg):
+    """A pool job: "quick" returns at once, "fails" raises, "slow" finishes after a marker file, "watch" waits for
+    `then` to start and reports the pool's running count and its own threads as it sees them then."""
+    kind, where = arg
+    where = Path(where)
+    if kind == "fails":
+        raise ValueError("this run fails")
+    if kind == "slow":
+        _wait_for(where / "release", 5.0)
+        (where / "slow_done").touch()
+    if kind == "watch":
+        started = _wait_for(where / "then_started")
+        seen = (started, parallel._running.value, parallel.spare_threads(1))
+        (where / "watch_saw").touch()
+        return seen
+    return kind
+
+
+def test_then_runs_beside_a_pools_last_run_and_counts_as_running(tmp_path):
+    """The next E-step starts once the job it reads has finished and a core is idle, beside the pool's last run:
+    that run sees it among the running jobs (so it keeps its own thread) and it ends before the run does."""
+    ran = []
+
+    def then():
+        (tmp_path / "then_started").touch()
+        ran.append(_wait_for(tmp_path / "watch_saw"))
+
+    out = parallel.run_parallel(_then_job, [("quick", str(tmp_path)), ("watch", str(tmp_path))], workers=2,
+                                threads_per_worker=1, then=then, then_needs=[0])
+    assert out[0] == "quick"
+    assert out[1] == (True, 2, 1)   # `then` had started; the run and `then` counted; the run kept one thread
+    assert ran == [True]
+
+
+def test_then_waits_for_the_jobs_it_reads(tmp_path):
+    """Needing the pool's slow job, `then` runs only after it, even though a worker was idle long before."""
+    seen = []
+    (tmp_path / "release").touch()
+    out = parallel.run_parallel(_then_job, [("slow", str(tmp_path)), ("quick", str(tmp_path))], workers=2,
+                                threads_per_worker=1, then=lambda: seen.append((tmp_path / "slow_done").exists()),
+                                then_needs=[0])
+    assert out == ["slow", "quick"] and seen == [True]
+    seen.clear()   # one worker: the jobs one after another in this process, then `then`
+    out = parallel.run_parallel(_then_job, [("quick", str(tmp_path))], workers=1, threads_per_worker=1,
+                                then=lambda: seen.append("then"))
+    assert out == ["quick"] and seen == ["then"]
+
+
+def test_then_error_comes_after_every_run_and_a_failed_input_skips_it(tmp_path):
+    """An error in `then` is raised only once the pool's runs have finished (none is lost to it); when a job that
+    `then` reads fails, `then` never runs and the runs' failure is what is raised."""
+    (tmp_path / "release").touch()
+
+    def broken():
+        raise ValueError("the E-step failed")
+
+    with pytest.raises(ValueError, match="the E-step failed"):
+        parallel.run_parallel(_then_job, [("quick", str(tmp_path)), ("slow", str(tmp_path))], workers=2,
+                              threads_per_worker=1, then=broken, then_needs=[0])
+    assert (tmp_path / "slow_done").exists()
+    called = []
+    with pytest.raises(RuntimeError, match="1 of 2 runs failed; first: 1: ValueError: this run fails"):
+        parallel.run_parallel(_then_job, [("quick", str(tmp_path)), ("fails", str(tmp_path))], workers=2,
+                              threads_per_worker=1, then=lambda: called.append(1), then_needs=[1])
+    assert called == []

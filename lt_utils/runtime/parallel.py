@@ -79,8 +79,15 @@ def default_workers() -> int:
 
 
 def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int, names: Sequence[str] | None = None,
-                 threads_per_worker: int = 1, desc: str = "runs") -> list[Any]:
-    """fn(job) for every job, `workers` at a time; results in job order.  Raises after all jobs ran if any failed."""
+                 threads_per_worker: int = 1, desc: str = "runs", then: Callable[[], Any] | None = None,
+                 then_needs: Sequence[int] = ()) -> list[Any]:
+    """fn(job) for every job, `workers` at a time; results in job order.  Raises after all jobs ran if any failed.
+
+    `then()`, if given, runs once in this process: as soon as the jobs `then_needs` (indices) have finished and the
+    pool has an idle worker with nothing left to start it (a pool's last run alone would leave a core idle), else
+    after the jobs (never, if one of those jobs failed).  It counts among the pool's running jobs, so the runs still
+    going keep their own threads beside it.  Its error is raised once every job has finished, so no run is lost to it.
+    """
     from tqdm.auto import tqdm
 
     names = list(names) if names is not None else [str(i) for i in range(len(jobs))]
@@ -92,17 +99,23 @@ def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int,
         global _running, _pool_threads
         if _running is not None:   # inside a job of a pool already: that pool's count and threads stand
             _init_worker(threads_per_worker, _running, _pool_threads)
-            return [fn(job) for job in tqdm(jobs, desc=desc, unit="run")]
-        _init_worker(threads_per_worker, ctx.Value("i", 0), pool_threads)
-        try:
-            for i, job in enumerate(tqdm(jobs, desc=desc, unit="run")):
-                results[i] = _counted(fn, job)
-        finally:
-            _running, _pool_threads = None, 0   # this process is in no pool any more
+            results = [fn(job) for job in tqdm(jobs, desc=desc, unit="run")]
+        else:
+            _init_worker(threads_per_worker, ctx.Value("i", 0), pool_threads)
+            try:
+                for i, job in enumerate(tqdm(jobs, desc=desc, unit="run")):
+                    results[i] = _counted(fn, job)
+            finally:
+                _running, _pool_threads = None, 0   # this process is in no pool any more
+        if then is not None:   # one job at a time: nothing left to overlap
+            then()
         return results
+    running = ctx.Value("i", 0)
+    then_error: BaseException | None = None
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(threads_per_worker, ctx.Value("i", 0), pool_threads)) as pool:
+                             initargs=(threads_per_worker, running, pool_threads)) as pool:
         futures = {pool.submit(_counted, fn, job): i for i, job in enumerate(jobs)}
+        finished: set[int] = set()
         with tqdm(total=len(jobs), desc=desc, unit="run") as bar:
             for fut in as_completed(futures):
                 i = futures[fut]
@@ -110,7 +123,29 @@ def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int,
                     results[i] = fut.result()
                 except Exception as exc:  # keep going: other runs' results are still worth having
                     errors.append(f"{names[i]}: {type(exc).__name__}: {exc}")
+                    if i in then_needs:   # what `then` reads was never written
+                        then = None
+                finished.add(i)
                 bar.update(1)
+                if then is not None and set(then_needs) <= finished and len(jobs) - len(finished) < workers:
+                    task, then = then, None
+                    then_error = _run_counted(task, running)
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(jobs)} runs failed; first: {errors[0]}")
+    if then_error is not None:
+        raise then_error
     return results
+
+
+def _run_counted(task: Callable[[], Any], running: Any) -> BaseException | None:
+    """task() in this process, counted among a pool's running jobs; returns its error instead of raising it."""
+    with running.get_lock():
+        running.value += 1
+    try:
+        task()
+    except Exception as exc:   # raised by the caller once the pool's jobs have finished
+        return exc
+    finally:
+        with running.get_lock():
+            running.value -= 1
+    return None

@@ -219,8 +219,8 @@ class Study:
                         info={"stage": self.run.path.name, "name": f"{name}/seed{seed}", **info},
                         progress=self.cfg.n_workers <= 1)
 
-    def train(self, jobs: list[TrainJob], desc: str) -> list[dict]:
-        finals = run_jobs(jobs, self.cfg, self.run.file("jobs"), desc=desc)
+    def train(self, jobs: list[TrainJob], desc: str, then=None, then_needs=()) -> list[dict]:
+        finals = run_jobs(jobs, self.cfg, self.run.file("jobs"), desc=desc, then=then, then_needs=then_needs)
         self.run.add_training_runs(j.out_dir for j in jobs)
         return [{**j.info, "seed": j.seed, **f} for j, f in zip(jobs, finals)]
 
@@ -297,14 +297,29 @@ class Study:
         The seed that generates the next E-step's thoughts goes first.  Runs no
         later E-step waits for (the other warmstart seeds, the raw baselines and
         the K ablation) are spread over the iterations' pools, so the cores stay
-        busy instead of idling at each E-step barrier.
+        busy instead of idling at each E-step barrier.  On CPU, what reads only
+        that seed's model (the next E-step; after the last M-step, the validation
+        ELBOs) starts once it is done and a core is idle, beside the pool's last
+        run; it runs on the threads it would have alone, so no number changes.
         """
         self.write_token_ratios()
         m_steps = em_plan.m_steps(self.cfg, iteration)
         alongside = em_plan.side_runs_of_iteration(self.cfg, iteration, self.cfg.n_workers)
         desc = f"M-step {iteration} ({len(m_steps)} seeds)" + "".join(
             f" + {r.name}/seed{r.seed}" for r in alongside)
-        return self.train([self.job_of(r) for r in m_steps + alongside], desc)
+        jobs = [self.job_of(r) for r in m_steps + alongside]
+        if not self.next_beside_training():
+            return self.train(jobs, desc)
+        nxt = (lambda: self.e_step(iteration + 1)) if iteration < self.cfg.iterations else self.validation_elbos
+        return self.train(jobs, desc, then=nxt, then_needs=[0])   # jobs[0]: the generator, seeds[0]
+
+    def next_beside_training(self) -> bool:
+        """Whether an E-step may share the machine with training runs: on CPU with transformers (a GPU's memory
+        belongs to its training run; a sharded E-step runs elsewhere)."""
+        import torch
+
+        return (self.cfg.estep_backend == "transformers" and not self.cfg.estep_shards and not self.cfg.launcher
+                and not torch.cuda.is_available())
 
     def latent_ratio(self, corpus: str) -> float:
         tok = load_tokenizer(self.tok_dir)
@@ -330,6 +345,14 @@ class Study:
                 ratios[arm] = self.latent_ratio(corpus)
         write_json(path, ratios)
         return ratios
+
+    def generators(self) -> list[str]:
+        """The models that generate thoughts: the warmstart and each iteration's seed 0."""
+        return ["warmstart"] + [f"iter{i}" for i in range(1, self.cfg.iterations + 1)]
+
+    def validation_elbos(self) -> dict[str, float]:
+        """`validation_elbo` of every generator (each read back once stored)."""
+        return {name: self.validation_elbo(name) for name in self.generators()}
 
     def validation_elbo(self, name: str) -> float:
         """Mean ELBO (elbo_k samples) per raw token of the validation docs under one model (seed 0)."""
