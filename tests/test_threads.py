@@ -1,5 +1,6 @@
 """`workers: 0` means every core: the E-step, the ELBO's E-step and evaluation along training get all of them."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,29 @@ def test_then_error_comes_after_every_run_and_a_failed_input_skips_it(tmp_path):
         parallel.run_parallel(_then_job, [("quick", str(tmp_path)), ("fails", str(tmp_path))], workers=2,
                               threads_per_worker=1, then=lambda: called.append(1), then_needs=[1])
     assert called == []
+
+
+def test_the_m_step_hands_its_pool_the_next_e_step_and_after_the_last_the_elbos(monkeypatch):
+    """On CPU each M-step's pool gets what reads only its seed-0 model (job 0): the next E-step, and after the last
+    M-step the validation ELBOs; with shard jobs, a launcher or vLLM it gets nothing and the notebook runs them."""
+    from types import SimpleNamespace
+
+    from lt_utils.stages import bootstrap_em
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = BootstrapConfig(seeds=[0, 1], iterations=2, workers=2)
+    calls, handed = [], {}
+    study = SimpleNamespace(cfg=cfg, write_token_ratios=lambda: None, job_of=lambda r: r,
+                            e_step=lambda it: calls.append(f"e_step {it}"),
+                            validation_elbos=lambda: calls.append("elbos"))
+    study.next_beside_training = lambda: bootstrap_em.Study.next_beside_training(study)
+    study.train = lambda jobs, desc, then=None, then_needs=(): handed.update(first=jobs[0], then=then, needs=then_needs)
+    for it in (1, 2):
+        bootstrap_em.Study.m_step(study, it)
+        assert handed["needs"] == [0] and (handed["first"].role, handed["first"].seed) == ("m_step", 0)
+        handed["then"]()
+    assert calls == ["e_step 2", "elbos"]
+    for other in ({"estep_shards": 4}, {"launcher": "python"}, {"estep_backend": "vllm"}):
+        study.cfg = dataclasses.replace(cfg, **other)
+        bootstrap_em.Study.m_step(study, 1)
+        assert handed["then"] is None
