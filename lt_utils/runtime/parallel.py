@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from typing import Any, Callable, Sequence
 
 
@@ -35,16 +36,22 @@ def _init_worker(threads: int, running: Any = None, pool_threads: int = 0) -> No
     _running, _pool_threads = running, pool_threads
 
 
-def _counted(fn: Callable[[Any], Any], job: Any) -> Any:
-    """fn(job), counted among the pool's running jobs while it runs."""
-    running = _running
+@contextmanager
+def _counted_in(running: Any):
+    """Count what runs inside among a pool's running jobs (`running`: the pool's shared count)."""
     with running.get_lock():
         running.value += 1
     try:
-        return fn(job)
+        yield
     finally:
         with running.get_lock():
             running.value -= 1
+
+
+def _counted(fn: Callable[[Any], Any], job: Any) -> Any:
+    """fn(job), counted among the pool's running jobs while it runs."""
+    with _counted_in(_running):
+        return fn(job)
 
 
 def spare_threads(own: int) -> int:
@@ -139,13 +146,9 @@ def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int,
 
 def _run_counted(task: Callable[[], Any], running: Any) -> BaseException | None:
     """task() in this process, counted among a pool's running jobs; returns its error instead of raising it."""
-    with running.get_lock():
-        running.value += 1
     try:
-        task()
+        with _counted_in(running):
+            task()
     except Exception as exc:   # raised by the caller once the pool's jobs have finished
         return exc
-    finally:
-        with running.get_lock():
-            running.value -= 1
     return None

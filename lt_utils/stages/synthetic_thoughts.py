@@ -127,6 +127,7 @@ class SyntheticThoughtsConfig(TrainingParams):
         require_study_name(self.study)
         self.check_training_params()
 
+
 def arm_names(arms, teacher_sweep) -> list[str]:
     """The arms a config trains: the chosen `arms`, then one latent arm per teacher-sweep rate."""
     return list(arms) + [sweep_arm_name(r) for r in teacher_sweep]
