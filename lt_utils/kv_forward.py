@@ -215,6 +215,8 @@ class KVLlama:
         cos, sin = cos[:, :, None], sin[:, :, None]                           # (B, L, 1, hd)
         half = hd // 2
         sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)          # rotate_half(x)·sin = roll(x)·this
+        if n_new > 1:
+            return self._extend_packed(prefixes if use_pre else None, rows, x, cos, sin, valid, mask, c0, c1, cw)
         for li, lay in enumerate(self.layers):
             qkv = torch.nn.functional.linear(lay.norm1(x), lay.w_qkv, lay.b_qkv).view(b, n_new, hq + 2 * hk, hd)
             qk = qkv[:, :, :hq + hk]
@@ -222,16 +224,6 @@ class KVLlama:
             k, v = qk[:, :, hq:], qkv[:, :, hq + hk:]
             rows.k[li][:, :, c0:c1] = k.transpose(1, 2)
             rows.v[li][:, :, c0:c1] = v.transpose(1, 2)
-            if n_new > 1:   # a prefill: torch's fused attention, each row's prefix copied beside its own keys
-                keys, values = rows.k[li][:, :, :cw], rows.v[li][:, :, :cw]
-                if use_pre:
-                    keys = torch.cat([prefixes.k[li].index_select(0, rows.prefix).transpose(2, 3), keys], dim=2)
-                    values = torch.cat([prefixes.v[li].index_select(0, rows.prefix), values], dim=2)
-                o = torch.nn.functional.scaled_dot_product_attention(
-                    qk[:, :, :hq].transpose(1, 2), keys, values, attn_mask=mask, scale=1.0, enable_gqa=self.rep > 1)
-                x = x + lay.attn_out(o.transpose(1, 2).reshape(b, n_new, hq * hd))
-                x = x + lay.mlp(lay.norm2(x))
-                continue
             q = qk[:, :, :hq].transpose(1, 2).reshape(b, hk, self.rep, hd)    # query head h reads kv head h // rep
             s_own = torch.matmul(q, rows.k[li][:, :, :cw].transpose(2, 3)).add_(own)
             if use_pre:
@@ -247,6 +239,49 @@ class KVLlama:
             x = x + lay.mlp(lay.norm2(x))
         rows.pos = rows.pos + (n_new if valid is None else valid.sum(1))
         return _rms(x, self.norm_w, self.norm_eps)
+
+    def _extend_packed(self, prefixes: Prefixes | None, rows: Rows, x: torch.Tensor, cos: torch.Tensor,
+                       sin: torch.Tensor, valid: torch.Tensor | None, mask: torch.Tensor, c0: int, c1: int, cw: int
+                       ) -> torch.Tensor:
+        """Several tokens per row: the linear layers run on the real tokens only, packed (rows × padded width
+        would spend a third of a scoring batch on padding), and attention on the padded layout with torch's
+        fused kernel, each row's prefix copied beside its own keys.  Padded positions get zero queries, keys and
+        values, which only they themselves read (masked everywhere else), so a real token's output is bitwise
+        that of the unpacked computation: row results of a matrix product do not depend on the other rows."""
+        b, n_new, d = x.shape
+        hq, hk, hd = self.n_head, self.n_kv, self.head_dim
+        half = hd // 2
+        flat = None if valid is None else valid.reshape(-1).nonzero().squeeze(1)
+
+        def pack(t):                       # (B, L, ...) -> (N, ...), the real tokens in row-major order
+            t = t.reshape(b * n_new, *t.shape[2:])
+            return t if flat is None else t.index_select(0, flat)
+
+        def unpack(t):                     # (N, ...) -> (B, L, ...), zeros at padding
+            if flat is None:
+                return t.view(b, n_new, *t.shape[1:])
+            out = t.new_zeros((b * n_new, *t.shape[1:]))
+            out.index_copy_(0, flat, t)
+            return out.view(b, n_new, *t.shape[1:])
+
+        x, cos, sin = pack(x), pack(cos), pack(sin)                           # (N, d), (N, 1, hd)
+        for li, lay in enumerate(self.layers):
+            qkv = torch.nn.functional.linear(lay.norm1(x), lay.w_qkv, lay.b_qkv).view(-1, hq + 2 * hk, hd)
+            qk = qkv[:, :hq + hk]
+            qk = torch.addcmul(qk * cos, torch.roll(qk, half, dims=-1), sin)
+            qkv = unpack(torch.cat([qk, qkv[:, hq + hk:]], dim=1))            # (B, L, hq + 2hk, hd)
+            rows.k[li][:, :, c0:c1] = qkv[:, :, hq:hq + hk].transpose(1, 2)
+            rows.v[li][:, :, c0:c1] = qkv[:, :, hq + hk:].transpose(1, 2)
+            keys, values = rows.k[li][:, :, :cw], rows.v[li][:, :, :cw]
+            if prefixes is not None:
+                keys = torch.cat([prefixes.k[li].index_select(0, rows.prefix).transpose(2, 3), keys], dim=2)
+                values = torch.cat([prefixes.v[li].index_select(0, rows.prefix), values], dim=2)
+            o = torch.nn.functional.scaled_dot_product_attention(
+                qkv[:, :, :hq].transpose(1, 2), keys, values, attn_mask=mask, scale=1.0, enable_gqa=self.rep > 1)
+            x = x + lay.attn_out(pack(o.transpose(1, 2)).reshape(-1, hq * hd))
+            x = x + lay.mlp(lay.norm2(x))
+        rows.pos = rows.pos + (n_new if valid is None else valid.sum(1))
+        return unpack(_rms(x, self.norm_w, self.norm_eps))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(hidden)

@@ -37,6 +37,7 @@ did then.)
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -341,11 +342,15 @@ def _score_kv(model, contexts, continuations, pad_id: int, share: bool) -> list[
         part = slice(a, a + per)
         rows = eng.rows(pre, idx[part], width)
         h = eng.extend(pre, rows, ids[part], valid[part])
-        logp = torch.log_softmax(eng.logits(h[:, :-1]).float(), dim=-1)
-        got = logp.gather(-1, ids[part, 1:, None]).squeeze(-1)
-        for r, (c, x, j) in enumerate(zip(contexts[part], continuations[part], idx[part])):
-            start = len(c) - len(heads[j]) - 1        # the position whose logits predict the first continuation token
-            out.append(got[r, start:start + len(x)].tolist())
+        # logits only where they score a continuation token: row r's position start + i predicts token i
+        starts = [len(c) - len(heads[j]) - 1 for c, j in zip(contexts[part], idx[part])]
+        lens = [len(x) for x in continuations[part]]
+        at = torch.cat([r * width + torch.arange(s, s + n) for r, (s, n) in enumerate(zip(starts, lens))]
+                       ).to(h.device)
+        logp = torch.log_softmax(eng.logits(h.reshape(-1, h.shape[-1]).index_select(0, at)).float(), dim=-1)
+        got = logp.gather(-1, ids[part].reshape(-1)[at + 1, None]).squeeze(-1).tolist()
+        for s, n in zip(itertools.accumulate(lens, initial=0), lens):
+            out.append(got[s:s + n])
     return out
 
 

@@ -249,3 +249,24 @@ def test_prompts_and_contexts_must_not_be_empty(tokenizer, tiny_model):
     with pytest.raises(ValueError, match="at least one token"):
         score(tiny_model, [[]], [[5]])
     assert score(tiny_model, [[]], [[]]) == [[]]
+
+
+def test_a_prefill_runs_its_linear_layers_on_real_tokens_only(tokenizer, tiny_model):
+    """Rows of very different lengths in one prefill: the layers see the real tokens only (padding writes zero keys
+    and values, read by nothing), and each row's hidden states equal that row run alone."""
+    from lt_utils.kv_forward import KVLlama, right_pad
+
+    prompts, ids = mixed_prompts(tokenizer)
+    eng = KVLlama(tiny_model)
+    seqs = [p[:n] for p, n in zip(prompts, (1, 2, 40, 7, 3, 25, 12, 30, 9, 5, 33))]
+    tokens, valid = right_pad(seqs, ids.pad, eng.device)
+    rows = eng.rows(None, [0] * len(seqs), tokens.shape[1])
+    hidden = eng.extend(None, rows, tokens, valid)
+    assert rows.pos.tolist() == [len(s) for s in seqs]
+    for layer in range(len(eng.layers)):
+        assert not rows.k[layer].transpose(1, 2)[~valid].any() and not rows.v[layer].transpose(1, 2)[~valid].any()
+    assert not hidden[~valid].any()
+    for i, s in enumerate(seqs):
+        alone = eng.rows(None, [0], len(s))
+        want = eng.extend(None, alone, torch.tensor([s]), torch.ones((1, len(s)), dtype=torch.bool))[0]
+        torch.testing.assert_close(hidden[i, :len(s)], want, rtol=0, atol=1e-5)

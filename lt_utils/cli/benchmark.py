@@ -22,6 +22,16 @@ Prints, measured in one run on this machine, on the study's model size
     python -m lt_utils.cli.benchmark --keep DIR            # also keep the model, tokenizer and figures in DIR
     python -m lt_utils.cli.benchmark --vllm-peer DIR       # in the vLLM environment (make bench runs both)
 
+    python -m lt_utils.cli.benchmark --study-estep runs/cpu/03_bootstrap_em   # make bench-study
+
+``--study-estep`` times the study's own E-step work: iteration 1's E-step of a
+finished stage-03 run (its bootstrap chunks, K and settings), redone from its
+warmstart model without the candidate cache, by this sampler on every core
+and by the sampler of `--old` on one thread, one after the other in one
+process; it prints both wall times, their ratio, tokens per second, and how
+many of our records equal the run's own (all of them, on the machine and
+thread count that ran the study).
+
 ``--vllm-peer`` times the E-step through `lt_utils.paper.vllm_backend` beside
 ours, in one process of the vLLM environment: the peer reference for which
 backend is faster here.  vLLM's CPU attention kernel has no head size 16 (the
@@ -261,8 +271,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", help="write the figures as JSON here too")
     ap.add_argument("--keep", help="keep the trained model, tokenizer and figures in this directory")
     ap.add_argument("--vllm-peer", help="time the E-step through vLLM on the model a --keep run left here")
+    ap.add_argument("--study-estep", help="time iteration 1's E-step of this finished stage-03 run, ours and --old")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.study_estep:
+        res = study_estep(Path(args.study_estep), old_commit=args.old, threads=args.estep_threads or available_cores())
+        for k, v in res.items():
+            print(f"{k:36s} {v}")
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=2))
+        return res
 
     docs = world.generate_documents("comparison", 300, families=["addition"], seed=0)
     if args.vllm_peer:
@@ -301,6 +319,44 @@ def main(argv=None) -> dict:
     if args.keep:
         (tmp / "bench.json").write_text(json.dumps(res, indent=2))
     return res
+
+
+def study_estep(stage_dir: Path, *, old_commit: str, threads: int) -> dict:
+    """Iteration 1's E-step of a finished stage-03 run, redone by this sampler and by `old_commit`'s (see the
+    module note).  Nothing is written: no candidate cache, so every candidate is sampled and scored again."""
+    from lt_utils import em_plan
+    from lt_utils.estep import model_fingerprint, run_estep
+    from lt_utils.model import load_model
+    from lt_utils.runtime.runs import MissingInputError, read_jsonl
+    from lt_utils.stages.bootstrap_em import Study
+    from lt_utils.stages.em_estep import estep_config, estep_seed
+    from lt_utils.tokens import load_tokenizer
+
+    study = Study.of_finished(stage_dir)
+    gen, ref_path = study.model_dir("warmstart"), study.run.file("iter1/estep.jsonl")
+    if not ref_path.is_file():
+        raise MissingInputError(f"{ref_path}: the run has no E-step 1 records (run its stage 03 to the end first)")
+    cfg = estep_config(study.cfg, k=em_plan.k_drawn(study.cfg, 1), seed=estep_seed(study.cfg, 1))
+    tok, model = load_tokenizer(study.tok_dir), load_model(gen).eval()
+    chunks = study.boot_chunks
+    out = {"stage_dir": str(stage_dir), "chunks": len(chunks), "k": cfg.k, "max_thought_tokens": cfg.max_thought_tokens,
+           "threads": threads}
+    torch.set_num_threads(threads)
+    records, dt = _timed(lambda: run_estep(model, tok, chunks, cfg, model_key=model_fingerprint(gen), progress=True))
+    sampled, scored = estep_tokens(records)
+    ref = [json.dumps(r, sort_keys=True) for r in read_jsonl(ref_path)]
+    same = sum(json.dumps(r, sort_keys=True) == x for r, x in zip(records, ref))
+    out.update({"seconds": round(dt, 1), "sampled_tokens": sampled, "scored_tokens": scored,
+                "tokens_per_s": round((sampled + scored) / dt), "records_equal_to_the_run": f"{same} of {len(ref)}"})
+    old = load_old_sampler(old_commit) if old_commit else None
+    if old is not None:
+        torch.set_num_threads(1)
+        records, dt_old = _timed(lambda: run_estep(None, tok, chunks, cfg, backend=_OldBackend(old, model),
+                                                   progress=True))
+        sampled, scored = estep_tokens(records)
+        out.update({"old_commit": old_commit, "old_seconds_1_thread": round(dt_old, 1),
+                    "old_tokens_per_s": round((sampled + scored) / dt_old), "speedup_over_old": round(dt_old / dt, 2)})
+    return out
 
 
 def bench_chunks(docs):

@@ -1,0 +1,49 @@
+"""`make bench-study`: the study's own E-step redone and checked against the run's records (timings are printed,
+never asserted)."""
+
+import pytest
+import torch
+
+from test_bootstrap import study  # noqa: F401 (a tiny stage-03 run, a fixture)
+
+from lt_utils import em_plan
+from lt_utils.cli import benchmark
+from lt_utils.estep import model_fingerprint, run_estep, save_records
+from lt_utils.model import ModelSpec, build_model
+from lt_utils.runtime.runs import MissingInputError
+from lt_utils.stages import em_estep
+from lt_utils.tokens import load_tokenizer
+
+
+def _warmstart(study):
+    torch.set_num_threads(1)
+    gen = study.model_dir("warmstart")
+    build_model(ModelSpec(n_layer=1, n_embd=16, n_head=2, n_kv_head=2, intermediate_size=32, max_seq_len=512),
+                load_tokenizer(study.tok_dir), seed=0).save_pretrained(str(gen))
+    return gen
+
+
+def test_the_study_estep_bench_redoes_iteration_1_and_finds_the_runs_records(study):  # noqa: F811
+    gen = _warmstart(study)
+    cfg = em_estep.estep_config(study.cfg, k=em_plan.k_drawn(study.cfg, 1), seed=em_estep.estep_seed(study.cfg, 1))
+    from lt_utils.model import load_model
+
+    records = run_estep(load_model(gen).eval(), load_tokenizer(study.tok_dir), study.boot_chunks, cfg,
+                        model_key=model_fingerprint(gen), progress=False)
+    save_records(study.run.file("iter1/estep.jsonl"), records)
+    out = benchmark.study_estep(study.run.path, old_commit="", threads=1)
+    n = len(study.boot_chunks)
+    assert (out["chunks"], out["k"]) == (n, cfg.k) and n > 0
+    assert out["records_equal_to_the_run"] == f"{n} of {n}"
+    assert out["sampled_tokens"] > 0 and out["scored_tokens"] > out["sampled_tokens"]
+    assert "old_seconds_1_thread" not in out
+    # a record the run wrote differently is not counted
+    save_records(study.run.file("iter1/estep.jsonl"), [{**records[0], "selected": -1}] + records[1:])
+    assert benchmark.study_estep(study.run.path, old_commit="", threads=1)["records_equal_to_the_run"] == \
+        f"{n - 1} of {n}"
+
+
+def test_the_study_estep_bench_names_the_missing_records(study):  # noqa: F811
+    _warmstart(study)
+    with pytest.raises(MissingInputError, match="iter1/estep.jsonl"):
+        benchmark.study_estep(study.run.path, old_commit="", threads=1)
