@@ -36,7 +36,7 @@ def test_the_study_estep_bench_redoes_iteration_1_and_finds_the_runs_records(stu
     assert (out["chunks"], out["k"]) == (n, cfg.k) and n > 0
     assert out["records_equal_to_the_run"] == f"{n} of {n}"
     assert out["sampled_tokens"] > 0 and out["scored_tokens"] > out["sampled_tokens"]
-    assert "old_seconds_1_thread" not in out
+    assert "old_seconds_1_thread" not in out and out["estep_vs_forward"] > 0
     # a record the run wrote differently is not counted
     save_records(study.run.file("iter1/estep.jsonl"), [{**records[0], "selected": -1}] + records[1:])
     assert benchmark.study_estep(study.run.path, old_commit="", threads=1)["records_equal_to_the_run"] == \

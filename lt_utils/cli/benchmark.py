@@ -28,9 +28,10 @@ Prints, measured in one run on this machine, on the study's model size
 finished stage-03 run (its bootstrap chunks, K and settings), redone from its
 warmstart model without the candidate cache, by this sampler on every core
 and by the sampler of `--old` on one thread, one after the other in one
-process; it prints both wall times, their ratio, tokens per second, and how
-many of our records equal the run's own (all of them, on the machine and
-thread count that ran the study).
+process; it prints both wall times, their ratio, tokens per second (and ours
+over the no-grad forward of the same model, as above, at the E-step's rows),
+and how many of our records equal the run's own (all of them, on the machine
+and thread count that ran the study).
 
 ``--vllm-peer`` times the E-step through `lt_utils.paper.vllm_backend` beside
 ours, in one process of the vLLM environment: the peer reference for which
@@ -167,6 +168,17 @@ def in_lanes(fn, items, lanes: int) -> list:
         torch.set_num_threads(before)
 
 
+def _forward_pass(model, vocab: int, rows: int):
+    """One lane's no-grad forward of `rows` × 128 random tokens (fixed), returning the tokens it ran."""
+    ids = torch.randint(0, vocab, (rows, 128), generator=torch.Generator().manual_seed(0))
+
+    def forward_one(_):
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+        return ids.numel()
+    return forward_one
+
+
 def estep_tokens(records) -> tuple[int, int]:
     """(sampled tokens, scored tokens) of E-step records: each candidate's thought (+ the EoL that ended it), and
     its scored continuation ``SoL PRI z EoL x``."""
@@ -188,15 +200,10 @@ def bench_inference(model, tok, docs, *, k: int, max_thought_tokens: int, thread
     cfg = EStepConfig(k=k, max_thought_tokens=max_thought_tokens, seed=0, batch_chunks=64)
     rows = cfg.batch_chunks * k
     prompts = [posterior_prompt(tok, c) for c in chunks for _ in range(k)]
-    fwd_ids = torch.randint(0, len(tok), (rows, 128), generator=torch.Generator().manual_seed(0))
+    forward_one = _forward_pass(model, len(tok), rows)
     problems = [u for d in docs for u in d.units]
     shots = evaluate.exemplar_units(docs[-10:], 3)
     old = load_old_sampler(old_commit) if old_commit else None
-
-    def forward_one(_):
-        with torch.no_grad():
-            model(input_ids=fwd_ids, use_cache=False)
-        return fwd_ids.numel()
 
     def decode_one(part):
         out = sample(model, part, max_new_tokens=max_thought_tokens, stop_ids=[ids.eol], pad_id=ids.pad, seed=0,
@@ -346,8 +353,12 @@ def study_estep(stage_dir: Path, *, old_commit: str, threads: int) -> dict:
     sampled, scored = estep_tokens(records)
     ref = [json.dumps(r, sort_keys=True) for r in read_jsonl(ref_path)]
     same = sum(json.dumps(r, sort_keys=True) == x for r, x in zip(records, ref))
+    forward_one = _forward_pass(model, len(tok), cfg.batch_chunks * cfg.k)
+    forward = max(n / t for n, t in (_timed(lambda: sum(in_lanes(forward_one, range(threads), threads)))
+                                     for _ in range(3)))
     out.update({"seconds": round(dt, 1), "sampled_tokens": sampled, "scored_tokens": scored,
-                "tokens_per_s": round((sampled + scored) / dt), "records_equal_to_the_run": f"{same} of {len(ref)}"})
+                "tokens_per_s": round((sampled + scored) / dt), "records_equal_to_the_run": f"{same} of {len(ref)}",
+                "forward_tokens_per_s": round(forward), "estep_vs_forward": round((sampled + scored) / dt / forward, 3)})
     old = load_old_sampler(old_commit) if old_commit else None
     if old is not None:
         torch.set_num_threads(1)
