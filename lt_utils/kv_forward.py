@@ -22,8 +22,9 @@ A decoding step (one token per row) computes attention to a prefix as one
 matrix product for all the rows that share it (rows laid out in slots
 prefix × copy), so K copies of a prompt read its keys once per step instead
 of K times; prefix keys are stored transposed for that product.  A step of
-several tokens per row (a prompt's tail, a scored continuation) copies each
-row's prefix beside its own keys and uses torch's fused attention.  Padded
+several tokens per row (a prompt's tail, a scored continuation) runs its
+linear layers on the real tokens only, packed, and its attention with
+torch's fused kernel, each row's prefix copied beside its own keys.  Padded
 positions always attend to themselves, so no softmax row is empty, and
 unwritten columns are zeros, so nothing non-finite reaches an output.
 Finished rows are dropped with :meth:`Rows.keep`, unused prefixes with
@@ -243,12 +244,12 @@ class KVLlama:
     def _extend_packed(self, prefixes: Prefixes | None, rows: Rows, x: torch.Tensor, cos: torch.Tensor,
                        sin: torch.Tensor, valid: torch.Tensor | None, mask: torch.Tensor, c0: int, c1: int, cw: int
                        ) -> torch.Tensor:
-        """Several tokens per row: the linear layers run on the real tokens only, packed (rows × padded width
-        would spend a third of a scoring batch on padding), and attention on the padded layout with torch's
-        fused kernel, each row's prefix copied beside its own keys.  Padded positions get zero queries, keys and
-        values, which only they themselves read (masked everywhere else), so a real token's output is bitwise
-        that of the unpacked computation: row results of a matrix product do not depend on the other rows."""
-        b, n_new, d = x.shape
+        """Several tokens per row: the linear layers run on the real tokens only, packed (a scoring batch of the
+        bench pads a quarter of its rows × width), and attention on the padded layout with torch's fused kernel,
+        each row's prefix copied beside its own keys.  Padded positions get zero queries, keys and values, which
+        only they themselves read (masked everywhere else), so a real token's output is bitwise that of running
+        every position: a row of a matrix product does not depend on the other rows."""
+        b, n_new = x.shape[:2]
         hq, hk, hd = self.n_head, self.n_kv, self.head_dim
         half = hd // 2
         flat = None if valid is None else valid.reshape(-1).nonzero().squeeze(1)

@@ -349,8 +349,8 @@ def _score_kv(model, contexts, continuations, pad_id: int, share: bool) -> list[
                        ).to(h.device)
         logp = torch.log_softmax(eng.logits(h.reshape(-1, h.shape[-1]).index_select(0, at)).float(), dim=-1)
         got = logp.gather(-1, ids[part].reshape(-1)[at + 1, None]).squeeze(-1).tolist()
-        for s, n in zip(itertools.accumulate(lens, initial=0), lens):
-            out.append(got[s:s + n])
+        for o, n in zip(itertools.accumulate(lens, initial=0), lens):
+            out.append(got[o:o + n])
     return out
 
 
