@@ -39,11 +39,18 @@ def test_the_study_estep_bench_redoes_iteration_1_and_finds_the_runs_records(stu
     assert "old_seconds_1_thread" not in out and out["estep_vs_forward"] > 0
     # a record the run wrote differently is not counted
     save_records(study.run.file("iter1/estep.jsonl"), [{**records[0], "selected": -1}] + records[1:])
-    assert benchmark.study_estep(study.run.path, old_commit="", threads=1)["records_equal_to_the_run"] == \
-        f"{n - 1} of {n}"
+    again = benchmark.study_estep(study.run.path, old_commit="0000000", threads=1)
+    assert again["records_equal_to_the_run"] == f"{n - 1} of {n}"
+    assert again["old_commit"].startswith("0000000: not found") and "old_seconds_1_thread" not in again
 
 
 def test_the_study_estep_bench_names_the_missing_records(study):  # noqa: F811
     _warmstart(study)
     with pytest.raises(MissingInputError, match="iter1/estep.jsonl"):
         benchmark.study_estep(study.run.path, old_commit="", threads=1)
+
+
+def test_make_bench_study_without_a_finished_study_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        benchmark.main(["--study-estep", str(tmp_path / "nowhere")])
+    assert str(exc.value).startswith("error: ") and "nowhere" in str(exc.value) and "\n" not in str(exc.value)

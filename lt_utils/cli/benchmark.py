@@ -282,7 +282,13 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.study_estep:
-        res = study_estep(Path(args.study_estep), old_commit=args.old, threads=args.estep_threads or available_cores())
+        from lt_utils.runtime.runs import MissingInputError
+
+        try:
+            res = study_estep(Path(args.study_estep), old_commit=args.old,
+                              threads=args.estep_threads or available_cores())
+        except (MissingInputError, FileNotFoundError) as exc:
+            sys.exit(f"error: {exc}")
         for k, v in res.items():
             print(f"{k:36s} {v}")
         if args.out:
@@ -360,6 +366,8 @@ def study_estep(stage_dir: Path, *, old_commit: str, threads: int) -> dict:
                 "tokens_per_s": round((sampled + scored) / dt), "records_equal_to_the_run": f"{same} of {len(ref)}",
                 "forward_tokens_per_s": round(forward), "estep_vs_forward": round((sampled + scored) / dt / forward, 3)})
     old = load_old_sampler(old_commit) if old_commit else None
+    if old_commit and old is None:
+        out["old_commit"] = f"{old_commit}: not found (the old sampler is read from this checkout's git history)"
     if old is not None:
         torch.set_num_threads(1)
         records, dt_old = _timed(lambda: run_estep(None, tok, chunks, cfg, backend=_OldBackend(old, model),
