@@ -244,11 +244,11 @@ class KVLlama:
     def _extend_packed(self, prefixes: Prefixes | None, rows: Rows, x: torch.Tensor, cos: torch.Tensor,
                        sin: torch.Tensor, valid: torch.Tensor | None, mask: torch.Tensor, c0: int, c1: int, cw: int
                        ) -> torch.Tensor:
-        """Several tokens per row: the linear layers run on the real tokens only, packed (a scoring batch of the
-        bench pads a quarter of its rows × width), and attention on the padded layout with torch's fused kernel,
-        each row's prefix copied beside its own keys.  Padded positions get zero queries, keys and values, which
-        only they themselves read (masked everywhere else), so a real token's output is bitwise that of running
-        every position: a row of a matrix product does not depend on the other rows."""
+        """Several tokens per row: the linear layers run on the real tokens only, packed (padding is 27-43% of
+        the positions joint scoring runs in the bench and the study), and attention on the padded layout with
+        torch's fused kernel, each row's prefix copied beside its own keys.  Padded positions get zero queries,
+        keys and values, which only they themselves read (masked everywhere else), so a real token's output is
+        bitwise that of running every position: a row of a matrix product does not depend on the other rows."""
         b, n_new = x.shape[:2]
         hq, hk, hd = self.n_head, self.n_kv, self.head_dim
         half = hd // 2
