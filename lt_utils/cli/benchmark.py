@@ -352,8 +352,8 @@ def study_estep(stage_dir: Path, *, old_commit: str, threads: int) -> dict:
     cfg = estep_config(study.cfg, k=em_plan.k_drawn(study.cfg, 1), seed=estep_seed(study.cfg, 1))
     tok, model = load_tokenizer(study.tok_dir), load_model(gen).eval()
     chunks = study.boot_chunks
-    out = {"stage_dir": str(stage_dir), "chunks": len(chunks), "k": cfg.k, "max_thought_tokens": cfg.max_thought_tokens,
-           "threads": threads}
+    out = {"stage_dir": str(stage_dir), "chunks": len(chunks), "k": cfg.k,
+           "max_thought_tokens": cfg.max_thought_tokens, "threads": threads}
     torch.set_num_threads(threads)
     records, dt = _timed(lambda: run_estep(model, tok, chunks, cfg, model_key=model_fingerprint(gen), progress=True))
     sampled, scored = estep_tokens(records)
