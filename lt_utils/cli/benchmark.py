@@ -364,7 +364,8 @@ def study_estep(stage_dir: Path, *, old_commit: str, threads: int) -> dict:
                                      for _ in range(3)))
     out.update({"seconds": round(dt, 1), "sampled_tokens": sampled, "scored_tokens": scored,
                 "tokens_per_s": round((sampled + scored) / dt), "records_equal_to_the_run": f"{same} of {len(ref)}",
-                "forward_tokens_per_s": round(forward), "estep_vs_forward": round((sampled + scored) / dt / forward, 3)})
+                "forward_tokens_per_s": round(forward),
+                "estep_vs_forward": round((sampled + scored) / dt / forward, 3)})
     old = load_old_sampler(old_commit) if old_commit else None
     if old_commit and old is None:
         out["old_commit"] = f"{old_commit}: not found (the old sampler is read from this checkout's git history)"
