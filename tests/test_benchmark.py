@@ -9,7 +9,7 @@ from test_bootstrap import study  # noqa: F401 (a tiny stage-03 run, a fixture)
 from lt_utils import em_plan
 from lt_utils.cli import benchmark
 from lt_utils.estep import model_fingerprint, run_estep, save_records
-from lt_utils.model import ModelSpec, build_model
+from lt_utils.model import ModelSpec, build_model, load_model
 from lt_utils.runtime.runs import MissingInputError
 from lt_utils.stages import em_estep
 from lt_utils.tokens import load_tokenizer
@@ -26,8 +26,6 @@ def _warmstart(study):
 def test_the_study_estep_bench_redoes_iteration_1_and_finds_the_runs_records(study):  # noqa: F811
     gen = _warmstart(study)
     cfg = em_estep.estep_config(study.cfg, k=em_plan.k_drawn(study.cfg, 1), seed=em_estep.estep_seed(study.cfg, 1))
-    from lt_utils.model import load_model
-
     records = run_estep(load_model(gen).eval(), load_tokenizer(study.tok_dir), study.boot_chunks, cfg,
                         model_key=model_fingerprint(gen), progress=False)
     save_records(study.run.file("iter1/estep.jsonl"), records)
@@ -50,7 +48,7 @@ def test_the_study_estep_bench_names_the_missing_records(study):  # noqa: F811
         benchmark.study_estep(study.run.path, old_commit="", threads=1)
 
 
-def test_make_bench_study_without_a_finished_study_is_a_one_line_error(tmp_path, capsys):
+def test_make_bench_study_without_a_finished_study_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit) as exc:
         benchmark.main(["--study-estep", str(tmp_path / "nowhere")])
     assert str(exc.value).startswith("error: ") and "nowhere" in str(exc.value) and "\n" not in str(exc.value)
