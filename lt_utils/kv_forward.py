@@ -216,12 +216,12 @@ class KVLlama:
         cos, sin = cos[:, :, None], sin[:, :, None]                           # (B, L, 1, hd)
         half = hd // 2
         sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)          # rotate_half(x)·sin = roll(x)·this
+        rows.pos = rows.pos + (n_new if valid is None else valid.sum(1))
         if n_new > 1:
             return self._extend_packed(prefixes if use_pre else None, rows, x, cos, sin, valid, mask, c0, c1, cw)
         for li, lay in enumerate(self.layers):
             qkv = torch.nn.functional.linear(lay.norm1(x), lay.w_qkv, lay.b_qkv).view(b, n_new, hq + 2 * hk, hd)
-            qk = qkv[:, :, :hq + hk]
-            qk = torch.addcmul(qk * cos, torch.roll(qk, half, dims=-1), sin)  # rotary embedding, q and k at once
+            qk = _rotary(qkv[:, :, :hq + hk], cos, sin)
             k, v = qk[:, :, hq:], qkv[:, :, hq + hk:]
             rows.k[li][:, :, c0:c1] = k.transpose(1, 2)
             rows.v[li][:, :, c0:c1] = v.transpose(1, 2)
@@ -238,7 +238,6 @@ class KVLlama:
             o = o.view(b, hq, n_new, hd).transpose(1, 2).reshape(b, n_new, hq * hd)
             x = x + lay.attn_out(o)
             x = x + lay.mlp(lay.norm2(x))
-        rows.pos = rows.pos + (n_new if valid is None else valid.sum(1))
         return _rms(x, self.norm_w, self.norm_eps)
 
     def _extend_packed(self, prefixes: Prefixes | None, rows: Rows, x: torch.Tensor, cos: torch.Tensor,
@@ -251,7 +250,6 @@ class KVLlama:
         bitwise that of running every position: a row of a matrix product does not depend on the other rows."""
         b, n_new = x.shape[:2]
         hq, hk, hd = self.n_head, self.n_kv, self.head_dim
-        half = hd // 2
         flat = None if valid is None else valid.reshape(-1).nonzero().squeeze(1)
 
         def pack(t):                       # (B, L, ...) -> (N, ...), the real tokens in row-major order
@@ -268,8 +266,7 @@ class KVLlama:
         x, cos, sin = pack(x), pack(cos), pack(sin)                           # (N, d), (N, 1, hd)
         for li, lay in enumerate(self.layers):
             qkv = torch.nn.functional.linear(lay.norm1(x), lay.w_qkv, lay.b_qkv).view(-1, hq + 2 * hk, hd)
-            qk = qkv[:, :hq + hk]
-            qk = torch.addcmul(qk * cos, torch.roll(qk, half, dims=-1), sin)
+            qk = _rotary(qkv[:, :hq + hk], cos, sin)
             qkv = unpack(torch.cat([qk, qkv[:, hq + hk:]], dim=1))            # (B, L, hq + 2hk, hd)
             rows.k[li][:, :, c0:c1] = qkv[:, :, hq:hq + hk].transpose(1, 2)
             rows.v[li][:, :, c0:c1] = qkv[:, :, hq + hk:].transpose(1, 2)
@@ -281,7 +278,6 @@ class KVLlama:
                 qkv[:, :, :hq].transpose(1, 2), keys, values, attn_mask=mask, scale=1.0, enable_gqa=self.rep > 1)
             x = x + lay.attn_out(pack(o.transpose(1, 2)).reshape(-1, hq * hd))
             x = x + lay.mlp(lay.norm2(x))
-        rows.pos = rows.pos + (n_new if valid is None else valid.sum(1))
         return unpack(_rms(x, self.norm_w, self.norm_eps))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -337,6 +333,11 @@ class _FusedLayer:
 
 def _bias(linear):
     return linear.bias.detach() if linear.bias is not None else None
+
+
+def _rotary(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding of queries and keys at once (`sin` carries rotate_half's sign, see `extend`)."""
+    return torch.addcmul(qk * cos, torch.roll(qk, qk.shape[-1] // 2, dims=-1), sin)
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

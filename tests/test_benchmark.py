@@ -6,7 +6,6 @@ import torch
 
 from test_bootstrap import study  # noqa: F401 (a tiny stage-03 run, a fixture)
 
-from lt_utils import em_plan
 from lt_utils.cli import benchmark
 from lt_utils.estep import model_fingerprint, run_estep, save_records
 from lt_utils.model import ModelSpec, build_model, load_model
@@ -25,7 +24,7 @@ def _warmstart(study):
 
 def test_the_study_estep_bench_redoes_iteration_1_and_finds_the_runs_records(study):  # noqa: F811
     gen = _warmstart(study)
-    cfg = em_estep.estep_config(study.cfg, k=em_plan.k_drawn(study.cfg, 1), seed=em_estep.estep_seed(study.cfg, 1))
+    cfg = em_estep.iteration_config(study.cfg, 1)
     records = run_estep(load_model(gen).eval(), load_tokenizer(study.tok_dir), study.boot_chunks, cfg,
                         model_key=model_fingerprint(gen), progress=False)
     save_records(study.run.file("iter1/estep.jsonl"), records)

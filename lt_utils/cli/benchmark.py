@@ -337,19 +337,18 @@ def main(argv=None) -> dict:
 def study_estep(stage_dir: Path, *, old_commit: str, threads: int) -> dict:
     """Iteration 1's E-step of a finished stage-03 run, redone by this sampler and by `old_commit`'s (see the
     module note).  Nothing is written: no candidate cache, so every candidate is sampled and scored again."""
-    from lt_utils import em_plan
     from lt_utils.estep import model_fingerprint, run_estep
     from lt_utils.model import load_model
     from lt_utils.runtime.runs import MissingInputError, read_jsonl
     from lt_utils.stages.bootstrap_em import Study
-    from lt_utils.stages.em_estep import estep_config, estep_seed
+    from lt_utils.stages.em_estep import iteration_config
     from lt_utils.tokens import load_tokenizer
 
     study = Study.of_finished(stage_dir)
     gen, ref_path = study.model_dir("warmstart"), study.run.file("iter1/estep.jsonl")
     if not ref_path.is_file():
         raise MissingInputError(f"{ref_path}: the run has no E-step 1 records (run its stage 03 to the end first)")
-    cfg = estep_config(study.cfg, k=em_plan.k_drawn(study.cfg, 1), seed=estep_seed(study.cfg, 1))
+    cfg = iteration_config(study.cfg, 1)
     tok, model = load_tokenizer(study.tok_dir), load_model(gen).eval()
     chunks = study.boot_chunks
     out = {"stage_dir": str(stage_dir), "chunks": len(chunks), "k": cfg.k,

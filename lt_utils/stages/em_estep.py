@@ -137,8 +137,8 @@ def run(study: Study, iteration: int) -> dict:
         return read_json(summary_path)
     t0 = time.time()
     gen = study.model_dir("warmstart" if iteration == 1 else f"iter{iteration - 1}")
-    k = em_plan.k_drawn(study.cfg, iteration)
-    ecfg = estep_config(study.cfg, k=k, seed=estep_seed(study.cfg, iteration))
+    ecfg = iteration_config(study.cfg, iteration)
+    k = ecfg.k
     # prior thoughts for a spread of chunks: only a verifier can tell how good they are
     prior_pos = [] if study.text else spread_positions(len(study.boot_chunks), study.cfg.prior_sample_chunks)
     prior_chunks = [study.boot_chunks[i] for i in prior_pos]
@@ -203,6 +203,12 @@ def fidelity(study: Study, gen: Path, ecfg: EStepConfig, decode_chunks: int = 25
         max_thought_tokens=ecfg.max_thought_tokens, seed=ecfg.seed, decode_chunks=decode_chunks,
         thought_style=study.cfg.thought_style),
         threads=study.cfg.n_workers * study.cfg.threads_per_worker)
+
+
+def iteration_config(cfg: BootstrapConfig, iteration: int) -> EStepConfig:
+    """The proposal of E-step `iteration` as the stage runs it: K drawn (the ablation's largest K at iteration 1),
+    the iteration's seed."""
+    return estep_config(cfg, k=em_plan.k_drawn(cfg, iteration), seed=estep_seed(cfg, iteration))
 
 
 def estep_config(cfg: BootstrapConfig, **kw) -> EStepConfig:

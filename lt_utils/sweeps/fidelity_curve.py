@@ -36,7 +36,6 @@ import yaml
 from lt_utils.runtime.config import ConfigError, load, require
 from lt_utils.runtime.paths import FIGURES_DIR, PARAMS_DIR, resolve
 from lt_utils.report import tables
-from lt_utils import em_plan
 from lt_utils.stages import em_estep
 from lt_utils.sweeps import loop_map
 
@@ -134,7 +133,7 @@ def run_fidelity(params: dict, warm_id: str, estep_id: str, decode_chunks: int) 
     fid = read_json(estep1).get("fidelity") if estep1.is_file() and decode_chunks == DECODE_CHUNKS else None
     source = "E-step 1 of the loop-gain map" if fid else "computed here"
     if fid is None:
-        ecfg = em_estep.estep_config(cfg, k=em_plan.k_drawn(cfg, 1), seed=em_estep.estep_seed(cfg, 1))
+        ecfg = em_estep.iteration_config(cfg, 1)
         fid = em_estep.fidelity(study, gen, ecfg, decode_chunks=decode_chunks)
     out = {"fidelity": fid, "source": source, "dev": last_dev_eval(gen.parent), "steps": cfg.warmstart_steps,
            "tokens": cfg.warmstart_steps * cfg.batch_size * cfg.seq_len, "seconds": time.perf_counter() - t0}

@@ -96,7 +96,6 @@ def cells(cfg: PrefixLayoutConfig) -> list[tuple[float, loop_map.Cell]]:
 
 def run_layout(params: dict, warm_id: str, estep_id: str, layout: str, decode_chunks: int) -> dict:
     """f and greedy posterior correctness of one warmstart with the bootstrap corpus' prefixes in `layout`."""
-    from lt_utils import em_plan
     from lt_utils.fidelity import fidelity_report
     from lt_utils.prefix_layout import relayout
     from lt_utils.runtime.runs import read_json, write_json
@@ -111,7 +110,7 @@ def run_layout(params: dict, warm_id: str, estep_id: str, layout: str, decode_ch
     study = Study(run, cfg)
     kind, n = parse_layout(layout)
     _, heads, chunks, spans = study._boot
-    ecfg = em_estep.estep_config(cfg, k=em_plan.k_drawn(cfg, 1), seed=em_estep.estep_seed(cfg, 1))
+    ecfg = em_estep.iteration_config(cfg, 1)
     thought_of = OracleTeacher(cfg.thought_style).thought_for
 
     def measure(model, tok, _):
