@@ -51,3 +51,18 @@ def test_make_bench_study_without_a_finished_study_is_a_one_line_error(tmp_path)
     with pytest.raises(SystemExit) as exc:
         benchmark.main(["--study-estep", str(tmp_path / "nowhere")])
     assert str(exc.value).startswith("error: ") and "nowhere" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_make_bench_measures_the_estep_and_the_forward_it_is_read_against(study):  # noqa: F811
+    from lt_utils import world
+
+    gen = _warmstart(study)
+    docs = world.generate_documents("comparison", 30, families=["addition"], seed=0)[:2]
+    out = benchmark.bench_inference(load_model(gen).eval(), load_tokenizer(study.tok_dir), docs, k=2,
+                                    max_thought_tokens=4, threads=1, rounds=1, old_commit="")
+    assert out["estep_chunks"] == len(benchmark.bench_chunks(docs)) > 0 and out["estep_rows_per_batch"] == 128
+    assert out["estep_sampled_tokens"] > 0 and out["estep_scored_tokens"] > out["estep_sampled_tokens"]
+    assert out["forward_tokens_per_s"] > 0 and out["estep_tokens_per_s"] > 0 and out["estep_vs_forward"] > 0
+    # the page faults behind the forward's reading are counted, per lane's pass and per E-step
+    assert all(isinstance(out[k], int) and out[k] >= 0 for k in ("forward_page_faults_per_pass", "estep_page_faults"))
+    assert "old_commit" not in out

@@ -7,12 +7,15 @@ Prints, measured in one run on this machine, on the study's model size
   * training tokens/s of `train.run_train_job` against a minimal plain-torch
     causal LM of the same size (same batch, `--threads`), and their ratio;
   * forward_tokens_per_s: a no-grad forward of the same model at the
-    E-step's batch (its rows × 128 tokens);
+    E-step's batch (its rows × 128 tokens), and the page faults a lane's pass
+    takes (glibc maps each of its largest tensors afresh, so this forward pays
+    for its memory every time; docs/engineering.md, "Throughput");
   * decode_tokens_per_s: bare sampling (`sample.sample`) of the E-step's
     posterior prompts, K rows each, in new tokens per second;
   * estep_tokens_per_s: `estep.run_estep` (K posterior samples per chunk,
     joint scoring, weights, resampling, records) in sampled plus scored
-    tokens (the continuation tokens whose log p is taken) per second;
+    tokens (the continuation tokens whose log p is taken) per second, and
+    the page faults of one E-step;
   * the same E-step work and a greedy evaluation with the sampler of commit
     `--old` (read from git), the E-step on one thread as the study ran it
     then, the evaluation on one thread as training workers run it, and the
@@ -154,6 +157,13 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
+def _page_faults() -> int:
+    """Minor page faults of this process so far: pages the OS handed it afresh (each one zeroed and mapped)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def in_lanes(fn, items, lanes: int) -> list:
     """fn(item) for each item on `lanes` threads of one torch thread each: how the E-step uses its cores, so the
     forward and bare decoding beside it are measured the same way."""
@@ -224,10 +234,14 @@ def bench_inference(model, tok, docs, *, k: int, max_thought_tokens: int, thread
         best[name] = value if name not in best else (max if larger else min)(best[name], value)
 
     for _ in range(max(1, rounds)):
+        faults = _page_faults()
         n, dt = _timed(lambda: sum(in_lanes(forward_one, range(threads), threads)))
         keep("forward", n / dt)
+        keep("forward_faults", (_page_faults() - faults) / threads, larger=False)
         torch.set_num_threads(threads)
+        faults = _page_faults()
         records, dt = _timed(lambda: run_estep(model, tok, chunks, cfg, model_key="bench", progress=False))
+        keep("estep_faults", _page_faults() - faults, larger=False)
         sampled, scored = estep_tokens(records)
         keep("estep", (sampled + scored) / dt)
         keep("estep_s", dt, larger=False)
@@ -248,6 +262,8 @@ def bench_inference(model, tok, docs, *, k: int, max_thought_tokens: int, thread
            "estep_sampled_tokens": sampled, "estep_scored_tokens": scored, "rounds": max(1, rounds),
            "forward_tokens_per_s": round(best["forward"]), "decode_tokens_per_s": round(best["decode"]),
            "estep_tokens_per_s": round(best["estep"]), "estep_seconds": round(best["estep_s"], 2),
+           "forward_page_faults_per_pass": round(best["forward_faults"]),
+           "estep_page_faults": round(best["estep_faults"]),
            "eval_problems": len(problems), "eval_seconds_1_thread": round(best["eval_s"], 2)}
     if old is not None:
         res.update({"old_commit": old_commit,
