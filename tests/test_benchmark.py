@@ -65,4 +65,11 @@ def test_make_bench_measures_the_estep_and_the_forward_it_is_read_against(study)
     assert out["forward_tokens_per_s"] > 0 and out["estep_tokens_per_s"] > 0 and out["estep_vs_forward"] > 0
     # the page faults behind the forward's reading are counted, per lane's pass and per E-step
     assert all(isinstance(out[k], int) and out[k] >= 0 for k in ("forward_page_faults_per_pass", "estep_page_faults"))
+    # the ceiling decoding sets: all of the E-step's tokens in the time its sampled ones take at bare decoding's rate
+    ceiling = (out["estep_sampled_tokens"] + out["estep_scored_tokens"]) / out["estep_sampled_tokens"] \
+        * out["decode_tokens_per_s"] / out["forward_tokens_per_s"]
+    assert out["estep_vs_forward_if_only_sampling"] == pytest.approx(ceiling, rel=0.01, abs=1e-3)
+    assert out["decode_vs_forward"] == pytest.approx(out["decode_tokens_per_s"] / out["forward_tokens_per_s"],
+                                                     abs=2e-3)
+    assert list(out)[-1] == "estep_vs_forward"        # make bench's last line, as the README reads it
     assert "old_commit" not in out

@@ -20,6 +20,9 @@ Prints, measured in one run on this machine, on the study's model size
     `--old` (read from git), the E-step on one thread as the study ran it
     then, the evaluation on one thread as training workers run it, and the
     speed-ups;
+  * decode_vs_forward, and estep_vs_forward_if_only_sampling: the ratio the
+    E-step would read if its scoring, weights and resampling cost nothing and
+    it sampled at bare decoding's rate, the ceiling today's decoding sets;
   * last, ``estep_vs_forward``: E-step tokens/s ÷ forward tokens/s.
 
     python -m lt_utils.cli.benchmark --keep DIR            # also keep the model, tokenizer and figures in DIR
@@ -271,6 +274,11 @@ def bench_inference(model, tok, docs, *, k: int, max_thought_tokens: int, thread
                     "estep_speedup_over_old": round(best["old_estep_s"] / best["estep_s"], 2),
                     "old_eval_seconds_1_thread": round(best["old_eval_s"], 2),
                     "eval_speedup_over_old": round(best["old_eval_s"] / best["eval_s"], 2)})
+    res["decode_vs_forward"] = round(best["decode"] / best["forward"], 3)
+    # the E-step's ratio if everything but its sampling (scoring, weights, resampling) took no time, its sampled
+    # tokens drawn at bare decoding's rate: what this decoding leaves within reach
+    res["estep_vs_forward_if_only_sampling"] = round(
+        (sampled + scored) / (sampled / best["decode"]) / best["forward"], 3)
     res["estep_vs_forward"] = round(best["estep"] / best["forward"], 3)
     return res
 
